@@ -1,0 +1,320 @@
+// Paho runs its own threads; everything here that Paho calls only completes handlers (posted to
+// their executors) or pushes into the concurrent inbox channel. The only Paho + Asio translation
+// unit of the project.
+#include "common/mqtt/client.hpp"
+
+#include "common/log.hpp"
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <mqtt/async_client.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+namespace asio = boost::asio;
+
+namespace tern::mqtt {
+namespace {
+
+using Inbox = asio::experimental::concurrent_channel<void(boost::system::error_code, Message)>;
+using ResultHandler = asio::any_completion_handler<void(Result<void>)>;
+
+Error paho_failure(std::string_view what, const ::mqtt::token& tok) {
+  int reason = tok.get_reason_code();
+  if (reason >= 0x80)
+    return fail(Errc::protocol, std::string(what) + ": refused by the broker (reason code " +
+                                    std::to_string(reason) + ", " +
+                                    ::mqtt::exception::reason_code_str(reason) + ")");
+  return fail(Errc::io, std::string(what) + ": " + ::mqtt::exception::error_str(tok.get_return_code()) +
+                            " (code " + std::to_string(tok.get_return_code()) + ")");
+}
+
+// One outstanding Paho operation. Paho calls on_success/on_failure from its thread; the result is
+// posted to the waiting coroutine's executor. The listener keeps itself alive until Paho answers.
+class PendingOp final : public ::mqtt::iaction_listener {
+ public:
+  PendingOp(ResultHandler h, asio::any_io_executor fallback, std::string what)
+      : handler_(std::move(h)), fallback_(std::move(fallback)), what_(std::move(what)) {}
+
+  void on_success(const ::mqtt::token& tok) override {
+    // A QoS 1 PUBACK or SUBACK with a failure reason arrives as "success" with a reason code.
+    int reason = tok.get_reason_code();
+    if (reason >= 0x80) finish(paho_failure(what_, tok));
+    else finish(Result<void>{});
+  }
+  void on_failure(const ::mqtt::token& tok) override { finish(paho_failure(what_, tok)); }
+
+  /// Completes with `r` unless already completed; deletes this.
+  void finish(Result<void> r) {
+    // Coroutines using the client run on its executor (see the header's thread-safety note).
+    asio::post(fallback_, [h = std::move(handler_), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
+    delete this;
+  }
+
+ private:
+  ResultHandler handler_;
+  asio::any_io_executor fallback_;
+  std::string what_;
+};
+
+// Starts a Paho operation with a listener and awaits its outcome. `start` gets the listener and
+// returns nothing; if it throws (Paho refused at once), the error is returned.
+template <class Start>
+asio::awaitable<Result<void>> paho_op(asio::any_io_executor ex, std::string what, Start start) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Result<void>)>(
+      [ex, what = std::move(what), start = std::move(start)](auto handler) mutable {
+        auto* op = new PendingOp(ResultHandler(std::move(handler)), ex, what);
+        try {
+          start(*op);
+        } catch (const ::mqtt::exception& e) {
+          op->finish(fail(Errc::io, what + ": " + e.what()));
+        }
+      },
+      asio::use_awaitable);
+}
+
+::mqtt::message_ptr to_paho(const Message& m) {
+  auto msg = std::make_shared<::mqtt::message>(m.topic, m.payload, m.qos, m.retained);
+  ::mqtt::properties props;
+  if (!m.response_topic.empty()) props.add({::mqtt::property::RESPONSE_TOPIC, m.response_topic});
+  if (!m.correlation_data.empty()) props.add({::mqtt::property::CORRELATION_DATA, m.correlation_data});
+  if (props.size()) msg->set_properties(std::move(props));
+  return msg;
+}
+
+Message from_paho(const ::mqtt::const_message_ptr& p) {
+  Message m;
+  m.topic = p->get_topic();
+  m.payload = p->get_payload_str();
+  m.qos = p->get_qos();
+  m.retained = p->is_retained();
+  const auto& props = p->get_properties();
+  if (props.contains(::mqtt::property::RESPONSE_TOPIC))
+    m.response_topic = ::mqtt::get<std::string>(props, ::mqtt::property::RESPONSE_TOPIC);
+  if (props.contains(::mqtt::property::CORRELATION_DATA))
+    m.correlation_data = ::mqtt::get<std::string>(props, ::mqtt::property::CORRELATION_DATA);
+  return m;
+}
+
+}  // namespace
+
+struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_from_this<Client::Impl> {
+  Impl(asio::any_io_executor e, Options o)
+      : ex(std::move(e)), options(std::move(o)), inbox(ex, options.inbox_capacity) {}
+
+  asio::any_io_executor ex;
+  Options options;
+  Inbox inbox;
+  std::unique_ptr<::mqtt::async_client> paho;
+  ::mqtt::connect_options connect_options;
+  std::atomic<bool> is_connected{false};
+  std::atomic<bool> closing{false};
+  std::mutex mutex;                                  // guards subscriptions
+  std::vector<std::pair<std::string, int>> subscriptions;
+
+  // --- Paho's threads ---------------------------------------------------------------------------
+
+  void connected(const std::string& cause) override {
+    is_connected = true;
+    log::debug("mqtt ", options.client_id, ": connected", cause.empty() ? "" : " (" + cause + ")");
+    renew_subscriptions();
+    if (options.on_connected) asio::post(ex, [self = shared_from_this()] {
+        if (self->options.on_connected && !self->closing) self->options.on_connected();
+      });
+  }
+
+  void connection_lost(const std::string& cause) override {
+    is_connected = false;
+    log::info("mqtt ", options.client_id, ": connection lost", cause.empty() ? "" : ": " + cause);
+    if (options.on_connection_lost) asio::post(ex, [self = shared_from_this(), cause] {
+        if (self->options.on_connection_lost && !self->closing) self->options.on_connection_lost(cause);
+      });
+  }
+
+  void message_arrived(::mqtt::const_message_ptr msg) override {
+    Message m = from_paho(msg);
+    if (inbox.try_send(boost::system::error_code{}, m)) return;
+    // Full: block Paho's receive thread until receive() makes room, so QoS 1 messages are never
+    // dropped; the broker sees back-pressure. Closing the inbox releases the wait.
+    try {
+      inbox.async_send(boost::system::error_code{}, std::move(m), asio::use_future).get();
+    } catch (const std::exception& e) {
+      log::warn("mqtt ", options.client_id, ": dropped a message on ", msg->get_topic(), " (", e.what(), ")");
+    }
+  }
+
+  void delivery_complete(::mqtt::delivery_token_ptr) override {}
+
+  void renew_subscriptions() {
+    std::vector<std::pair<std::string, int>> subs;
+    {
+      std::lock_guard lock(mutex);
+      subs = subscriptions;
+    }
+    // "Retained only if new": a session the broker kept does not replay retained messages, a lost
+    // one (or a first subscription) does.
+    ::mqtt::subscribe_options so(false, false, ::mqtt::subscribe_options::SEND_RETAINED_ON_NEW);
+    for (auto& [filter, qos] : subs) {
+      try {
+        paho->subscribe(filter, qos, so);
+      } catch (const ::mqtt::exception& e) {
+        log::warn("mqtt ", options.client_id, ": renewing subscription ", filter, ": ", e.what());
+      }
+    }
+  }
+};
+
+Result<std::unique_ptr<Client>> Client::create(asio::any_io_executor ex, Options options) {
+  if (options.client_id.empty()) return fail(Errc::invalid_argument, "mqtt client: empty client id");
+  if (options.inbox_capacity == 0) options.inbox_capacity = 1;
+  auto impl = std::make_shared<Impl>(std::move(ex), std::move(options));
+  const Options& o = impl->options;
+  try {
+    auto create_opts = ::mqtt::create_options_builder()
+                           .mqtt_version(MQTTVERSION_5)
+                           .send_while_disconnected(true, true)
+                           .max_buffered_messages(o.max_buffered)
+                           .restore_messages(true)
+                           .persist_qos0(false)
+                           .finalize();
+    if (!o.persistence_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(o.persistence_dir, ec);
+      if (ec) return Error(ec, "mqtt client: creating persistence directory " + o.persistence_dir.string());
+      impl->paho = std::make_unique<::mqtt::async_client>(o.server_uri, o.client_id, create_opts,
+                                                          o.persistence_dir.string());
+    } else {
+      impl->paho = std::make_unique<::mqtt::async_client>(o.server_uri, o.client_id, create_opts, nullptr);
+    }
+
+    ::mqtt::connect_options_builder b;
+    b.mqtt_version(MQTTVERSION_5)
+        .clean_start(o.clean_start)
+        .properties({{::mqtt::property::SESSION_EXPIRY_INTERVAL, static_cast<int>(o.session_expiry.count())}})
+        .keep_alive_interval(o.keepalive)
+        .connect_timeout(o.connect_timeout)
+        .automatic_reconnect(std::chrono::duration_cast<std::chrono::seconds>(o.min_retry) < 1s
+                                 ? std::chrono::seconds(1)
+                                 : std::chrono::duration_cast<std::chrono::seconds>(o.min_retry),
+                             std::max(std::chrono::duration_cast<std::chrono::seconds>(o.max_retry),
+                                      std::chrono::seconds(1)));
+    if (o.server_uri.starts_with("ssl://") || o.server_uri.starts_with("mqtts://")) {
+      auto ssl = ::mqtt::ssl_options_builder()
+                     .trust_store(o.ca_file)
+                     .key_store(o.cert_file)
+                     .private_key(o.key_file)
+                     .enable_server_cert_auth(true)
+                     .verify(true)
+                     .error_handler([id = o.client_id](const std::string& msg) {
+                       log::debug("mqtt ", id, ": TLS: ", msg);
+                     })
+                     .finalize();
+      b.ssl(std::move(ssl));
+    }
+    if (o.will) b.will(::mqtt::will_options(*to_paho(*o.will)));
+    impl->connect_options = b.finalize();
+    impl->paho->set_callback(*impl);
+  } catch (const ::mqtt::exception& e) {
+    return fail(Errc::invalid_argument, "mqtt client " + o.client_id + ": " + e.what());
+  }
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Client::~Client() {
+  impl_->closing = true;
+  impl_->inbox.close();  // releases a Paho thread blocked on a full inbox
+  try {
+    impl_->paho->disable_callbacks();
+  } catch (...) {
+  }
+  // Destroying the Paho client stops its threads; buffered QoS 1 messages stay in persistence.
+  impl_->paho.reset();
+}
+
+asio::awaitable<Result<void>> Client::connect() {
+  auto impl = impl_;
+  auto delay = impl->options.min_retry;
+  Result<void> last = fail(Errc::io, "not attempted");
+  for (unsigned attempt = 1;; ++attempt) {
+    last = co_await paho_op(impl->ex, "connecting to " + impl->options.server_uri,
+                            [&](::mqtt::iaction_listener& l) {
+                              impl->paho->connect(impl->connect_options, nullptr, l);
+                            });
+    if (last) {
+      impl->is_connected = true;
+      co_return last;
+    }
+    if (impl->options.connect_attempts && attempt >= impl->options.connect_attempts) co_return last;
+    log::info("mqtt ", impl->options.client_id, ": ", last.error().message(), "; retrying in ",
+              delay.count(), " ms");
+    asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+    co_await timer.async_wait(asio::use_awaitable);
+    delay = std::min(delay * 2, impl->options.max_retry);
+  }
+}
+
+asio::awaitable<Result<void>> Client::publish(Message msg) {
+  auto impl = impl_;
+  auto m = to_paho(msg);
+  co_return co_await paho_op(impl->ex, "publishing to " + msg.topic, [&](::mqtt::iaction_listener& l) {
+    impl->paho->publish(m, nullptr, l);
+  });
+}
+
+Result<void> Client::enqueue(Message msg) {
+  try {
+    impl_->paho->publish(to_paho(msg));
+  } catch (const ::mqtt::exception& e) {
+    return fail(Errc::io, "queueing a message to " + msg.topic + ": " + e.what());
+  }
+  return {};
+}
+
+asio::awaitable<Result<void>> Client::subscribe(std::string filter, int qos) {
+  auto impl = impl_;
+  {
+    std::lock_guard lock(impl->mutex);
+    auto& subs = impl->subscriptions;
+    auto it = std::find_if(subs.begin(), subs.end(), [&](auto& s) { return s.first == filter; });
+    if (it == subs.end()) subs.emplace_back(filter, qos);
+    else it->second = qos;
+  }
+  co_return co_await paho_op(impl->ex, "subscribing to " + filter, [&](::mqtt::iaction_listener& l) {
+    impl->paho->subscribe(filter, qos, nullptr, l);
+  });
+}
+
+asio::awaitable<Result<Message>> Client::receive() {
+  auto impl = impl_;
+  auto [ec, msg] = co_await impl->inbox.async_receive(asio::as_tuple(asio::use_awaitable));
+  if (ec) co_return fail(Errc::cancelled, "receiving MQTT messages: " + ec.message());
+  co_return msg;
+}
+
+asio::awaitable<void> Client::disconnect() {
+  auto impl = impl_;
+  if (!impl->paho->is_connected()) co_return;
+  auto r = co_await paho_op(impl->ex, "disconnecting", [&](::mqtt::iaction_listener& l) {
+    impl->paho->disconnect(std::chrono::seconds(2), nullptr, l);
+  });
+  impl->is_connected = false;
+  if (!r) log::debug("mqtt ", impl->options.client_id, ": ", r.error().message());
+}
+
+bool Client::connected() const { return impl_->is_connected && impl_->paho->is_connected(); }
+
+const Options& Client::options() const { return impl_->options; }
+
+}  // namespace tern::mqtt

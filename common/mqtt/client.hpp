@@ -1,0 +1,116 @@
+// An MQTT 5 client for Asio C++20 coroutines, over Paho MQTT C++ (TLS with client certificates).
+//
+//   auto client = tern::mqtt::Client::create(io.get_executor(), options).value();
+//   co_await client->connect();                       // retries with backoff per Options
+//   co_await client->subscribe("tern/devices/d1/deployment");
+//   auto msg = co_await client->receive();            // Result<Message>
+//   co_await client->publish({.topic = "...", .payload = "..."});
+//
+// Sessions are persistent (clean start off, session expiry). After the first connection Paho
+// reconnects by itself with exponential backoff; subscriptions are renewed on every reconnect (with
+// MQTT 5 "retained only if new", so a kept session does not replay retained messages). QoS 1
+// publishes made while disconnected are buffered by Paho, in files under Options::persistence_dir
+// when it is set, so they survive a restart of the process and are sent on the next connection.
+//
+// Thread safety: a Client is used from one executor (all coroutines on the io_context it was
+// created with). Paho's threads never touch caller state: they post into that executor or push into
+// the inbox channel, which blocks Paho's receive thread while full (back-pressure to the broker
+// instead of dropping QoS 1 messages).
+//
+// Cancellation: receive() and connect() support Asio cancellation (e.g. `||` with a timer);
+// publish(), subscribe() and disconnect() complete when Paho reports the outcome.
+#pragma once
+
+#include "common/error.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace tern::mqtt {
+
+using namespace std::chrono_literals;
+
+struct Message {
+  std::string topic;
+  std::string payload;
+  int qos = 1;
+  bool retained = false;
+  std::string response_topic;    ///< MQTT 5 response topic (request/response, e.g. mosquitto_rr)
+  std::string correlation_data;  ///< MQTT 5 correlation data, echoed in replies
+};
+
+struct Options {
+  std::string server_uri;  ///< "ssl://127.0.0.1:8883" (or "tcp://..." without TLS)
+  std::string client_id;   ///< with Tern's broker, the CN of cert_file
+  std::string ca_file;     ///< CA that signed the broker's certificate
+  std::string cert_file;   ///< client certificate (PEM)
+  std::string key_file;    ///< its private key (PEM)
+  bool clean_start = false;
+  std::chrono::seconds session_expiry{7 * 24 * 3600};
+  std::chrono::seconds keepalive{60};
+  std::chrono::seconds connect_timeout{10};
+  std::optional<Message> will;  ///< last will, published by the broker when the client vanishes
+  /// Paho's file persistence for in-flight and offline QoS 1 messages; empty keeps them in memory.
+  std::filesystem::path persistence_dir;
+  std::chrono::milliseconds min_retry{500};  ///< first reconnect delay
+  std::chrono::milliseconds max_retry{60s};  ///< reconnect delays double up to this
+  /// connect() gives up after this many failed attempts (0: keeps trying until cancelled).
+  unsigned connect_attempts = 0;
+  std::size_t inbox_capacity = 256;  ///< incoming messages waiting for receive()
+  int max_buffered = 10000;          ///< QoS 1 publishes buffered while disconnected
+  /// Called on the client's executor after every successful (re)connection.
+  std::function<void()> on_connected;
+  /// Called on the client's executor when an established connection drops.
+  std::function<void(const std::string& cause)> on_connection_lost;
+};
+
+class Client {
+ public:
+  /// Creates the client (no network yet). Errors: an invalid URI or options, or a persistence
+  /// directory that cannot be created.
+  static Result<std::unique_ptr<Client>> create(boost::asio::any_io_executor ex, Options options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  /// Connects, retrying with backoff between min_retry and max_retry (bounded by connect_attempts).
+  /// Errors: the last connection failure (refused TLS handshake, unreachable broker, ...).
+  boost::asio::awaitable<Result<void>> connect();
+
+  /// Publishes and waits for the broker's acknowledgement (QoS 1) or for Paho to send it (QoS 0).
+  /// While disconnected the message waits in Paho's buffer and this completes after the reconnect.
+  /// Errors: refused by the broker (e.g. reason code 135, not authorized), buffer full.
+  boost::asio::awaitable<Result<void>> publish(Message msg);
+
+  /// Hands the message to Paho and returns at once; it is delivered (and persisted meanwhile,
+  /// for QoS 1) whenever a connection exists. Errors: rejected before queueing (buffer full).
+  Result<void> enqueue(Message msg);
+
+  /// Subscribes and remembers the filter, so it is renewed after reconnects.
+  /// Errors: the broker refused the subscription (note: Mosquitto grants denied subscriptions and
+  /// then delivers nothing).
+  boost::asio::awaitable<Result<void>> subscribe(std::string filter, int qos = 1);
+
+  /// The next incoming message. Errors: the client was closed (Errc::cancelled).
+  boost::asio::awaitable<Result<Message>> receive();
+
+  /// Sends DISCONNECT (the will is not published) and stops reconnecting.
+  boost::asio::awaitable<void> disconnect();
+
+  bool connected() const;
+  const Options& options() const;
+
+ private:
+  struct Impl;
+  explicit Client(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tern::mqtt

@@ -1,0 +1,27 @@
+// Runs a coroutine test body on its own io_context with a hard deadline, so a hang fails the test
+// instead of blocking ctest until its timeout.
+//
+//   TEST(X, Y) { tern::test::run_coro([&]() -> boost::asio::awaitable<void> { ... }, 30s); }
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <functional>
+
+namespace tern::test {
+
+/// Runs `body` to completion on a fresh io_context. Exceptions thrown by the body are reported as
+/// test failures; if it has not finished after `deadline`, the test fails and the io_context is
+/// stopped.
+void run_coro(std::function<boost::asio::awaitable<void>()> body, std::chrono::milliseconds deadline);
+
+/// Same, on a caller's io_context (to share it with objects created before the body runs).
+void run_coro(boost::asio::io_context& io, std::function<boost::asio::awaitable<void>()> body,
+              std::chrono::milliseconds deadline);
+
+/// Awaits `d` on the current executor (for bounded waits in polling loops, never for readiness).
+boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d);
+
+}  // namespace tern::test
