@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -67,6 +68,35 @@ class PendingOp final : public ::mqtt::iaction_listener {
   std::string what_;
 };
 
+// The listener of connect(). Paho keeps a connect token's listener after the connection is made and
+// calls it again on automatic reconnects, so it lives as long as the client and only completes a
+// connect() that is actually waiting.
+class ConnectListener final : public ::mqtt::iaction_listener {
+ public:
+  explicit ConnectListener(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+
+  void arm(ResultHandler h) {
+    std::lock_guard lock(mutex_);
+    pending_.emplace(std::move(h));
+  }
+  void on_success(const ::mqtt::token&) override { complete(Result<void>{}); }
+  void on_failure(const ::mqtt::token& tok) override { complete(paho_failure("connecting", tok)); }
+
+  void complete(Result<void> r) {
+    std::optional<ResultHandler> h;
+    {
+      std::lock_guard lock(mutex_);
+      h.swap(pending_);
+    }
+    if (h) asio::post(ex_, [h = std::move(*h), r = std::move(r)]() mutable { std::move(h)(std::move(r)); });
+  }
+
+ private:
+  asio::any_io_executor ex_;
+  std::mutex mutex_;
+  std::optional<ResultHandler> pending_;
+};
+
 // Starts a Paho operation with a listener and awaits its outcome. `start` gets the listener and
 // returns nothing; if it throws (Paho refused at once), the error is returned.
 template <class Start>
@@ -110,13 +140,13 @@ Message from_paho(const ::mqtt::const_message_ptr& p) {
 
 struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_from_this<Client::Impl> {
   Impl(asio::any_io_executor e, Options o)
-      : ex(std::move(e)), options(std::move(o)), inbox(ex, options.inbox_capacity) {}
+      : ex(std::move(e)), options(std::move(o)), inbox(ex, options.inbox_capacity), connect_listener(ex) {}
 
   asio::any_io_executor ex;
   Options options;
   Inbox inbox;
+  ConnectListener connect_listener;
   std::unique_ptr<::mqtt::async_client> paho;
-  ::mqtt::connect_options connect_options;
   std::atomic<bool> is_connected{false};
   std::atomic<bool> closing{false};
   std::mutex mutex;                                  // guards subscriptions
@@ -154,6 +184,37 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
   }
 
   void delivery_complete(::mqtt::delivery_token_ptr) override {}
+
+  // Built afresh for every attempt: copying a connect_options that carries MQTT 5 properties
+  // crashes paho.mqtt.cpp 1.2 (the copy's C struct points at the original's properties).
+  ::mqtt::connect_options make_connect_options() const {
+    const Options& o = options;
+    ::mqtt::connect_options_builder b;
+    b.mqtt_version(MQTTVERSION_5)
+        .clean_start(o.clean_start)
+        .keep_alive_interval(o.keepalive)
+        .connect_timeout(o.connect_timeout)
+        .automatic_reconnect(std::max(std::chrono::duration_cast<std::chrono::seconds>(o.min_retry), 1s),
+                             std::max(std::chrono::duration_cast<std::chrono::seconds>(o.max_retry), 1s));
+    if (o.server_uri.starts_with("ssl://") || o.server_uri.starts_with("mqtts://")) {
+      b.ssl(::mqtt::ssl_options_builder()
+                .trust_store(o.ca_file)
+                .key_store(o.cert_file)
+                .private_key(o.key_file)
+                .enable_server_cert_auth(true)
+                .verify(true)
+                .error_handler([id = o.client_id](const std::string& msg) {
+                  log::debug("mqtt ", id, ": TLS: ", msg);
+                })
+                .finalize());
+    }
+    if (o.will) b.will(::mqtt::will_options(*to_paho(*o.will)));
+    auto opts = b.finalize();
+    ::mqtt::properties props;
+    props.add({::mqtt::property::SESSION_EXPIRY_INTERVAL, static_cast<int32_t>(o.session_expiry.count())});
+    opts.set_properties(std::move(props));
+    return opts;
+  }
 
   void renew_subscriptions() {
     std::vector<std::pair<std::string, int>> subs;
@@ -197,32 +258,6 @@ Result<std::unique_ptr<Client>> Client::create(asio::any_io_executor ex, Options
       impl->paho = std::make_unique<::mqtt::async_client>(o.server_uri, o.client_id, create_opts, nullptr);
     }
 
-    ::mqtt::connect_options_builder b;
-    b.mqtt_version(MQTTVERSION_5)
-        .clean_start(o.clean_start)
-        .properties({{::mqtt::property::SESSION_EXPIRY_INTERVAL, static_cast<int>(o.session_expiry.count())}})
-        .keep_alive_interval(o.keepalive)
-        .connect_timeout(o.connect_timeout)
-        .automatic_reconnect(std::chrono::duration_cast<std::chrono::seconds>(o.min_retry) < 1s
-                                 ? std::chrono::seconds(1)
-                                 : std::chrono::duration_cast<std::chrono::seconds>(o.min_retry),
-                             std::max(std::chrono::duration_cast<std::chrono::seconds>(o.max_retry),
-                                      std::chrono::seconds(1)));
-    if (o.server_uri.starts_with("ssl://") || o.server_uri.starts_with("mqtts://")) {
-      auto ssl = ::mqtt::ssl_options_builder()
-                     .trust_store(o.ca_file)
-                     .key_store(o.cert_file)
-                     .private_key(o.key_file)
-                     .enable_server_cert_auth(true)
-                     .verify(true)
-                     .error_handler([id = o.client_id](const std::string& msg) {
-                       log::debug("mqtt ", id, ": TLS: ", msg);
-                     })
-                     .finalize();
-      b.ssl(std::move(ssl));
-    }
-    if (o.will) b.will(::mqtt::will_options(*to_paho(*o.will)));
-    impl->connect_options = b.finalize();
     impl->paho->set_callback(*impl);
   } catch (const ::mqtt::exception& e) {
     return fail(Errc::invalid_argument, "mqtt client " + o.client_id + ": " + e.what());
@@ -248,10 +283,20 @@ asio::awaitable<Result<void>> Client::connect() {
   auto delay = impl->options.min_retry;
   Result<void> last = fail(Errc::io, "not attempted");
   for (unsigned attempt = 1;; ++attempt) {
-    last = co_await paho_op(impl->ex, "connecting to " + impl->options.server_uri,
-                            [&](::mqtt::iaction_listener& l) {
-                              impl->paho->connect(impl->connect_options, nullptr, l);
-                            });
+    // Built outside the co_await expression: g++ 12 destroys temporaries of a full-expression
+    // containing co_await twice (a lambda capturing a shared_ptr there corrupts its count).
+    auto attempt_op = asio::async_initiate<decltype(asio::use_awaitable), void(Result<void>)>(
+        [impl](auto handler) {
+          impl->connect_listener.arm(ResultHandler(std::move(handler)));
+          try {
+            impl->paho->connect(impl->make_connect_options(), nullptr, impl->connect_listener);
+          } catch (const ::mqtt::exception& e) {
+            impl->connect_listener.complete(fail(Errc::io, std::string("connecting: ") + e.what()));
+          }
+        },
+        asio::use_awaitable);
+    last = co_await std::move(attempt_op);
+    if (!last) last = last.error().context(impl->options.server_uri);
     if (last) {
       impl->is_connected = true;
       co_return last;
@@ -265,15 +310,15 @@ asio::awaitable<Result<void>> Client::connect() {
   }
 }
 
-asio::awaitable<Result<void>> Client::publish(Message msg) {
+asio::awaitable<Result<void>> Client::publish(const Message& msg) {
   auto impl = impl_;
   auto m = to_paho(msg);
-  co_return co_await paho_op(impl->ex, "publishing to " + msg.topic, [&](::mqtt::iaction_listener& l) {
-    impl->paho->publish(m, nullptr, l);
-  });
+  auto op = paho_op(impl->ex, "publishing to " + msg.topic,
+                    [&](::mqtt::iaction_listener& l) { impl->paho->publish(m, nullptr, l); });
+  co_return co_await std::move(op);
 }
 
-Result<void> Client::enqueue(Message msg) {
+Result<void> Client::enqueue(const Message& msg) {
   try {
     impl_->paho->publish(to_paho(msg));
   } catch (const ::mqtt::exception& e) {
@@ -282,7 +327,8 @@ Result<void> Client::enqueue(Message msg) {
   return {};
 }
 
-asio::awaitable<Result<void>> Client::subscribe(std::string filter, int qos) {
+asio::awaitable<Result<void>> Client::subscribe(const std::string& filter_arg, int qos) {
+  std::string filter = filter_arg;  // read before the first suspension (see the header)
   auto impl = impl_;
   {
     std::lock_guard lock(impl->mutex);
@@ -291,9 +337,9 @@ asio::awaitable<Result<void>> Client::subscribe(std::string filter, int qos) {
     if (it == subs.end()) subs.emplace_back(filter, qos);
     else it->second = qos;
   }
-  co_return co_await paho_op(impl->ex, "subscribing to " + filter, [&](::mqtt::iaction_listener& l) {
-    impl->paho->subscribe(filter, qos, nullptr, l);
-  });
+  auto op = paho_op(impl->ex, "subscribing to " + filter,
+                    [&](::mqtt::iaction_listener& l) { impl->paho->subscribe(filter, qos, nullptr, l); });
+  co_return co_await std::move(op);
 }
 
 asio::awaitable<Result<Message>> Client::receive() {
@@ -306,9 +352,10 @@ asio::awaitable<Result<Message>> Client::receive() {
 asio::awaitable<void> Client::disconnect() {
   auto impl = impl_;
   if (!impl->paho->is_connected()) co_return;
-  auto r = co_await paho_op(impl->ex, "disconnecting", [&](::mqtt::iaction_listener& l) {
+  auto op = paho_op(impl->ex, "disconnecting", [&](::mqtt::iaction_listener& l) {
     impl->paho->disconnect(std::chrono::seconds(2), nullptr, l);
   });
+  auto r = co_await std::move(op);
   impl->is_connected = false;
   if (!r) log::debug("mqtt ", impl->options.client_id, ": ", r.error().message());
 }

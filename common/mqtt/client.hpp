@@ -17,6 +17,11 @@
 // the inbox channel, which blocks Paho's receive thread while full (back-pressure to the broker
 // instead of dropping QoS 1 messages).
 //
+// Arguments of the coroutine functions are read before their first suspension, so temporaries are
+// fine when the result is awaited at once (`co_await c.publish({...})`), as everywhere in Tern.
+// (They are taken by reference because g++ 12 miscompiles by-value class parameters of coroutines
+// that are initialised from a braced temporary.)
+//
 // Cancellation: receive() and connect() support Asio cancellation (e.g. `||` with a timer);
 // publish(), subscribe() and disconnect() complete when Paho reports the outcome.
 #pragma once
@@ -87,16 +92,16 @@ class Client {
   /// Publishes and waits for the broker's acknowledgement (QoS 1) or for Paho to send it (QoS 0).
   /// While disconnected the message waits in Paho's buffer and this completes after the reconnect.
   /// Errors: refused by the broker (e.g. reason code 135, not authorized), buffer full.
-  boost::asio::awaitable<Result<void>> publish(Message msg);
+  boost::asio::awaitable<Result<void>> publish(const Message& msg);
 
   /// Hands the message to Paho and returns at once; it is delivered (and persisted meanwhile,
   /// for QoS 1) whenever a connection exists. Errors: rejected before queueing (buffer full).
-  Result<void> enqueue(Message msg);
+  Result<void> enqueue(const Message& msg);
 
   /// Subscribes and remembers the filter, so it is renewed after reconnects.
   /// Errors: the broker refused the subscription (note: Mosquitto grants denied subscriptions and
   /// then delivers nothing).
-  boost::asio::awaitable<Result<void>> subscribe(std::string filter, int qos = 1);
+  boost::asio::awaitable<Result<void>> subscribe(const std::string& filter, int qos = 1);
 
   /// The next incoming message. Errors: the client was closed (Errc::cancelled).
   boost::asio::awaitable<Result<Message>> receive();

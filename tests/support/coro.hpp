@@ -25,3 +25,14 @@ void run_coro(boost::asio::io_context& io, std::function<boost::asio::awaitable<
 boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d);
 
 }  // namespace tern::test
+
+/// ASSERT_* for coroutine bodies (gtest's ASSERT_* use `return`, which a coroutine cannot):
+///   CO_ASSERT_TRUE(m, "message " << i << " did not arrive");
+#define CO_ASSERT_TRUE(cond, ...)                                                   \
+  do {                                                                              \
+    if (!(cond)) {                                                                  \
+      ADD_FAILURE() << "expected true: " #cond " " __VA_OPT__(<< __VA_ARGS__);      \
+      co_return;                                                                    \
+    }                                                                               \
+  } while (0)
+#define CO_ASSERT_FALSE(cond, ...) CO_ASSERT_TRUE(!(cond) __VA_OPT__(, __VA_ARGS__))

@@ -1,0 +1,255 @@
+// tern::mqtt::Client against the real broker: delivery, retained messages, offline buffering across
+// a broker restart and across a client process restart, last will, malformed payloads.
+#include <gtest/gtest.h>
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <set>
+
+#include "common/mqtt/client.hpp"
+#include "common/protocol.hpp"
+#include "tests/support/broker.hpp"
+#include "tests/support/coro.hpp"
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace tern::test {
+namespace {
+
+asio::awaitable<std::optional<mqtt::Message>> next_message(mqtt::Client& c,
+                                                           std::chrono::milliseconds within) {
+  asio::steady_timer t(co_await asio::this_coro::executor, within);
+  auto r = co_await (c.receive() || t.async_wait(asio::use_awaitable));
+  if (r.index() == 0 && std::get<0>(r)) co_return *std::get<0>(r);
+  co_return std::nullopt;
+}
+
+asio::awaitable<std::unique_ptr<mqtt::Client>> connected(mqtt::Options o) {
+  auto ex = co_await asio::this_coro::executor;  // not inside a larger expression: g++ 12 mishandles
+  // temporaries of a full-expression that contains co_await
+  auto c = mqtt::Client::create(ex, std::move(o)).value();
+  auto r = co_await c->connect();
+  EXPECT_TRUE(r) << (r ? "" : r.error().message());
+  co_return std::move(c);
+}
+
+std::string tool() {
+  return (build_dir() / "tests/common/tern-mqtt-tool").string();
+}
+
+std::vector<std::string> tool_args(const Broker& b, std::string mode, std::string id) {
+  return {tool(),
+          std::move(mode),
+          b.uri(),
+          id,
+          (certs() / "ca.crt").string(),
+          (certs() / (id + ".crt")).string(),
+          (certs() / (id + ".key")).string()};
+}
+
+TEST(MqttClient, PublishSubscribeRoundTrip) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker.client_options("bridge"));
+        auto dev = co_await connected(broker.client_options("device-1"));
+        EXPECT_TRUE(dev->connected());
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        for (int i = 0; i < 20; ++i) {
+          const mqtt::Message event{"tern/devices/device-1/status", "event-" + std::to_string(i)};
+          auto r_ = co_await dev->publish(event);
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        for (int i = 0; i < 20; ++i) {
+          auto m = co_await next_message(*bridge, 5s);
+          CO_ASSERT_TRUE(m, "message " << i << " did not arrive");
+          EXPECT_EQ(m->payload, "event-" + std::to_string(i));  // QoS 1 in order from one client
+          EXPECT_EQ(m->topic, "tern/devices/device-1/status");
+        }
+      },
+      60s);
+}
+
+TEST(MqttClient, RetainedMessageIsDeliveredOnSubscribe) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto op = co_await connected(broker.client_options("operator"));
+        {
+          const mqtt::Message msg1{"tern/devices/device-3/deployment", "{\"deployment_id\":\"d1\"}", 1, true};
+          auto r_ = co_await op->publish(msg1);
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto dev = co_await connected(broker.client_options("device-3"));
+        {
+          auto r_ =
+              co_await dev->subscribe("tern/devices/device-3/deployment");  // co_await never inside a gtest
+                                                                            // macro: g++ 12 miscompiles it
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto m = co_await next_message(*dev, 5s);
+        CO_ASSERT_TRUE(m);
+        EXPECT_TRUE(m->retained);
+        EXPECT_EQ(m->payload, "{\"deployment_id\":\"d1\"}");
+      },
+      60s);
+}
+
+TEST(MqttClient, MessagesQueuedWhileBrokerIsDownArriveAfterRestart) {
+  Broker broker;
+  TempDir persist;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker.client_options("bridge"));
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto dev = co_await connected(broker.client_options("device-1", persist.path()));
+
+        broker.stop();
+        // Wait (bounded) until the device notices the broker is gone.
+        for (int i = 0; i < 200 && dev->connected(); ++i) co_await sleep_for(50ms);
+        EXPECT_FALSE(dev->connected());
+        for (int i = 0; i < 5; ++i)
+          EXPECT_TRUE(dev->enqueue({"tern/devices/device-1/status", "offline-" + std::to_string(i)}));
+        broker.start();
+
+        // Both clients reconnect by themselves; the bridge's persistent session kept its subscription.
+        std::vector<std::string> got;
+        while (got.size() < 5) {
+          auto m = co_await next_message(*bridge, 20s);
+          if (!m) break;
+          got.push_back(m->payload);
+        }
+        EXPECT_EQ(
+            got, (std::vector<std::string>{"offline-0", "offline-1", "offline-2", "offline-3", "offline-4"}));
+      },
+      90s);
+}
+
+TEST(MqttClient, QueuedMessagesSurviveAClientProcessRestart) {
+  Broker broker;
+  TempDir work;
+  auto persist = (work / "paho").string();
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker.client_options("bridge"));
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        broker.stop();
+
+        // Process 1 queues while the broker is down, then exits: only Paho's files remain.
+        auto args = tool_args(broker, "queue", "device-2");
+        args.insert(args.end(), {persist, "tern/devices/device-2/status", "3"});
+        Process queue(args, work / "queue.log");
+        auto st = queue.wait(30s);
+        EXPECT_TRUE(st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << queue.log();
+
+        broker.start();
+        // Process 2, same client id and persistence directory, sends them.
+        auto fargs = tool_args(broker, "flush", "device-2");
+        fargs.push_back(persist);
+        Process flush(fargs, work / "flush.log");
+
+        std::vector<std::string> got;
+        while (got.size() < 4) {
+          auto m = co_await next_message(*bridge, 30s);
+          if (!m) break;
+          got.push_back(m->payload);
+        }
+        EXPECT_EQ(got, (std::vector<std::string>{"queued-0", "queued-1", "queued-2", "flush-marker"}))
+            << "queue: " << queue.log() << "\nflush: " << flush.log();
+        auto fst = flush.wait(30s);
+        EXPECT_TRUE(fst && WIFEXITED(*fst) && WEXITSTATUS(*fst) == 0) << flush.log();
+      },
+      120s);
+}
+
+TEST(MqttClient, LastWillIsPublishedWhenTheClientDies) {
+  Broker broker;
+  TempDir work;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker.client_options("bridge"));
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/presence");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto args = tool_args(broker, "hold", "device-4");
+        args.push_back("tern/devices/device-4/presence");
+        Process holder(args, work / "hold.log");
+        // Bounded poll until it is connected, then a power cut.
+        for (int i = 0; i < 200 && holder.log().find("connected") == std::string::npos; ++i)
+          co_await sleep_for(50ms);
+        CO_ASSERT_TRUE((holder.log().find("connected")) != (std::string::npos), holder.log());
+        holder.kill();
+        auto m = co_await next_message(*bridge, 10s);
+        CO_ASSERT_TRUE(m, "no last will");
+        EXPECT_EQ(m->topic, "tern/devices/device-4/presence");
+        auto p = protocol::parse_presence(m->payload);
+        CO_ASSERT_TRUE(p, p.error().message());
+        EXPECT_FALSE(p->online);
+      },
+      60s);
+}
+
+TEST(MqttClient, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker.client_options("bridge"));
+        auto dev = co_await connected(broker.client_options("device-5"));
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        const std::vector<std::string> bad = {"",
+                                              "not json",
+                                              "{\"deployment_id\":42}",
+                                              "[1,2,3]",
+                                              "{\"deployment_id\":\"d\",\"status\":\"nope\"}",
+                                              std::string(70 * 1024, '{')};
+        for (auto& p : bad) {
+          const mqtt::Message msg2{"tern/devices/device-5/status", p};
+          auto r_ = co_await dev->publish(msg2);
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        protocol::StatusEvent good{"dep-9", protocol::Status::success, 1, 1, 1, "", 1, 3};
+        {
+          const mqtt::Message valid{"tern/devices/device-5/status", protocol::serialize(good)};
+          auto r_ = co_await dev->publish(valid);
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+
+        std::size_t rejected = 0;
+        std::optional<protocol::StatusEvent> accepted;
+        for (std::size_t i = 0; i < bad.size() + 1; ++i) {
+          auto m = co_await next_message(*bridge, 5s);
+          CO_ASSERT_TRUE(m);
+          auto s = protocol::parse_status(m->payload);
+          if (s)
+            accepted = *s;
+          else {
+            ++rejected;
+            EXPECT_FALSE(s.error().message().empty());
+            EXPECT_TRUE(s.error().message().starts_with("status message")) << s.error().message();
+          }
+        }
+        EXPECT_EQ(rejected, bad.size());
+        CO_ASSERT_TRUE(accepted);
+        EXPECT_EQ(*accepted, good);
+      },
+      60s);
+}
+
+}  // namespace
+}  // namespace tern::test
