@@ -122,6 +122,22 @@ Result<std::vector<std::string>> Object::strings(std::string_view key) const {
   return as_strings(*impl_, key, *e);
 }
 
+Result<std::vector<Object>> Object::objects(std::string_view key) const {
+  auto e = find(*impl_, key);
+  if (!e) return missing(*impl_, key);
+  simdjson::dom::array arr;
+  if (e->get(arr) != simdjson::SUCCESS) return field_error(*impl_, key, "an array of objects");
+  std::vector<Object> out;
+  std::size_t i = 0;
+  for (auto item : arr) {
+    simdjson::dom::object obj;
+    if (item.get(obj) != simdjson::SUCCESS) return field_error(*impl_, key, "an array of objects");
+    out.push_back(Object(std::make_shared<Impl>(
+        Impl{impl_->doc, obj, impl_->what + ": " + std::string(key) + "[" + std::to_string(i++) + "]"})));
+  }
+  return out;
+}
+
 Result<std::string> Object::string_or(std::string_view key, std::string fallback) const {
   auto e = find(*impl_, key);
   if (!e) return fallback;

@@ -40,6 +40,8 @@ class Object {
   Result<bool> boolean(std::string_view key) const;
   Result<Object> object(std::string_view key) const;
   Result<std::vector<std::string>> strings(std::string_view key) const;
+  /// An array of objects.
+  Result<std::vector<Object>> objects(std::string_view key) const;
 
   /// Optional fields: `fallback` if missing (or null); an error only if present with another type.
   Result<std::string> string_or(std::string_view key, std::string fallback) const;

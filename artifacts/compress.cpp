@@ -1,0 +1,333 @@
+#include "artifacts/compress.hpp"
+
+#include <lzma.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <array>
+#include <cstring>
+#include <vector>
+
+namespace tern::artifacts {
+namespace {
+
+constexpr std::size_t chunk = 64 * 1024;
+
+Error corrupt(std::string_view fmt, std::string msg) {
+  return fail(Errc::invalid_argument, std::string(fmt) + " data: " + std::move(msg));
+}
+
+class NoneDecompressor final : public Decompressor {
+ public:
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    if (in.empty()) return {};
+    return out(in);
+  }
+  Result<void> finish() override { return {}; }
+};
+
+class GzipDecompressor final : public Decompressor {
+ public:
+  GzipDecompressor() {
+    std::memset(&zs_, 0, sizeof zs_);
+    inflateInit2(&zs_, 16 + MAX_WBITS);
+  }
+  ~GzipDecompressor() override { inflateEnd(&zs_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    zs_.next_in = const_cast<Bytef*>(in.data());
+    zs_.avail_in = static_cast<uInt>(in.size());
+    for (;;) {
+      if (ended_) {
+        if (zs_.avail_in) return corrupt("gzip", "trailing bytes after the end of the stream");
+        return {};
+      }
+      zs_.next_out = buf_.data();
+      zs_.avail_out = static_cast<uInt>(buf_.size());
+      int rc = inflate(&zs_, Z_NO_FLUSH);
+      if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
+        return corrupt("gzip", zs_.msg ? zs_.msg : "inflate error " + std::to_string(rc));
+      std::size_t n = buf_.size() - zs_.avail_out;
+      if (n)
+        if (auto r = out({buf_.data(), n}); !r) return r;
+      if (rc == Z_STREAM_END) {
+        ended_ = true;
+        continue;
+      }
+      if (zs_.avail_in == 0 && zs_.avail_out != 0) return {};  // all input used, output not full
+      if (rc == Z_BUF_ERROR && n == 0) return {};
+    }
+  }
+  Result<void> finish() override {
+    if (!ended_) return corrupt("gzip", "truncated stream");
+    return {};
+  }
+
+ private:
+  z_stream zs_;
+  std::array<Bytef, chunk> buf_;
+  bool ended_ = false;
+};
+
+class XzDecompressor final : public Decompressor {
+ public:
+  XzDecompressor() { init_ok_ = lzma_stream_decoder(&ls_, UINT64_MAX, 0) == LZMA_OK; }
+  ~XzDecompressor() override { lzma_end(&ls_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    if (!init_ok_) return corrupt("xz", "decoder initialisation failed");
+    ls_.next_in = in.data();
+    ls_.avail_in = in.size();
+    for (;;) {
+      if (ended_) {
+        if (ls_.avail_in) return corrupt("xz", "trailing bytes after the end of the stream");
+        return {};
+      }
+      ls_.next_out = buf_.data();
+      ls_.avail_out = buf_.size();
+      lzma_ret rc = lzma_code(&ls_, LZMA_RUN);
+      std::size_t n = buf_.size() - ls_.avail_out;
+      if (n)
+        if (auto r = out({buf_.data(), n}); !r) return r;
+      if (rc == LZMA_STREAM_END) {
+        ended_ = true;
+        continue;
+      }
+      if (rc != LZMA_OK && rc != LZMA_BUF_ERROR) return corrupt("xz", "decoder error " + std::to_string(rc));
+      if (ls_.avail_in == 0 && ls_.avail_out != 0) return {};
+      if (rc == LZMA_BUF_ERROR) return {};
+    }
+  }
+  Result<void> finish() override {
+    if (!ended_) return corrupt("xz", "truncated stream");
+    return {};
+  }
+
+ private:
+  lzma_stream ls_ = LZMA_STREAM_INIT;
+  std::array<std::uint8_t, chunk> buf_;
+  bool ended_ = false;
+  bool init_ok_ = false;
+};
+
+class ZstdDecompressor final : public Decompressor {
+ public:
+  ZstdDecompressor() : ctx_(ZSTD_createDCtx()) {}
+  ~ZstdDecompressor() override { ZSTD_freeDCtx(ctx_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    ZSTD_inBuffer ib{in.data(), in.size(), 0};
+    for (;;) {
+      ZSTD_outBuffer ob{buf_.data(), buf_.size(), 0};
+      std::size_t rc = ZSTD_decompressStream(ctx_, &ob, &ib);
+      if (ZSTD_isError(rc)) return corrupt("zstd", ZSTD_getErrorName(rc));
+      last_ = rc;
+      if (ob.pos)
+        if (auto r = out({buf_.data(), ob.pos}); !r) return r;
+      // Go on while input remains, or while a full output buffer may hide more of the current
+      // frame. After a frame ends (rc == 0) another call with no input would return the next
+      // frame's header-size hint, which must not count as "inside a frame".
+      if (ib.pos == ib.size && (ob.pos < ob.size || rc == 0)) return {};
+    }
+  }
+  Result<void> finish() override {
+    // ZSTD_decompressStream returns 0 exactly when a frame is complete and flushed.
+    if (last_ != 0) return corrupt("zstd", "truncated stream (ends inside a frame)");
+    return {};
+  }
+  bool at_frame_boundary() const override { return last_ == 0; }
+
+ private:
+  ZSTD_DCtx* ctx_;
+  std::array<std::uint8_t, chunk> buf_;
+  std::size_t last_ = 1;  // nothing decoded yet: an empty stream is truncated
+};
+
+class NoneCompressor final : public Compressor {
+ public:
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    return in.empty() ? Result<void>{} : out(in);
+  }
+  Result<void> end_frame(const Output&) override { return {}; }
+  Result<void> finish(const Output&) override { return {}; }
+};
+
+class GzipCompressor final : public Compressor {
+ public:
+  explicit GzipCompressor(int level) {
+    std::memset(&zs_, 0, sizeof zs_);
+    deflateInit2(&zs_, level < 0 ? 6 : level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY);
+  }
+  ~GzipCompressor() override { deflateEnd(&zs_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override { return run(in, Z_NO_FLUSH, out); }
+  Result<void> end_frame(const Output&) override { return {}; }
+  Result<void> finish(const Output& out) override { return run({}, Z_FINISH, out); }
+
+ private:
+  Result<void> run(std::span<const std::uint8_t> in, int flush, const Output& out) {
+    zs_.next_in = const_cast<Bytef*>(in.data());
+    zs_.avail_in = static_cast<uInt>(in.size());
+    for (;;) {
+      zs_.next_out = buf_.data();
+      zs_.avail_out = static_cast<uInt>(buf_.size());
+      int rc = deflate(&zs_, flush);
+      if (rc == Z_STREAM_ERROR) return fail(Errc::internal, "gzip: deflate failed");
+      std::size_t n = buf_.size() - zs_.avail_out;
+      if (n)
+        if (auto r = out({buf_.data(), n}); !r) return r;
+      if (flush == Z_FINISH ? rc == Z_STREAM_END : (zs_.avail_in == 0 && zs_.avail_out != 0)) return {};
+    }
+  }
+  z_stream zs_;
+  std::array<Bytef, chunk> buf_;
+};
+
+class XzCompressor final : public Compressor {
+ public:
+  explicit XzCompressor(int level) { init_ok_ = lzma_easy_encoder(&ls_, level < 0 ? 6 : level, LZMA_CHECK_CRC64) == LZMA_OK; }
+  ~XzCompressor() override { lzma_end(&ls_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override { return run(in, LZMA_RUN, out); }
+  Result<void> end_frame(const Output&) override { return {}; }
+  Result<void> finish(const Output& out) override { return run({}, LZMA_FINISH, out); }
+
+ private:
+  Result<void> run(std::span<const std::uint8_t> in, lzma_action action, const Output& out) {
+    if (!init_ok_) return fail(Errc::internal, "xz: encoder initialisation failed");
+    ls_.next_in = in.data();
+    ls_.avail_in = in.size();
+    for (;;) {
+      ls_.next_out = buf_.data();
+      ls_.avail_out = buf_.size();
+      lzma_ret rc = lzma_code(&ls_, action);
+      if (rc != LZMA_OK && rc != LZMA_STREAM_END) return fail(Errc::internal, "xz: encoder error " + std::to_string(rc));
+      std::size_t n = buf_.size() - ls_.avail_out;
+      if (n)
+        if (auto r = out({buf_.data(), n}); !r) return r;
+      if (action == LZMA_FINISH ? rc == LZMA_STREAM_END : (ls_.avail_in == 0 && ls_.avail_out != 0)) return {};
+    }
+  }
+  lzma_stream ls_ = LZMA_STREAM_INIT;
+  std::array<std::uint8_t, chunk> buf_;
+  bool init_ok_ = false;
+};
+
+class ZstdCompressor final : public Compressor {
+ public:
+  explicit ZstdCompressor(int level) : ctx_(ZSTD_createCCtx()) {
+    ZSTD_CCtx_setParameter(ctx_, ZSTD_c_compressionLevel, level < 0 ? 3 : level);
+    ZSTD_CCtx_setParameter(ctx_, ZSTD_c_checksumFlag, 1);
+  }
+  ~ZstdCompressor() override { ZSTD_freeCCtx(ctx_); }
+  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
+    in_frame_ = in_frame_ || !in.empty();
+    return run(in, ZSTD_e_continue, out);
+  }
+  Result<void> end_frame(const Output& out) override {
+    if (!in_frame_) return {};
+    in_frame_ = false;
+    return run({}, ZSTD_e_end, out);
+  }
+  Result<void> finish(const Output& out) override {
+    in_frame_ = false;
+    return run({}, ZSTD_e_end, out);
+  }
+
+ private:
+  Result<void> run(std::span<const std::uint8_t> in, ZSTD_EndDirective mode, const Output& out) {
+    ZSTD_inBuffer ib{in.data(), in.size(), 0};
+    for (;;) {
+      ZSTD_outBuffer ob{buf_.data(), buf_.size(), 0};
+      std::size_t rc = ZSTD_compressStream2(ctx_, &ob, &ib, mode);
+      if (ZSTD_isError(rc)) return fail(Errc::internal, std::string("zstd: ") + ZSTD_getErrorName(rc));
+      if (ob.pos)
+        if (auto r = out({buf_.data(), ob.pos}); !r) return r;
+      bool done = mode == ZSTD_e_continue ? ib.pos == ib.size : rc == 0;
+      if (done) return {};
+    }
+  }
+  ZSTD_CCtx* ctx_;
+  std::array<std::uint8_t, chunk> buf_;
+  bool in_frame_ = false;
+};
+
+}  // namespace
+
+std::string_view to_string(Compression c) {
+  switch (c) {
+    case Compression::none: return "none";
+    case Compression::gzip: return "gzip";
+    case Compression::xz: return "xz";
+    case Compression::zstd: return "zstd";
+  }
+  return "?";
+}
+
+Result<Compression> parse_compression(std::string_view n) {
+  if (n == "none") return Compression::none;
+  if (n == "gzip" || n == "gz") return Compression::gzip;
+  if (n == "lzma" || n == "xz") return Compression::xz;
+  if (n == "zstd" || n == "zstd_better" || n == "zstd_best" || n == "zstd_fastest") return Compression::zstd;
+  return fail(Errc::invalid_argument, "unknown compression '" + std::string(n) + "' (none, gzip, lzma, zstd)");
+}
+
+std::string_view suffix(Compression c) {
+  switch (c) {
+    case Compression::none: return "";
+    case Compression::gzip: return ".gz";
+    case Compression::xz: return ".xz";
+    case Compression::zstd: return ".zst";
+  }
+  return "";
+}
+
+Compression detect(std::span<const std::uint8_t> h) {
+  if (h.size() >= 2 && h[0] == 0x1f && h[1] == 0x8b) return Compression::gzip;
+  if (h.size() >= 6 && std::memcmp(h.data(), "\xfd" "7zXZ\0", 6) == 0) return Compression::xz;
+  if (h.size() >= 4 && h[0] == 0x28 && h[1] == 0xb5 && h[2] == 0x2f && h[3] == 0xfd) return Compression::zstd;
+  return Compression::none;
+}
+
+std::unique_ptr<Decompressor> make_decompressor(Compression c) {
+  switch (c) {
+    case Compression::gzip: return std::make_unique<GzipDecompressor>();
+    case Compression::xz: return std::make_unique<XzDecompressor>();
+    case Compression::zstd: return std::make_unique<ZstdDecompressor>();
+    case Compression::none: break;
+  }
+  return std::make_unique<NoneDecompressor>();
+}
+
+std::unique_ptr<Compressor> make_compressor(Compression c, int level) {
+  switch (c) {
+    case Compression::gzip: return std::make_unique<GzipCompressor>(level);
+    case Compression::xz: return std::make_unique<XzCompressor>(level);
+    case Compression::zstd: return std::make_unique<ZstdCompressor>(level);
+    case Compression::none: break;
+  }
+  return std::make_unique<NoneCompressor>();
+}
+
+Result<std::string> compress_all(Compression c, std::string_view data) {
+  std::string out;
+  auto sink = [&](std::span<const std::uint8_t> b) -> Result<void> {
+    out.append(reinterpret_cast<const char*>(b.data()), b.size());
+    return {};
+  };
+  auto z = make_compressor(c);
+  if (auto r = z->feed({reinterpret_cast<const std::uint8_t*>(data.data()), data.size()}, sink); !r) return r.error();
+  if (auto r = z->finish(sink); !r) return r.error();
+  return out;
+}
+
+Result<std::string> decompress_all(Compression c, std::string_view data, std::size_t limit) {
+  std::string out;
+  auto sink = [&](std::span<const std::uint8_t> b) -> Result<void> {
+    if (out.size() + b.size() > limit)
+      return fail(Errc::invalid_argument, "decompressed size is over the limit of " + std::to_string(limit));
+    out.append(reinterpret_cast<const char*>(b.data()), b.size());
+    return {};
+  };
+  auto z = make_decompressor(c);
+  if (auto r = z->feed({reinterpret_cast<const std::uint8_t*>(data.data()), data.size()}, sink); !r) return r.error();
+  if (auto r = z->finish(); !r) return r.error();
+  return out;
+}
+
+}  // namespace tern::artifacts

@@ -1,0 +1,176 @@
+#include "artifacts/crypto.hpp"
+
+#include <openssl/bio.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include <vector>
+
+namespace tern::artifacts {
+namespace {
+
+struct Free {
+  void operator()(EVP_MD_CTX* p) const { EVP_MD_CTX_free(p); }
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+  void operator()(BIO* p) const { BIO_free(p); }
+  void operator()(ECDSA_SIG* p) const { ECDSA_SIG_free(p); }
+  void operator()(BIGNUM* p) const { BN_free(p); }
+};
+template <class T>
+using Ptr = std::unique_ptr<T, Free>;
+
+std::string openssl_error() {
+  unsigned long e = ERR_get_error();
+  if (!e) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+Error sig_error(std::string msg) { return fail(Errc::invalid_argument, std::move(msg)); }
+
+Result<Ptr<EVP_PKEY>> load_key(std::string_view pem, bool is_private) {
+  Ptr<BIO> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  EVP_PKEY* key = is_private ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr)
+                             : PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr);
+  if (!key && !is_private) {
+    // A certificate is fine too.
+    Ptr<BIO> again(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+    if (X509* cert = PEM_read_bio_X509(again.get(), nullptr, nullptr, nullptr)) {
+      key = X509_get_pubkey(cert);
+      X509_free(cert);
+    }
+  }
+  if (!key) {
+    ERR_clear_error();
+    return sig_error(std::string("not a PEM ") + (is_private ? "private" : "public") + " key");
+  }
+  return Ptr<EVP_PKEY>(key);
+}
+
+std::string base64(const std::vector<unsigned char>& raw) {
+  std::string out(4 * ((raw.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), raw.data(), static_cast<int>(raw.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+Result<std::vector<unsigned char>> unbase64(std::string_view b64) {
+  std::string s;
+  for (char c : b64)
+    if (c != '\n' && c != '\r' && c != ' ') s += c;
+  if (s.empty() || s.size() % 4) return sig_error("manifest.sig: not valid base64");
+  std::vector<unsigned char> out(s.size() / 4 * 3);
+  int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
+  if (n < 0) return sig_error("manifest.sig: not valid base64");
+  std::size_t pad = (s.end()[-1] == '=') + (s.end()[-2] == '=');
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
+}
+
+}  // namespace
+
+struct Sha256::Impl {
+  Ptr<EVP_MD_CTX> ctx{EVP_MD_CTX_new()};
+};
+
+Sha256::Sha256() : impl_(std::make_unique<Impl>()) { EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr); }
+Sha256::~Sha256() = default;
+Sha256::Sha256(Sha256&&) noexcept = default;
+Sha256& Sha256::operator=(Sha256&&) noexcept = default;
+
+void Sha256::update(std::span<const std::uint8_t> d) { EVP_DigestUpdate(impl_->ctx.get(), d.data(), d.size()); }
+
+std::string Sha256::hex_final() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(impl_->ctx.get(), md, &len);
+  EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr);
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out += digits[md[i] >> 4];
+    out += digits[md[i] & 15];
+  }
+  return out;
+}
+
+std::string Sha256::hex(std::string_view data) {
+  Sha256 h;
+  h.update(data);
+  return h.hex_final();
+}
+
+Result<std::string> sign_base64(std::string_view message, std::string_view private_key_pem) {
+  auto key = load_key(private_key_pem, true);
+  if (!key) return key.error().context("signing");
+  int type = EVP_PKEY_base_id(key->get());
+  if (type != EVP_PKEY_RSA && type != EVP_PKEY_EC && type != EVP_PKEY_ED25519)
+    return sig_error("signing: unsupported key type (RSA, EC P-256 or Ed25519)");
+  Ptr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
+  const EVP_MD* md = type == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
+  if (EVP_DigestSignInit(ctx.get(), nullptr, md, nullptr, key->get()) != 1)
+    return sig_error("signing: " + openssl_error());
+  std::size_t len = 0;
+  auto msg = reinterpret_cast<const unsigned char*>(message.data());
+  if (EVP_DigestSign(ctx.get(), nullptr, &len, msg, message.size()) != 1) return sig_error("signing: " + openssl_error());
+  std::vector<unsigned char> sig(len);
+  if (EVP_DigestSign(ctx.get(), sig.data(), &len, msg, message.size()) != 1)
+    return sig_error("signing: " + openssl_error());
+  sig.resize(len);
+  if (type == EVP_PKEY_EC) {
+    // DER → raw r||s, 32 bytes each, as mender-artifact writes ECDSA P-256 signatures.
+    const unsigned char* p = sig.data();
+    Ptr<ECDSA_SIG> es(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size())));
+    if (!es) return sig_error("signing: " + openssl_error());
+    std::vector<unsigned char> raw(64);
+    BN_bn2binpad(ECDSA_SIG_get0_r(es.get()), raw.data(), 32);
+    BN_bn2binpad(ECDSA_SIG_get0_s(es.get()), raw.data() + 32, 32);
+    sig = std::move(raw);
+  }
+  return base64(sig);
+}
+
+Result<void> verify_base64(std::string_view message, std::string_view signature_b64, std::string_view public_key_pem) {
+  auto key = load_key(public_key_pem, false);
+  if (!key) return key.error().context("verifying manifest.sig");
+  auto sig = unbase64(signature_b64);
+  if (!sig) return sig.error();
+  int type = EVP_PKEY_base_id(key->get());
+  if (type == EVP_PKEY_EC && sig->size() == 64) {
+    // Raw r||s → DER for OpenSSL.
+    Ptr<ECDSA_SIG> es(ECDSA_SIG_new());
+    BIGNUM* r = BN_bin2bn(sig->data(), 32, nullptr);
+    BIGNUM* s = BN_bin2bn(sig->data() + 32, 32, nullptr);
+    ECDSA_SIG_set0(es.get(), r, s);
+    unsigned char* der = nullptr;
+    int n = i2d_ECDSA_SIG(es.get(), &der);
+    if (n <= 0) return sig_error("verifying manifest.sig: " + openssl_error());
+    sig->assign(der, der + n);
+    OPENSSL_free(der);
+  }
+  Ptr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
+  const EVP_MD* md = type == EVP_PKEY_ED25519 ? nullptr : EVP_sha256();
+  if (EVP_DigestVerifyInit(ctx.get(), nullptr, md, nullptr, key->get()) != 1)
+    return sig_error("verifying manifest.sig: " + openssl_error());
+  int rc = EVP_DigestVerify(ctx.get(), sig->data(), sig->size(), reinterpret_cast<const unsigned char*>(message.data()),
+                            message.size());
+  ERR_clear_error();
+  if (rc != 1) return sig_error("manifest.sig: signature does not verify with the configured key");
+  return {};
+}
+
+Result<std::string> public_key_of(std::string_view private_key_pem) {
+  auto key = load_key(private_key_pem, true);
+  if (!key) return key.error();
+  Ptr<BIO> bio(BIO_new(BIO_s_mem()));
+  if (PEM_write_bio_PUBKEY(bio.get(), key->get()) != 1) return sig_error(openssl_error());
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<std::size_t>(n));
+}
+
+}  // namespace tern::artifacts

@@ -1,0 +1,546 @@
+// The streaming reader: two tar state machines (the outer artifact, and data/0000.tar inside the
+// decompressed data member), each fed in whatever pieces arrive, one 512-byte header block at a
+// time. Small members are collected with limits; the payload only passes through.
+#include "artifacts/reader.hpp"
+
+#include "artifacts/crypto.hpp"
+#include "artifacts/header_info.hpp"
+#include "artifacts/tar.hpp"
+#include "common/json.hpp"
+
+#include <array>
+#include <cstring>
+#include <fstream>
+
+namespace tern::artifacts {
+
+using detail::artifact_error;
+
+namespace {
+
+constexpr std::size_t max_version = 4 * 1024;
+constexpr std::size_t max_manifest = 1024 * 1024;
+constexpr std::size_t max_signature = 16 * 1024;
+constexpr std::size_t max_header_compressed = 16 * 1024 * 1024;
+constexpr std::size_t max_header_uncompressed = 16 * 1024 * 1024;
+constexpr std::size_t max_pax = 64 * 1024;
+
+Error malformed(std::string m) { return artifact_error(ArtifactErrc::malformed, std::move(m)); }
+
+std::string_view sv(std::span<const std::uint8_t> b) { return {reinterpret_cast<const char*>(b.data()), b.size()}; }
+
+bool is_header_name(std::string_view n) {
+  return n == "header.tar" || n == "header.tar.gz" || n == "header.tar.xz" || n == "header.tar.zst";
+}
+bool is_data_name(std::string_view n) {
+  return n == "data/0000.tar" || n == "data/0000.tar.gz" || n == "data/0000.tar.xz" || n == "data/0000.tar.zst";
+}
+Compression by_name(std::string_view n) {
+  if (n.ends_with(".gz")) return Compression::gzip;
+  if (n.ends_with(".xz")) return Compression::xz;
+  if (n.ends_with(".zst")) return Compression::zstd;
+  return Compression::none;
+}
+
+// Collects one tar header block from a byte stream.
+struct BlockBuffer {
+  std::array<std::uint8_t, tar::block> data;
+  std::size_t fill = 0;
+  // Takes bytes from `in` (advancing it); true when a whole block is there.
+  bool take(std::span<const std::uint8_t>& in) {
+    std::size_t n = std::min(in.size(), tar::block - fill);
+    std::memcpy(data.data() + fill, in.data(), n);
+    fill += n;
+    in = in.subspan(n);
+    return fill == tar::block;
+  }
+  std::span<const std::uint8_t, tar::block> block() const { return std::span<const std::uint8_t, tar::block>(data); }
+};
+
+}  // namespace
+
+struct Reader::Impl {
+  ReaderOptions opt;
+  HeaderHandler on_header;
+  PayloadSink on_payload;
+  std::optional<Error> error;
+  std::uint64_t consumed = 0;
+  std::uint64_t payload_count = 0;
+
+  // ---- outer tar -----------------------------------------------------------------------------
+  enum class State { header, content, padding, end } state = State::header;
+  enum class Member { version, manifest, signature, header, data, pax, long_name };
+  // What comes next, in the order mender-artifact writes and reads them.
+  enum class Stage { version, manifest, signature_or_header, header, data, done } stage = Stage::version;
+  BlockBuffer blk;
+  std::optional<std::map<std::string, std::string>> pax;
+  std::optional<std::string> long_name;
+  Member member = Member::version;
+  std::string member_name;
+  std::uint64_t remaining = 0;
+  std::uint64_t pad = 0;
+  std::string small;
+  Sha256 member_hash;
+  std::string version_digest;
+  std::string manifest_text;
+  std::map<std::string, std::string> manifest;
+  Header header;
+  bool header_reported = false;
+
+  // ---- data member: decompressor and the inner tar -----------------------------------------
+  std::string data_head;  // first bytes, to detect the compression
+  std::unique_ptr<Decompressor> dec;
+  enum class InnerState { header, content, padding, end } inner = InnerState::header;
+  enum class InnerMember { payload, pax, long_name, skip } inner_member = InnerMember::skip;
+  BlockBuffer iblk;
+  std::optional<std::map<std::string, std::string>> ipax;
+  std::optional<std::string> ilong_name;
+  std::uint64_t iremaining = 0;
+  std::uint64_t ipad = 0;
+  std::string ismall;
+  bool payload_seen = false;
+  bool payload_done = false;
+  Sha256 payload_hash;
+
+  Impl(ReaderOptions o, HeaderHandler h, PayloadSink p)
+      : opt(std::move(o)), on_header(std::move(h)), on_payload(std::move(p)) {}
+
+  std::string expected_name() const {
+    switch (stage) {
+      case Stage::version: return "version";
+      case Stage::manifest: return "manifest";
+      case Stage::signature_or_header: return "manifest.sig or header.tar";
+      case Stage::header: return "header.tar";
+      case Stage::data: return "data/0000.tar";
+      case Stage::done: return "the end of the artifact";
+    }
+    return "?";
+  }
+
+  // ---- outer ------------------------------------------------------------------------------------
+
+  Result<void> feed(std::span<const std::uint8_t> in) {
+    while (!in.empty()) {
+      switch (state) {
+        case State::header:
+          if (blk.take(in)) {
+            blk.fill = 0;
+            if (auto r = outer_header(); !r) return r;
+          }
+          break;
+        case State::content: {
+          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, in.size()));
+          if (auto r = member_bytes(in.first(n)); !r) return r;
+          in = in.subspan(n);
+          remaining -= n;
+          if (remaining == 0)
+            if (auto r = member_end(); !r) return r;
+          break;
+        }
+        case State::padding: {
+          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, in.size()));
+          in = in.subspan(n);
+          pad -= n;
+          if (pad == 0) state = stage == Stage::done ? State::end : State::header;
+          break;
+        }
+        case State::end:
+          if (blk.take(in)) {
+            blk.fill = 0;
+            if (!tar::is_zero_block(blk.block())) {
+              auto h = tar::parse_header(blk.block());
+              if (h && h->name.starts_with("data/"))
+                return artifact_error(ArtifactErrc::unsupported,
+                                      "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
+              return malformed("trailing garbage after the end of the artifact");
+            }
+          }
+          break;
+      }
+    }
+    return {};
+  }
+
+  Result<void> start_member(Member m, std::size_t limit) {
+    if (m != Member::data && remaining > limit)
+      return malformed("'" + member_name + "' is " + std::to_string(remaining) + " bytes, over the limit of " +
+                       std::to_string(limit));
+    member = m;
+    small.clear();
+    return {};
+  }
+
+  Result<void> outer_header() {
+    if (tar::is_zero_block(blk.block())) {
+      if (stage == Stage::done) {
+        state = State::end;
+        return {};
+      }
+      return artifact_error(ArtifactErrc::truncated,
+                            "the artifact's tar archive ends before " + expected_name());
+    }
+    auto h = tar::parse_header(blk.block());
+    if (!h) return malformed("artifact: " + h.error().message());
+    if (pax) {
+      if (auto r = tar::apply_pax(*h, *pax); !r) return malformed(r.error().message());
+      pax.reset();
+    }
+    if (long_name) {
+      h->name = *long_name;
+      long_name.reset();
+    }
+    member_name = h->name;
+    remaining = h->size;
+    pad = tar::padding(h->size);
+    Result<void> r;
+    if (h->kind == tar::Kind::pax_extended) r = start_member(Member::pax, max_pax);
+    else if (h->kind == tar::Kind::gnu_long_name) r = start_member(Member::long_name, max_pax);
+    else if (h->kind != tar::Kind::file)
+      return malformed("artifact: '" + h->name + "' is not a regular file");
+    else if (stage == Stage::version && h->name == "version") r = start_member(Member::version, max_version);
+    else if (stage == Stage::manifest && h->name == "manifest") r = start_member(Member::manifest, max_manifest);
+    else if (stage == Stage::signature_or_header && h->name == "manifest.sig")
+      r = start_member(Member::signature, max_signature);
+    else if ((stage == Stage::signature_or_header || stage == Stage::header) && is_header_name(h->name)) {
+      if (opt.verify_key_pem && !header.signed_manifest)
+        return artifact_error(ArtifactErrc::signature,
+                              "the artifact is not signed (no manifest.sig), but a verification key is configured");
+      r = start_member(Member::header, max_header_compressed);
+    } else if (stage == Stage::data && is_data_name(h->name)) {
+      r = start_member(Member::data, 0);
+    } else if (stage == Stage::done && h->name.starts_with("data/")) {
+      return artifact_error(ArtifactErrc::unsupported,
+                            "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
+    } else {
+      return malformed("expected " + expected_name() + ", found '" + h->name + "'");
+    }
+    if (!r) return r;
+    if (member == Member::data || member == Member::header || member == Member::version) member_hash = Sha256();
+    state = State::content;
+    if (remaining == 0) return member_end();
+    return {};
+  }
+
+  Result<void> member_bytes(std::span<const std::uint8_t> b) {
+    switch (member) {
+      case Member::data: return data_bytes(b);
+      case Member::header:
+      case Member::version: member_hash.update(b); [[fallthrough]];
+      default: small.append(sv(b)); return {};
+    }
+  }
+
+  Result<void> member_end() {
+    state = pad ? State::padding : State::header;
+    switch (member) {
+      case Member::pax: {
+        auto p = tar::parse_pax(small);
+        if (!p) return malformed("artifact: " + p.error().message());
+        pax = std::move(*p);
+        return {};
+      }
+      case Member::long_name: long_name = std::string(small.c_str()); return {};
+      case Member::version: {
+        version_digest = member_hash.hex_final();
+        auto doc = json::Document::parse(small, "version");
+        if (!doc) return malformed(doc.error().message());
+        auto root = doc->root();
+        if (!root) return malformed(root.error().message());
+        auto format = root->string("format");
+        auto version = root->u64("version");
+        if (!format || *format != "mender") return malformed("version: format is not \"mender\"");
+        if (!version) return malformed(version.error().message());
+        if (*version != 3)
+          return artifact_error(ArtifactErrc::unsupported,
+                                "version: artifact format version " + std::to_string(*version) + " (Tern reads 3)");
+        stage = Stage::manifest;
+        return {};
+      }
+      case Member::manifest: {
+        auto m = detail::parse_manifest(small);
+        if (!m) return m.error();
+        manifest = std::move(*m);
+        manifest_text = std::move(small);
+        if (auto r = check_digest("version", version_digest); !r) return r;
+        stage = Stage::signature_or_header;
+        return {};
+      }
+      case Member::signature: {
+        header.signed_manifest = true;
+        if (opt.verify_key_pem) {
+          auto v = verify_base64(manifest_text, small, *opt.verify_key_pem);
+          if (!v) return artifact_error(ArtifactErrc::signature, v.error().message());
+          header.signature_verified = true;
+        }
+        stage = Stage::header;
+        return {};
+      }
+      case Member::header: return header_end();
+      case Member::data: return data_end();
+    }
+    return {};
+  }
+
+  Result<void> check_digest(const std::string& name, const std::string& digest) {
+    auto it = manifest.find(name);
+    if (it == manifest.end()) return malformed("manifest: no entry for '" + name + "'");
+    if (it->second != digest)
+      return artifact_error(ArtifactErrc::manifest_mismatch,
+                            name + ": checksum " + digest + " does not match the manifest (" + it->second + ")");
+    return {};
+  }
+
+  Result<void> header_end() {
+    if (auto r = check_digest(member_name, member_hash.hex_final()); !r) return r;
+    auto head = std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(small.data()), small.size());
+    Compression c = small.size() >= 6 ? detect(head) : by_name(member_name);
+    header.compression = c;
+    auto raw = decompress_all(c, small, max_header_uncompressed);
+    if (!raw) return malformed(member_name + ": " + raw.error().message());
+    auto files = tar::read_all(*raw);
+    if (!files) return malformed(member_name + ": " + files.error().message());
+    if (auto r = detail::parse_header_tar(*files, header); !r) return r;
+    if (auto r = detail::check_compatible(header, opt); !r) return r;
+    small.clear();
+    stage = Stage::data;
+    return {};
+  }
+
+  // ---- data member ------------------------------------------------------------------------------
+
+  Result<void> data_bytes(std::span<const std::uint8_t> b) {
+    if (!dec) {
+      // Detect the compression from the content, not only from the name.
+      std::size_t need = std::min<std::uint64_t>(6, remaining + data_head.size());
+      std::size_t take = std::min(b.size(), need - data_head.size());
+      data_head.append(sv(b.first(take)));
+      b = b.subspan(take);
+      if (data_head.size() < need) return {};
+      start_decompressor();
+      auto head = data_head;
+      if (auto r = decompress(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(head.data()), head.size())); !r)
+        return r;
+    }
+    return decompress(b);
+  }
+
+  void start_decompressor() {
+    auto head = std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(data_head.data()), data_head.size());
+    Compression c = data_head.size() >= 6 ? detect(head) : by_name(member_name);
+    dec = make_decompressor(c);
+  }
+
+  Result<void> decompress(std::span<const std::uint8_t> b) {
+    if (b.empty()) return {};
+    // Errors of the tar parser, the handler and the sink pass through; the codec's get a prefix.
+    bool downstream = false;
+    auto r = dec->feed(b, [this, &downstream](std::span<const std::uint8_t> out) {
+      auto x = inner_feed(out);
+      downstream = !x;
+      return x;
+    });
+    if (!r && !downstream) return malformed("data/0000.tar: " + r.error().message());
+    return r;
+  }
+
+  Result<void> data_end() {
+    if (!dec) start_decompressor();  // an empty member
+    if (auto r = dec->finish(); !r) return artifact_error(ArtifactErrc::truncated, "data/0000.tar: " + r.error().message());
+    if (!payload_seen) return malformed("data/0000.tar: no payload file");
+    if (!payload_done)
+      return artifact_error(ArtifactErrc::truncated, "data/0000.tar: the payload file '" + header.payload_name + "' is cut short");
+    stage = Stage::done;
+    if (state == State::header) state = State::end;
+    return {};
+  }
+
+  // ---- inner tar (data/0000.tar) --------------------------------------------------------------
+
+  Result<void> inner_feed(std::span<const std::uint8_t> in) {
+    while (!in.empty()) {
+      switch (inner) {
+        case InnerState::header:
+          if (iblk.take(in)) {
+            iblk.fill = 0;
+            if (auto r = inner_header(); !r) return r;
+          }
+          break;
+        case InnerState::content: {
+          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(iremaining, in.size()));
+          if (auto r = inner_bytes(in.first(n)); !r) return r;
+          in = in.subspan(n);
+          iremaining -= n;
+          if (iremaining == 0)
+            if (auto r = inner_end(); !r) return r;
+          break;
+        }
+        case InnerState::padding: {
+          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(ipad, in.size()));
+          in = in.subspan(n);
+          ipad -= n;
+          if (ipad == 0) inner = InnerState::header;
+          break;
+        }
+        case InnerState::end:
+          for (auto c : in)
+            if (c != 0) return malformed("data/0000.tar: data after the end of the archive");
+          in = {};
+          break;
+      }
+    }
+    return {};
+  }
+
+  Result<void> inner_header() {
+    if (tar::is_zero_block(iblk.block())) {
+      if (!payload_seen) return malformed("data/0000.tar: no payload file");
+      inner = InnerState::end;
+      return {};
+    }
+    auto h = tar::parse_header(iblk.block());
+    if (!h) return malformed("data/0000.tar: " + h.error().message());
+    if (ipax) {
+      if (auto r = tar::apply_pax(*h, *ipax); !r) return malformed("data/0000.tar: " + r.error().message());
+      ipax.reset();
+    }
+    if (ilong_name) {
+      h->name = *ilong_name;
+      ilong_name.reset();
+    }
+    iremaining = h->size;
+    ipad = tar::padding(h->size);
+    ismall.clear();
+    switch (h->kind) {
+      case tar::Kind::pax_extended: inner_member = InnerMember::pax; break;
+      case tar::Kind::gnu_long_name: inner_member = InnerMember::long_name; break;
+      case tar::Kind::file:
+        if (auto r = payload_start(*h); !r) return r;
+        inner_member = InnerMember::payload;
+        break;
+      default: inner_member = InnerMember::skip; break;
+    }
+    if ((inner_member == InnerMember::pax || inner_member == InnerMember::long_name) && iremaining > max_pax)
+      return malformed("data/0000.tar: extended header too large");
+    inner = InnerState::content;
+    if (iremaining == 0) return inner_end();
+    return {};
+  }
+
+  Result<void> payload_start(const tar::Header& h) {
+    if (payload_seen)
+      return artifact_error(ArtifactErrc::unsupported, "data/0000.tar: more than one file ('" + h.name +
+                                                           "'); a rootfs-image payload is one file");
+    payload_seen = true;
+    std::string name = h.name.starts_with("./") ? h.name.substr(2) : h.name;
+    auto it = manifest.find("data/0000/" + name);
+    if (it == manifest.end()) return malformed("manifest: no entry for the payload 'data/0000/" + name + "'");
+    if (h.size > opt.max_payload_size)
+      return artifact_error(ArtifactErrc::too_large, "payload '" + name + "' is " + std::to_string(h.size) +
+                                                         " bytes, over the limit of " +
+                                                         std::to_string(opt.max_payload_size));
+    header.payload_name = name;
+    header.payload_size = h.size;
+    header.payload_sha256 = it->second;
+    if (on_header)
+      if (auto r = on_header(header); !r) return r;
+    header_reported = true;
+    return {};
+  }
+
+  Result<void> inner_bytes(std::span<const std::uint8_t> b) {
+    switch (inner_member) {
+      case InnerMember::payload:
+        payload_hash.update(b);
+        payload_count += b.size();
+        if (on_payload) return on_payload(b);
+        return {};
+      case InnerMember::pax:
+      case InnerMember::long_name: ismall.append(sv(b)); return {};
+      case InnerMember::skip: return {};
+    }
+    return {};
+  }
+
+  Result<void> inner_end() {
+    inner = ipad ? InnerState::padding : InnerState::header;
+    switch (inner_member) {
+      case InnerMember::pax: {
+        auto p = tar::parse_pax(ismall);
+        if (!p) return malformed("data/0000.tar: " + p.error().message());
+        ipax = std::move(*p);
+        return {};
+      }
+      case InnerMember::long_name: ilong_name = std::string(ismall.c_str()); return {};
+      case InnerMember::payload: {
+        payload_done = true;
+        auto digest = payload_hash.hex_final();
+        if (digest != header.payload_sha256)
+          return artifact_error(ArtifactErrc::manifest_mismatch,
+                                "data/0000/" + header.payload_name + ": sha256 " + digest +
+                                    " does not match the manifest (" + header.payload_sha256 + ")");
+        return {};
+      }
+      case InnerMember::skip: return {};
+    }
+    return {};
+  }
+
+  Result<void> finish() {
+    if (stage == Stage::done && (state == State::end || state == State::header || state == State::padding)) {
+      // Any zero padding may follow; a partial block of zeros is fine too.
+      for (std::size_t i = 0; i < blk.fill; ++i)
+        if (blk.data[i] != 0) return malformed("trailing garbage after the end of the artifact");
+      return {};
+    }
+    if (state == State::content)
+      return artifact_error(ArtifactErrc::truncated, "the artifact is truncated inside '" + member_name + "'");
+    return artifact_error(ArtifactErrc::truncated, "the artifact is truncated before " + expected_name());
+  }
+};
+
+Reader::Reader(ReaderOptions o, HeaderHandler h, PayloadSink p)
+    : impl_(std::make_unique<Impl>(std::move(o), std::move(h), std::move(p))) {}
+Reader::~Reader() = default;
+Reader::Reader(Reader&&) noexcept = default;
+Reader& Reader::operator=(Reader&&) noexcept = default;
+
+Result<void> Reader::feed(std::span<const std::uint8_t> bytes) {
+  if (impl_->error) return *impl_->error;
+  auto r = impl_->feed(bytes);
+  impl_->consumed += bytes.size();
+  if (!r) impl_->error = r.error();
+  return r;
+}
+
+Result<void> Reader::finish() {
+  if (impl_->error) return *impl_->error;
+  auto r = impl_->finish();
+  if (!r) impl_->error = r.error();
+  return r;
+}
+
+const Header* Reader::header() const { return impl_->header_reported ? &impl_->header : nullptr; }
+std::uint64_t Reader::bytes_consumed() const { return impl_->consumed; }
+std::uint64_t Reader::payload_bytes() const { return impl_->payload_count; }
+
+Result<Header> read_file(const std::filesystem::path& path, ReaderOptions options, Reader::PayloadSink sink) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + path.string(), errno);
+  Header header;
+  Reader reader(std::move(options), [&](const Header& h) -> Result<void> {
+    header = h;
+    return {};
+  }, std::move(sink));
+  std::vector<std::uint8_t> buf(256 * 1024);
+  while (in) {
+    in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+    auto n = static_cast<std::size_t>(in.gcount());
+    if (n == 0) break;
+    if (auto r = reader.feed({buf.data(), n}); !r) return r.error().context(path.string());
+  }
+  if (in.bad()) return Error::from_errno("reading " + path.string(), errno);
+  if (auto r = reader.finish(); !r) return r.error().context(path.string());
+  return header;
+}
+
+}  // namespace tern::artifacts

@@ -1,0 +1,119 @@
+// Streaming reader for Mender artifacts, format version 3 (see DESIGN.md).
+//
+// Push-based: feed() takes the bytes in whatever chunks they arrive (1 byte to megabytes), never
+// seeks and never holds the payload: its uncompressed bytes go to the PayloadSink as they are
+// decompressed, while their SHA-256 is computed. Memory stays bounded whatever the payload size
+// (small members such as the manifest and header.tar are held, with limits).
+//
+//   Reader reader(options, on_header, on_payload);
+//   while (auto n = read(buf)) if (auto r = reader.feed(buf.first(n)); !r) fail(r.error());
+//   if (auto r = reader.finish(); !r) fail(r.error());   // payload hash, completeness
+//
+// Checks, each failing with an error that names the problem: the version member, member order,
+// every manifest entry present and matching (version and header bytes as they arrive, the payload
+// at its end), the signature over the manifest (required when a key is configured), device type
+// compatibility, artifact_depends against the device's provides, payload larger than a limit,
+// malformed tar/JSON, truncated stream, trailing garbage.
+//
+// The HeaderHandler is called once, after header.tar is verified and the payload file's tar header
+// is read (so name and size are known) and before any payload byte reaches the sink: the agent
+// can refuse there (e.g. the payload does not fit the partition). An error returned by the handler
+// or the sink stops the reader and is returned by feed() unchanged.
+//
+// Errors are sticky: after one, feed() and finish() return it again. Not thread-safe.
+#pragma once
+
+#include "artifacts/compress.hpp"
+#include "common/error.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace tern::artifacts {
+
+/// Error codes of this module (category "tern-artifact").
+enum class ArtifactErrc {
+  malformed = 1,       ///< not a valid artifact (tar, JSON, member order, missing member)
+  unsupported,         ///< a valid artifact Tern cannot install (format version, payload type, count)
+  manifest_mismatch,   ///< a member's checksum differs from the manifest
+  signature,           ///< unsigned when a key is required, or the signature does not verify
+  incompatible,        ///< device type or artifact_depends do not match this device
+  too_large,           ///< payload larger than the configured limit
+  truncated,           ///< the stream ended early
+};
+const std::error_category& artifact_category() noexcept;
+inline std::error_code make_error_code(ArtifactErrc e) noexcept { return {static_cast<int>(e), artifact_category()}; }
+
+struct Header {
+  std::string artifact_name;
+  std::string artifact_group;                        ///< provides.artifact_group, may be empty
+  std::vector<std::string> device_types;             ///< artifact_depends.device_type
+  std::vector<std::string> depends_artifact_names;   ///< artifact_depends.artifact_name, may be empty
+  std::vector<std::string> depends_groups;           ///< artifact_depends.artifact_group, may be empty
+  std::map<std::string, std::string> provides;       ///< type-info artifact_provides
+  std::map<std::string, std::vector<std::string>> depends;  ///< type-info artifact_depends
+  std::vector<std::string> clears_provides;          ///< type-info clears_artifact_provides
+  std::string payload_type;                          ///< "rootfs-image"
+  std::string payload_name;                          ///< the file inside data/0000.tar
+  std::uint64_t payload_size = 0;                    ///< its uncompressed size
+  std::string payload_sha256;                        ///< expected, from the manifest
+  Compression compression = Compression::none;       ///< of header.tar and data/0000.tar
+  std::string meta_data_json;                        ///< headers/0000/meta-data, may be empty
+  std::vector<std::pair<std::string, std::string>> scripts;  ///< state scripts: name, content
+  bool signed_manifest = false;                      ///< manifest.sig present
+  bool signature_verified = false;                   ///< and verified with the configured key
+};
+
+struct ReaderOptions {
+  /// PEM public key; when set, an artifact without a valid manifest.sig is refused.
+  std::optional<std::string> verify_key_pem;
+  /// This device's type; when set, it must be in the artifact's device types.
+  std::optional<std::string> device_type;
+  /// This device's provides (artifact_name, artifact_group, rootfs-image.version, ...); when set,
+  /// the artifact's depends must be satisfied by them.
+  std::optional<std::map<std::string, std::string>> device_provides;
+  /// Largest uncompressed payload accepted.
+  std::uint64_t max_payload_size = UINT64_MAX;
+};
+
+class Reader {
+ public:
+  using HeaderHandler = std::function<Result<void>(const Header&)>;
+  using PayloadSink = std::function<Result<void>(std::span<const std::uint8_t>)>;
+
+  Reader(ReaderOptions options, HeaderHandler on_header, PayloadSink on_payload);
+  ~Reader();
+  Reader(Reader&&) noexcept;
+  Reader& operator=(Reader&&) noexcept;
+
+  /// Consumes `bytes`. Errors as listed above; sticky.
+  Result<void> feed(std::span<const std::uint8_t> bytes);
+  /// End of input: the artifact must be complete and the payload's SHA-256 must match.
+  Result<void> finish();
+
+  /// The header once it has been reported to the HeaderHandler, else nullptr.
+  const Header* header() const;
+  std::uint64_t bytes_consumed() const;
+  std::uint64_t payload_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Reads and verifies a whole artifact file; the payload is hashed and discarded (or handed to
+/// `sink` if given). Returns the header.
+Result<Header> read_file(const std::filesystem::path& path, ReaderOptions options,
+                         Reader::PayloadSink sink = nullptr);
+
+}  // namespace tern::artifacts
+
+template <>
+struct std::is_error_code_enum<tern::artifacts::ArtifactErrc> : std::true_type {};

@@ -1,0 +1,298 @@
+#include "artifacts/writer.hpp"
+
+#include "artifacts/crypto.hpp"
+#include "artifacts/tar.hpp"
+#include "common/json.hpp"
+#include "common/protocol.hpp"
+
+#include <boost/json/array.hpp>
+#include <boost/json/object.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sys/stat.h>
+
+namespace tern::artifacts {
+namespace {
+
+namespace fs = std::filesystem;
+
+Error invalid(std::string m) { return fail(Errc::invalid_argument, std::move(m)); }
+
+boost::json::array to_array(const std::vector<std::string>& v) {
+  boost::json::array a;
+  for (auto& s : v) a.emplace_back(s);
+  return a;
+}
+
+// The payload's SHA-256 and size, read once.
+Result<std::pair<std::string, std::uint64_t>> hash_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return Error::from_errno("opening payload " + p.string(), errno);
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  std::uint64_t size = 0;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    auto n = static_cast<std::size_t>(in.gcount());
+    h.update(std::string_view(buf.data(), n));
+    size += n;
+  }
+  if (in.bad()) return Error::from_errno("reading payload " + p.string(), errno);
+  return std::pair{h.hex_final(), size};
+}
+
+Result<std::string> read_small(const fs::path& p, std::string_view what) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + std::string(what) + " " + p.string(), errno);
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return Error::from_errno("reading " + std::string(what) + " " + p.string(), errno);
+  return s;
+}
+
+class Out {
+ public:
+  explicit Out(const fs::path& p) : path_(p), f_(p, std::ios::binary | std::ios::trunc) {}
+  bool ok() const { return static_cast<bool>(f_); }
+  Result<void> write(std::string_view d) {
+    f_.write(d.data(), static_cast<std::streamsize>(d.size()));
+    if (!f_) return Error::from_errno("writing " + path_.string(), errno);
+    pos_ += d.size();
+    return {};
+  }
+  std::uint64_t pos() const { return pos_; }
+  Result<void> patch(std::uint64_t at, std::string_view d) {
+    f_.seekp(static_cast<std::streamoff>(at));
+    f_.write(d.data(), static_cast<std::streamsize>(d.size()));
+    f_.seekp(static_cast<std::streamoff>(pos_));
+    if (!f_) return Error::from_errno("writing " + path_.string(), errno);
+    return {};
+  }
+  Result<void> close() {
+    f_.flush();
+    f_.close();
+    if (!f_) return Error::from_errno("closing " + path_.string(), errno);
+    return {};
+  }
+
+ private:
+  fs::path path_;
+  std::ofstream f_;
+  std::uint64_t pos_ = 0;
+};
+
+// The outer tar header of the data member, always in the same 1536-byte PAX form (the size as a
+// 20-digit record) so it can be written before the compressed size is known and patched after.
+std::string data_member_header(std::string_view name, std::uint64_t size) {
+  std::string digits = std::to_string(size);
+  digits.insert(0, 20 - digits.size(), '0');
+  std::string out;
+  tar::write_pax(out, tar::pax_record("size", digits));
+  tar::write_file_header(out, name, std::min<std::uint64_t>(size, (1ull << 33) - 1));
+  return out;
+}
+
+}  // namespace
+
+Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_path) {
+  if (o.device_types.empty()) return invalid("writing artifact: at least one device type (-t) is required");
+  if (o.artifact_name.empty()) return invalid("writing artifact: an artifact name (-n) is required");
+  if (o.compression == Compression::zstd && o.frame_size == 0) return invalid("writing artifact: zero frame size");
+
+  auto payload = hash_file(o.payload);
+  if (!payload) return payload.error();
+  auto [payload_sha, payload_size] = *payload;
+  std::string payload_name = o.payload.filename().string();
+
+  // header-info and type-info, key for key as mender-artifact 4.4 writes them.
+  boost::json::object info;
+  boost::json::array payloads;
+  payloads.emplace_back(boost::json::object{{"type", "rootfs-image"}});
+  info["payloads"] = payloads;
+  boost::json::object prov{{"artifact_name", o.artifact_name}};
+  if (!o.artifact_group.empty()) prov["artifact_group"] = o.artifact_group;
+  info["artifact_provides"] = prov;
+  boost::json::object deps{{"device_type", to_array(o.device_types)}};
+  if (!o.depends_artifact_names.empty()) deps["artifact_name"] = to_array(o.depends_artifact_names);
+  if (!o.depends_groups.empty()) deps["artifact_group"] = to_array(o.depends_groups);
+  info["artifact_depends"] = deps;
+
+  boost::json::object type_info;
+  type_info["type"] = "rootfs-image";
+  if (!o.depends.empty()) {
+    boost::json::object d;
+    for (auto& [k, v] : o.depends) d[k] = v;
+    type_info["artifact_depends"] = d;
+  }
+  boost::json::object tprov;
+  for (auto& [k, v] : o.provides) tprov[k] = v;
+  tprov["rootfs-image.checksum"] = payload_sha;
+  tprov["rootfs-image.version"] = o.software_version.empty() ? o.artifact_name : o.software_version;
+  type_info["artifact_provides"] = tprov;
+  type_info["clears_artifact_provides"] = to_array(
+      o.clears_provides.value_or(std::vector<std::string>{"artifact_group", "rootfs_image_checksum", "rootfs-image.*"}));
+
+  std::string header_tar;
+  tar::write_file(header_tar, "header-info", json::write(info));
+  for (auto& script : o.scripts) {
+    auto content = read_small(script, "state script");
+    if (!content) return content.error();
+    tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
+  }
+  tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
+  tar::write_file(header_tar, "headers/0000/meta-data", "");
+  tar::write_end(header_tar);
+  auto header_z = compress_all(o.compression, header_tar);
+  if (!header_z) return header_z.error().context("compressing header.tar");
+  std::string header_name = "header.tar" + std::string(suffix(o.compression));
+  std::string data_name = "data/0000.tar" + std::string(suffix(o.compression));
+
+  const std::string version = R"({"format":"mender","version":3})";
+  // The manifest, sorted by name like mender-artifact's.
+  std::map<std::string, std::string> entries{{"version", Sha256::hex(version)},
+                                             {header_name, Sha256::hex(*header_z)},
+                                             {"data/0000/" + payload_name, payload_sha}};
+  std::string manifest;
+  for (auto& [name, digest] : entries) manifest += digest + "  " + name + "\n";
+
+  fs::path tmp = out_path;
+  tmp += ".tmp";
+  Out out(tmp);
+  if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
+  std::string head;
+  tar::write_file(head, "version", version);
+  tar::write_file(head, "manifest", manifest);
+  if (o.signing_key_pem) {
+    auto sig = sign_base64(manifest, *o.signing_key_pem);
+    if (!sig) return sig.error();
+    tar::write_file(head, "manifest.sig", *sig);
+  }
+  tar::write_file(head, header_name, *header_z);
+  if (auto r = out.write(head); !r) return r;
+
+  // data/0000.tar.*: header placeholder, then the compressed inner tar streamed from the payload.
+  std::uint64_t data_header_at = out.pos();
+  if (auto r = out.write(data_member_header(data_name, 0)); !r) return r;
+  std::uint64_t data_start = out.pos();
+  auto z = make_compressor(o.compression, o.level);
+  Output sink = [&](std::span<const std::uint8_t> b) {
+    return out.write(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  };
+  auto feed = [&](std::string_view d) {
+    return z->feed({reinterpret_cast<const std::uint8_t*>(d.data()), d.size()}, sink);
+  };
+  struct stat st {};
+  ::stat(o.payload.c_str(), &st);
+  std::string inner;
+  tar::write_file_header(inner, payload_name, payload_size, 0644, st.st_mtime);
+  if (auto r = feed(inner); !r) return r;
+
+  std::ifstream in(o.payload, std::ios::binary);
+  if (!in) return Error::from_errno("opening payload " + o.payload.string(), errno);
+  std::vector<char> buf(1 << 20);
+  std::uint64_t done = 0, in_frame = inner.size();
+  while (done < payload_size) {
+    auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), payload_size - done));
+    if (o.compression == Compression::zstd)
+      want = static_cast<std::size_t>(std::min<std::uint64_t>(want, o.frame_size - in_frame % o.frame_size));
+    in.read(buf.data(), static_cast<std::streamsize>(want));
+    if (static_cast<std::size_t>(in.gcount()) != want)
+      return fail(Errc::io, "reading payload " + o.payload.string() + ": it changed while being written");
+    if (auto r = feed(std::string_view(buf.data(), want)); !r) return r;
+    done += want;
+    in_frame += want;
+    if (o.compression == Compression::zstd && in_frame % o.frame_size == 0)
+      if (auto r = z->end_frame(sink); !r) return r;
+    if (o.progress) o.progress(done, payload_size);
+  }
+  std::string tail(tar::padding(payload_size), '\0');
+  tar::write_end(tail);
+  if (auto r = feed(tail); !r) return r;
+  if (auto r = z->finish(sink); !r) return r;
+  std::uint64_t data_size = out.pos() - data_start;
+  if (auto r = out.write(std::string(tar::padding(data_size), '\0')); !r) return r;
+  if (auto r = out.patch(data_header_at, data_member_header(data_name, data_size)); !r) return r;
+  std::string end;
+  tar::write_end(end);
+  if (auto r = out.write(end); !r) return r;
+  if (auto r = out.close(); !r) return r;
+  std::error_code ec;
+  fs::rename(tmp, out_path, ec);
+  if (ec) return Error(ec, "renaming " + tmp.string() + " to " + out_path.string());
+  return {};
+}
+
+Result<void> sign_artifact(const fs::path& in_path, const std::string& key_pem, const fs::path& out_path) {
+  std::ifstream in(in_path, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + in_path.string(), errno);
+  fs::path tmp = out_path;
+  tmp += ".tmp";
+  Out out(tmp);
+  if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
+  std::string pending;  // raw PAX/long-name blocks that belong to the next member
+  std::vector<char> buf(1 << 20);
+  bool signed_done = false;
+  for (;;) {
+    char block[tar::block];
+    in.read(block, tar::block);
+    if (in.gcount() == 0) break;
+    if (in.gcount() != tar::block) return fail(Errc::invalid_argument, in_path.string() + ": truncated tar header");
+    std::span<const std::uint8_t, tar::block> b(reinterpret_cast<const std::uint8_t*>(block), tar::block);
+    if (tar::is_zero_block(b)) break;
+    auto h = tar::parse_header(b);
+    if (!h) return h.error().context(in_path.string());
+    std::uint64_t len = h->size + tar::padding(h->size);
+    if (h->kind == tar::Kind::pax_extended) {
+      // Keep the raw PAX member, and apply it to know the real size of what follows.
+      std::string content(len, '\0');
+      in.read(content.data(), static_cast<std::streamsize>(len));
+      auto pax = tar::parse_pax(std::string_view(content).substr(0, h->size));
+      if (!pax) return pax.error();
+      pending += std::string(block, tar::block) + content;
+      char next[tar::block];
+      in.read(next, tar::block);
+      auto nh = tar::parse_header(std::span<const std::uint8_t, tar::block>(reinterpret_cast<const std::uint8_t*>(next), tar::block));
+      if (!nh) return nh.error();
+      if (auto r = tar::apply_pax(*nh, *pax); !r) return r.error();
+      h = nh;
+      std::memcpy(block, next, tar::block);
+      len = h->size + tar::padding(h->size);
+    }
+    if (h->name == "manifest.sig") {  // replaced below
+      in.ignore(static_cast<std::streamsize>(len));
+      pending.clear();
+      continue;
+    }
+    if (auto r = out.write(pending + std::string(block, tar::block)); !r) return r;
+    pending.clear();
+    std::string manifest;
+    for (std::uint64_t left = len; left > 0;) {
+      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+      in.read(buf.data(), static_cast<std::streamsize>(n));
+      if (static_cast<std::size_t>(in.gcount()) != n) return fail(Errc::invalid_argument, in_path.string() + ": truncated");
+      if (h->name == "manifest") manifest.append(buf.data(), std::min<std::uint64_t>(n, h->size - manifest.size()));
+      if (auto r = out.write(std::string_view(buf.data(), n)); !r) return r;
+      left -= n;
+    }
+    if (h->name == "manifest") {
+      auto sig = sign_base64(manifest, key_pem);
+      if (!sig) return sig.error();
+      std::string member;
+      tar::write_file(member, "manifest.sig", *sig);
+      if (auto r = out.write(member); !r) return r;
+      signed_done = true;
+    }
+  }
+  if (!signed_done) return fail(Errc::invalid_argument, in_path.string() + ": no manifest (not an artifact?)");
+  std::string end;
+  tar::write_end(end);
+  if (auto r = out.write(end); !r) return r;
+  if (auto r = out.close(); !r) return r;
+  std::error_code ec;
+  fs::rename(tmp, out_path, ec);
+  if (ec) return Error(ec, "renaming " + tmp.string() + " to " + out_path.string());
+  return {};
+}
+
+}  // namespace tern::artifacts
