@@ -12,6 +12,11 @@ namespace tern::artifacts {
 namespace {
 
 constexpr std::size_t chunk = 64 * 1024;
+// Most memory a decoder may ask for. An xz header can declare a dictionary of up to 1.5 GiB:
+// without a limit liblzma allocates that for a 10 KiB artifact
+// (tests/data/fuzz-corpus/crash-xz-1536mib-dictionary), and a large payload fills it, so memory
+// would grow with the payload. xz -9 needs 65 MiB; zstd refuses windows over 128 MiB by default.
+constexpr std::uint64_t max_decoder_memory = 128 * 1024 * 1024;
 
 Error corrupt(std::string_view fmt, std::string msg) {
   return fail(Errc::invalid_argument, std::string(fmt) + " data: " + std::move(msg));
@@ -70,7 +75,7 @@ class GzipDecompressor final : public Decompressor {
 
 class XzDecompressor final : public Decompressor {
  public:
-  XzDecompressor() { init_ok_ = lzma_stream_decoder(&ls_, UINT64_MAX, 0) == LZMA_OK; }
+  XzDecompressor() { init_ok_ = lzma_stream_decoder(&ls_, max_decoder_memory, 0) == LZMA_OK; }
   ~XzDecompressor() override { lzma_end(&ls_); }
   Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
     if (!init_ok_) return corrupt("xz", "decoder initialisation failed");
@@ -91,6 +96,10 @@ class XzDecompressor final : public Decompressor {
         ended_ = true;
         continue;
       }
+      if (rc == LZMA_MEMLIMIT_ERROR)
+        return corrupt("xz", "decoding needs " + std::to_string(lzma_memusage(&ls_) >> 20) +
+                                 " MiB of memory, over the limit of " +
+                                 std::to_string(max_decoder_memory >> 20) + " MiB");
       if (rc != LZMA_OK && rc != LZMA_BUF_ERROR) return corrupt("xz", "decoder error " + std::to_string(rc));
       if (ls_.avail_in == 0 && ls_.avail_out != 0) return {};
       if (rc == LZMA_BUF_ERROR) return {};
