@@ -1,0 +1,520 @@
+// Resumable HTTP(S) download on Beast. One translation unit on purpose: Beast + Asio + SSL +
+// coroutines cost ~25 s to compile per TU.
+//
+// Shape: download() copies its arguments into a Downloader and runs its loop. Each pass of the loop
+// makes one connection (attempt), sends one GET (with Range/If-Range when resuming), reads the
+// header and classifies the response, then streams the body into a fixed 64 KiB buffer and on to the
+// sink. An attempt ends with an Outcome: done, retry (after backoff), redirect, restart (content
+// changed: start again from 0 at once) or fatal.
+#include "agent/download/https_download.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <random>
+
+namespace tern::agent {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using std::chrono::steady_clock;
+
+constexpr std::size_t kChunk = 64 * 1024;
+constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+
+/// The parts of an http(s) URL a request needs.
+struct Target {
+  bool tls = false;
+  std::string host;         ///< for DNS, SNI and certificate verification (no brackets)
+  std::string port;         ///< numeric or service name
+  std::string host_header;  ///< Host: value
+  std::string target;       ///< path and query
+};
+
+Result<Target> parse_target(const std::string& url) {
+  auto parsed = boost::urls::parse_uri(url);
+  if (!parsed) {
+    return fail(Errc::invalid_argument, "malformed URL '" + url + "': " + parsed.error().message());
+  }
+  const boost::urls::url_view& u = *parsed;
+  Target t;
+  const std::string scheme = u.scheme();
+  if (scheme == "https") {
+    t.tls = true;
+  } else if (scheme != "http") {
+    return fail(Errc::invalid_argument, "unsupported URL scheme '" + scheme + "' in '" + url + "'");
+  }
+  t.host = u.host_address();
+  if (t.host.empty()) return fail(Errc::invalid_argument, "URL '" + url + "' has no host");
+  t.port = u.has_port() ? std::string(u.port()) : std::string(t.tls ? "443" : "80");
+  t.host_header = std::string(u.encoded_host_and_port());
+  t.target = std::string(u.encoded_target());
+  if (t.target.empty()) t.target = "/";
+  return t;
+}
+
+/// Resolves `location` (absolute or relative) against `base`.
+Result<std::string> resolve_location(const std::string& base, std::string_view location) {
+  auto b = boost::urls::parse_uri(base);
+  auto ref = boost::urls::parse_uri_reference(location);
+  if (!b || !ref) {
+    return fail(Errc::protocol, "bad redirect Location '" + std::string(location) + "' from " + base);
+  }
+  boost::urls::url dest;
+  auto r = boost::urls::resolve(*b, *ref, dest);
+  if (!r) {
+    return fail(Errc::protocol, "cannot resolve redirect Location '" + std::string(location) +
+                                    "' against " + base + ": " + r.error().message());
+  }
+  dest.remove_fragment();
+  return std::string(dest.buffer());
+}
+
+/// Parses "bytes a-b/N" or "bytes a-b/*"; nullopt if malformed.
+struct ContentRange {
+  std::uint64_t first = 0, last = 0;
+  std::optional<std::uint64_t> complete;
+};
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  std::uint64_t v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+std::optional<ContentRange> parse_content_range(std::string_view v) {
+  if (!v.starts_with("bytes ")) return std::nullopt;
+  v.remove_prefix(6);
+  const auto slash = v.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  const std::string_view range = v.substr(0, slash), size = v.substr(slash + 1);
+  ContentRange cr;
+  if (size != "*") {
+    cr.complete = parse_u64(size);
+    if (!cr.complete) return std::nullopt;
+  }
+  if (range == "*") return cr;  // the 416 form; first/last unused
+  const auto dash = range.find('-');
+  if (dash == std::string_view::npos) return std::nullopt;
+  auto a = parse_u64(range.substr(0, dash)), b = parse_u64(range.substr(dash + 1));
+  if (!a || !b || *b < *a) return std::nullopt;
+  cr.first = *a;
+  cr.last = *b;
+  return cr;
+}
+
+bool weak_etag(std::string_view etag) { return etag.starts_with("W/"); }
+
+/// TLS failures about certificates (ours or theirs) do not go away by retrying.
+bool certificate_error(const boost::system::error_code& ec) {
+  if (ec.category() != asio::error::get_ssl_category()) return false;
+  switch (ERR_GET_REASON(static_cast<unsigned long>(ec.value()))) {
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string describe(const boost::system::error_code& ec) {
+  if (ec == beast::error::timeout) return "timed out";
+  std::string m = ec.message();
+  if (ec.category() == asio::error::get_ssl_category()) {
+    char buf[256];
+    ERR_error_string_n(static_cast<unsigned long>(ec.value()), buf, sizeof buf);
+    m = std::string("TLS error: ") + buf;
+  }
+  return m;
+}
+
+enum class Kind { done, retry, fatal, redirect, restart };
+struct Outcome {
+  Kind kind = Kind::done;
+  Error error;
+  std::string location;  ///< for redirect
+};
+Outcome retry(Errc c, std::string m) { return {Kind::retry, Error(c, std::move(m)), {}}; }
+Outcome fatal(Errc c, std::string m) { return {Kind::fatal, Error(c, std::move(m)), {}}; }
+
+class Downloader {
+ public:
+  Downloader(const DownloadOptions& o, DownloadState& s, const BodySink& sink,
+             const RestartHandler& restart, const ProgressHandler& progress)
+      : opts_(o), state_(s), sink_(sink), on_restart_(restart), on_progress_(progress),
+        rng_(o.seed ? o.seed : std::random_device{}()) {}
+
+  asio::awaitable<Result<void>> run();
+
+ private:
+  Result<void> make_tls_context();
+  asio::awaitable<Outcome> attempt(const std::string& url);
+  template <class Stream>
+  asio::awaitable<Outcome> exchange(Stream& stream, beast::tcp_stream& tcp, const std::string& url,
+                                    const Target& t);
+  void progress() {
+    if (on_progress_) on_progress_(state_);
+  }
+  bool cancelled() const { return cancel_.cancelled() != asio::cancellation_type::none; }
+  Outcome check_cancel(Outcome o) const {
+    if (cancelled()) return fatal(Errc::cancelled, "download of " + state_.url + " cancelled");
+    return o;
+  }
+  /// Content changed under us: the consumer resets, we start again at byte 0.
+  Result<void> restart(const std::string& why);
+
+  DownloadOptions opts_;
+  DownloadState& state_;
+  BodySink sink_;
+  RestartHandler on_restart_;
+  ProgressHandler on_progress_;
+  std::mt19937_64 rng_;
+  std::optional<ssl::context> tls_;
+  asio::cancellation_state cancel_;
+  std::array<std::uint8_t, kChunk> buf_;
+};
+
+Result<void> Downloader::make_tls_context() {
+  if (tls_) return {};
+  tls_.emplace(ssl::context::tls_client);
+  auto& ctx = *tls_;
+  boost::system::error_code ec;
+  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                  ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  ctx.set_verify_mode(ssl::verify_peer, ec);
+  if (opts_.ca_file.empty()) {
+    ctx.set_default_verify_paths(ec);
+    if (ec) return fail(Errc::invalid_argument, "loading the system CA certificates: " + ec.message());
+  } else {
+    ctx.load_verify_file(opts_.ca_file, ec);
+    if (ec) {
+      return fail(Errc::invalid_argument, "loading CA file " + opts_.ca_file + ": " + describe(ec));
+    }
+  }
+  if (!opts_.cert_file.empty()) {
+    ctx.use_certificate_chain_file(opts_.cert_file, ec);
+    if (ec) {
+      return fail(Errc::invalid_argument,
+                  "loading client certificate " + opts_.cert_file + ": " + describe(ec));
+    }
+    ctx.use_private_key_file(opts_.key_file.empty() ? opts_.cert_file : opts_.key_file,
+                             ssl::context::pem, ec);
+    if (ec) {
+      return fail(Errc::invalid_argument, "loading client key " + opts_.key_file + ": " + describe(ec));
+    }
+  }
+  return {};
+}
+
+Result<void> Downloader::restart(const std::string& why) {
+  if (on_restart_) {
+    auto r = on_restart_();
+    if (!r) return r.error().context("restarting download of " + state_.url + " (" + why + ")");
+  }
+  state_.offset = 0;
+  state_.etag.clear();
+  state_.last_modified.clear();
+  state_.total.reset();
+  ++state_.restarts;
+  progress();
+  return {};
+}
+
+asio::awaitable<Result<void>> Downloader::run() {
+  cancel_ = co_await asio::this_coro::cancellation_state;
+  const auto start = steady_clock::now();
+  auto backoff = opts_.backoff_initial;
+  int redirects = 0;
+  std::string url = state_.url;
+  std::string last_error = "no attempt made";
+  int made = 0;  // this call's connections; state_.attempts also counts earlier runs
+  for (;;) {
+    if (made >= opts_.max_attempts) {
+      co_return fail(Errc::timeout, "downloading " + state_.url + ": giving up after " +
+                                        std::to_string(made) + " attempts: " + last_error);
+    }
+    if (steady_clock::now() - start > opts_.max_total) {
+      co_return fail(Errc::timeout, "downloading " + state_.url + ": giving up after " +
+                                        std::to_string(opts_.max_total.count()) + " s: " + last_error);
+    }
+    const std::uint64_t offset_before = state_.offset;
+    ++made;
+    ++state_.attempts;
+    Outcome o = co_await attempt(url);
+    o = check_cancel(std::move(o));
+    switch (o.kind) {
+      case Kind::done:
+        co_return Result<void>{};
+      case Kind::fatal:
+        co_return o.error;
+      case Kind::redirect: {
+        if (++redirects > opts_.max_redirects) {
+          co_return fail(Errc::protocol, "downloading " + state_.url + ": more than " +
+                                             std::to_string(opts_.max_redirects) + " redirects");
+        }
+        auto next = resolve_location(url, o.location);
+        if (!next) co_return next.error();
+        url = *next;
+        continue;
+      }
+      case Kind::restart:
+        redirects = 0;
+        continue;  // at once: the server answered, the link is fine
+      case Kind::retry:
+        break;
+    }
+    last_error = o.error.message();
+    state_.last_error = last_error;
+    progress();
+    // Start again from the URL as given: a redirect may have been temporary.
+    url = state_.url;
+    redirects = 0;
+    if (state_.offset > offset_before) backoff = opts_.backoff_initial;  // the link works again
+    // Full jitter on the upper half: wait a random time in [backoff/2, backoff].
+    const auto lo = backoff.count() / 2, hi = std::max<std::int64_t>(backoff.count(), 1);
+    const std::chrono::milliseconds wait{std::uniform_int_distribution<std::int64_t>(lo, hi)(rng_)};
+    backoff = std::min(backoff * 2, opts_.backoff_max);
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    timer.expires_after(wait);
+    auto [ec] = co_await timer.async_wait(kAwait);
+    (void)ec;  // aborted or expired: the cancellation check below tells which
+    if (cancelled()) co_return fail(Errc::cancelled, "download of " + state_.url + " cancelled");
+  }
+}
+
+asio::awaitable<Outcome> Downloader::attempt(const std::string& url) {
+  auto t = parse_target(url);
+  if (!t) co_return Outcome{Kind::fatal, t.error(), {}};
+  auto ex = co_await asio::this_coro::executor;
+
+  // Resolve and connect under the connect deadline.
+  tcp::resolver resolver(ex);
+  auto [rec, endpoints] = co_await resolver.async_resolve(t->host, t->port, kAwait);
+  if (rec) co_return check_cancel(retry(Errc::io, "resolving " + t->host + " for " + url + ": " + describe(rec)));
+
+  if (!t->tls) {
+    beast::tcp_stream stream(ex);
+    stream.expires_after(opts_.connect_timeout);
+    auto [cec, ep] = co_await stream.async_connect(endpoints, kAwait);
+    if (cec) co_return check_cancel(retry(Errc::io, "connecting to " + url + ": " + describe(cec)));
+    co_return co_await exchange(stream, stream, url, *t);
+  }
+
+  if (auto r = make_tls_context(); !r) co_return Outcome{Kind::fatal, r.error(), {}};
+  beast::ssl_stream<beast::tcp_stream> stream(ex, *tls_);
+  auto& tcp = beast::get_lowest_layer(stream);
+  tcp.expires_after(opts_.connect_timeout);
+  auto [cec, ep] = co_await tcp.async_connect(endpoints, kAwait);
+  if (cec) co_return check_cancel(retry(Errc::io, "connecting to " + url + ": " + describe(cec)));
+
+  // SNI for names only (RFC 6066 forbids IP literals), and check the certificate against the host.
+  boost::system::error_code aec;
+  asio::ip::make_address(t->host, aec);
+  if (aec && !SSL_set_tlsext_host_name(stream.native_handle(), t->host.c_str())) {
+    co_return fatal(Errc::internal, "setting TLS SNI for " + url);
+  }
+  stream.set_verify_callback(ssl::host_name_verification(t->host));
+  auto [hec] = co_await stream.async_handshake(ssl::stream_base::client, kAwait);
+  if (hec) {
+    std::string m = "TLS handshake with " + url + ": " + describe(hec);
+    if (certificate_error(hec)) co_return check_cancel(fatal(Errc::protocol, std::move(m)));
+    co_return check_cancel(retry(Errc::io, std::move(m)));
+  }
+  Outcome o = co_await exchange(stream, tcp, url, *t);
+  // The response was length-delimited (or failed); a TLS close_notify would only cost a round trip.
+  tcp.close();
+  co_return o;
+}
+
+template <class Stream>
+asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream& tcp,
+                                              const std::string& url, const Target& t) {
+  // Request: one GET per connection; Range/If-Range when resuming.
+  http::request<http::empty_body> req{http::verb::get, t.target, 11};
+  req.set(http::field::host, t.host_header);
+  req.set(http::field::user_agent, "tern-agent/0.1");
+  req.set(http::field::accept_encoding, "identity");
+  req.set(http::field::connection, "close");
+  const std::uint64_t resume_from = state_.offset;
+  if (resume_from > 0) {
+    req.set(http::field::range, "bytes=" + std::to_string(resume_from) + "-");
+    if (!state_.etag.empty() && !weak_etag(state_.etag)) {
+      req.set(http::field::if_range, state_.etag);
+    } else if (!state_.last_modified.empty()) {
+      req.set(http::field::if_range, state_.last_modified);
+    }
+  }
+  tcp.expires_after(opts_.connect_timeout);
+  auto [wec, wn] = co_await http::async_write(stream, req, kAwait);
+  if (wec) co_return check_cancel(retry(Errc::io, "sending request to " + url + ": " + describe(wec)));
+
+  // Header.
+  beast::flat_buffer buffer(16 * 1024);
+  http::response_parser<http::buffer_body> parser;
+  parser.body_limit(boost::none);
+  auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, kAwait);
+  if (hec) {
+    std::string m = "reading response header from " + url + ": " + describe(hec);
+    if (certificate_error(hec)) co_return check_cancel(fatal(Errc::protocol, std::move(m)));
+    co_return check_cancel(retry(Errc::io, std::move(m)));
+  }
+  const auto& res = parser.get();
+  const unsigned status = res.result_int();
+  const std::string status_text = std::to_string(status) + " " + std::string(res.reason());
+  const std::string etag(res[http::field::etag]);
+  const std::string last_modified(res[http::field::last_modified]);
+  const auto length = parser.content_length();
+
+  if (status >= 300 && status < 400 && status != 304) {
+    const auto loc = res[http::field::location];
+    if (loc.empty()) {
+      co_return fatal(Errc::protocol, "HTTP " + status_text + " without Location from " + url);
+    }
+    co_return Outcome{Kind::redirect, {}, std::string(loc)};
+  }
+  if (status >= 500) co_return retry(Errc::io, "HTTP " + status_text + " from " + url);
+  if (status == 416 && resume_from > 0) {
+    // Asked for the bytes after the end: complete if the size matches what we delivered.
+    auto cr = parse_content_range(res[http::field::content_range]);
+    if (cr && cr->complete && *cr->complete == resume_from && state_.total == resume_from) {
+      co_return Outcome{Kind::done, {}, {}};
+    }
+  }
+  if (status >= 400) {
+    co_return fatal(Errc::protocol, "HTTP " + status_text + " for " + url);
+  }
+
+  std::uint64_t skip = 0;  // bytes at the start of this body the sink already has
+  if (status == 206) {
+    auto cr = parse_content_range(res[http::field::content_range]);
+    if (resume_from == 0 || !cr || !cr->complete) {
+      co_return fatal(Errc::protocol, "unexpected 206 response (Content-Range '" +
+                                          std::string(res[http::field::content_range]) + "') from " + url);
+    }
+    const bool etag_changed = !state_.etag.empty() && !etag.empty() && etag != state_.etag;
+    const bool size_changed = state_.total && *state_.total != *cr->complete;
+    if (etag_changed || size_changed) {
+      auto r = restart(etag_changed ? "ETag changed" : "size changed");
+      if (!r) co_return Outcome{Kind::fatal, r.error(), {}};
+      co_return Outcome{Kind::restart, {}, {}};
+    }
+    if (cr->first != resume_from) {
+      co_return fatal(Errc::protocol, "asked " + url + " for bytes from " + std::to_string(resume_from) +
+                                          ", got Content-Range '" +
+                                          std::string(res[http::field::content_range]) + "'");
+    }
+    state_.total = *cr->complete;
+  } else if (status == 200) {
+    if (resume_from > 0) {
+      // A strong ETag equal to ours means the server ignores Range: skip what the sink has.
+      // Anything else means If-Range did not match: the content changed.
+      if (!etag.empty() && !weak_etag(etag) && etag == state_.etag &&
+          (!length || !state_.total || *length == *state_.total)) {
+        skip = resume_from;
+      } else {
+        auto r = restart("content changed on the server");
+        if (!r) co_return Outcome{Kind::fatal, r.error(), {}};
+      }
+    }
+    state_.etag = etag;
+    state_.last_modified = last_modified;
+    if (length) state_.total = *length; else state_.total.reset();
+  } else {
+    co_return fatal(Errc::protocol, "unexpected HTTP " + status_text + " for " + url);
+  }
+  progress();
+
+  // Body: into the fixed buffer, chunk by chunk, to the sink.
+  while (!parser.is_done()) {
+    parser.get().body().data = buf_.data();
+    parser.get().body().size = buf_.size();
+    tcp.expires_after(opts_.read_timeout);
+    auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, kAwait);
+    if (ec == http::error::need_buffer) ec = {};
+    const std::size_t got = buf_.size() - parser.get().body().size;
+    state_.bytes_received += got;
+    std::span<const std::uint8_t> chunk(buf_.data(), got);
+    const std::size_t dropped = static_cast<std::size_t>(std::min<std::uint64_t>(skip, got));
+    skip -= dropped;
+    chunk = chunk.subspan(dropped);
+    if (!chunk.empty()) {
+      auto r = co_await sink_(chunk);
+      if (!r) co_return check_cancel(Outcome{Kind::fatal, r.error(), {}});
+      state_.offset += chunk.size();
+      progress();
+    }
+    if (ec) {
+      std::string m = "reading body of " + url + " at byte " + std::to_string(state_.offset) + ": ";
+      m += ec == beast::error::timeout
+               ? "no data for " + std::to_string(opts_.read_timeout.count()) + " ms"
+               : describe(ec);
+      if (certificate_error(ec)) co_return check_cancel(fatal(Errc::protocol, std::move(m)));
+      co_return check_cancel(retry(Errc::io, std::move(m)));
+    }
+  }
+  if (state_.total && state_.offset != *state_.total) {
+    co_return retry(Errc::protocol, "body of " + url + " ended at byte " + std::to_string(state_.offset) +
+                                        " of " + std::to_string(*state_.total));
+  }
+  if (!state_.total) state_.total = state_.offset;
+  progress();
+  co_return Outcome{Kind::done, {}, {}};
+}
+
+}  // namespace
+
+asio::awaitable<Result<void>> download(const DownloadOptions& opts, DownloadState& state,
+                                       const BodySink& sink, const RestartHandler& on_restart,
+                                       const ProgressHandler& on_progress) {
+  // Copies everything before the first suspension (g++ 12 rules in README).
+  Downloader d(opts, state, sink, on_restart, on_progress);
+  if (!sink) co_return fail(Errc::invalid_argument, "download of " + state.url + ": no body sink");
+  if (opts.max_attempts < 1) {
+    co_return fail(Errc::invalid_argument, "download of " + state.url + ": max_attempts must be >= 1");
+  }
+  std::optional<Error> error;
+  try {
+    auto r = co_await d.run();
+    co_return r;
+  } catch (const ErrorException& e) {
+    error = e.error().context("downloading " + state.url);
+  } catch (const boost::system::system_error& e) {
+    if (e.code() == asio::error::operation_aborted) {
+      error = Error(Errc::cancelled, "download of " + state.url + " cancelled");
+    } else {
+      error = Error(Errc::io, "downloading " + state.url + ": " + e.what());
+    }
+  } catch (const std::exception& e) {
+    error = Error(Errc::internal, "downloading " + state.url + ": " + e.what());
+  }
+  co_return *error;
+}
+
+}  // namespace tern::agent

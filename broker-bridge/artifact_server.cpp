@@ -1,0 +1,459 @@
+// The artifact server. One translation unit on purpose (Beast + Asio + SSL compile cost).
+//
+// Everything runs on one strand: the accept loop, every session, stop(). Sessions register their
+// socket so stop() can close them. Responses are written as a Beast header followed by raw file
+// bytes read with pread() into a fixed buffer, so memory does not grow with the file.
+#include "broker-bridge/artifact_server.hpp"
+
+#include "common/log.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <charconv>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace tern::bridge {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr std::size_t kChunk = 64 * 1024;
+constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
+constexpr std::chrono::seconds kIdleTimeout{60};
+constexpr std::chrono::seconds kIoTimeout{60};
+
+/// Closes a file descriptor on scope exit.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+std::string http_date(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  const std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+  return std::string(buf, n);
+}
+
+std::string hex(std::uint64_t v) {
+  char buf[17];
+  auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v, 16);
+  (void)ec;
+  return std::string(buf, p);
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/// The file name from "/artifacts/<name>[?query]", percent-decoded; nullopt if it is not a plain
+/// file name in the root (subdirectories, "..", hidden files, control characters).
+std::optional<std::string> file_name_of(std::string_view target) {
+  constexpr std::string_view prefix = "/artifacts/";
+  if (!target.starts_with(prefix)) return std::nullopt;
+  target.remove_prefix(prefix.size());
+  if (const auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+  std::string name;
+  for (std::size_t i = 0; i < target.size(); ++i) {
+    char c = target[i];
+    if (c == '%') {
+      if (i + 2 >= target.size()) return std::nullopt;
+      const int hi = hex_digit(target[i + 1]), lo = hex_digit(target[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
+    name += c;
+  }
+  if (name.empty() || name.starts_with(".")) return std::nullopt;
+  return name;
+}
+
+struct ByteRange {
+  std::uint64_t first = 0, length = 0;
+};
+enum class RangeResult { none, ok, unsatisfiable };
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  std::uint64_t v = 0;
+  if (s.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+/// A single "bytes=a-b | a- | -n" against a file of `size` bytes. Several ranges are answered with
+/// the whole file (RFC 9110 lets a server ignore Range); anything malformed is unsatisfiable.
+RangeResult parse_range(std::string_view v, std::uint64_t size, ByteRange& out) {
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+  };
+  v = trim(v);
+  if (!v.starts_with("bytes=")) return RangeResult::unsatisfiable;
+  v = trim(v.substr(6));
+  if (v.find(',') != std::string_view::npos) return RangeResult::none;
+  const auto dash = v.find('-');
+  if (dash == std::string_view::npos) return RangeResult::unsatisfiable;
+  const auto a = trim(v.substr(0, dash)), b = trim(v.substr(dash + 1));
+  if (a.empty()) {  // suffix: the last n bytes
+    const auto n = parse_u64(b);
+    if (!n || *n == 0 || size == 0) return RangeResult::unsatisfiable;
+    out.length = std::min(*n, size);
+    out.first = size - out.length;
+    return RangeResult::ok;
+  }
+  const auto first = parse_u64(a);
+  if (!first || *first >= size) return RangeResult::unsatisfiable;
+  std::uint64_t last = size - 1;
+  if (!b.empty()) {
+    const auto l = parse_u64(b);
+    if (!l || *l < *first) return RangeResult::unsatisfiable;
+    last = std::min(*l, size - 1);
+  }
+  out.first = *first;
+  out.length = last - *first + 1;
+  return RangeResult::ok;
+}
+
+}  // namespace
+
+struct ArtifactServer::Impl : std::enable_shared_from_this<ArtifactServer::Impl> {
+  Impl(asio::any_io_executor ex, ArtifactServerOptions o)
+      : strand(asio::make_strand(ex)), opts(std::move(o)), acceptor(strand) {}
+
+  asio::strand<asio::any_io_executor> strand;
+  ArtifactServerOptions opts;
+  std::optional<ssl::context> tls;
+  tcp::acceptor acceptor;
+  bool stopped = false;
+
+  // On the strand only.
+  std::map<std::uint64_t, beast::tcp_stream*> connections;
+  std::uint64_t next_id = 0;
+
+  std::atomic<std::uint64_t> total_bytes{0}, total_requests{0};
+  mutable std::mutex per_file_mutex;
+  std::map<std::string, std::uint64_t> per_file;
+
+  void count(const std::string& name, std::uint64_t n) {
+    total_bytes += n;
+    std::lock_guard lock(per_file_mutex);
+    per_file[name] += n;
+  }
+
+  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> session(tcp::socket socket);
+  template <class Stream>
+  asio::awaitable<void> serve(Stream& stream, beast::tcp_stream& tcp);
+  template <class Stream>
+  asio::awaitable<bool> respond(Stream& stream, beast::tcp_stream& tcp,
+                                const http::request<http::empty_body>& req);
+  template <class Stream>
+  asio::awaitable<bool> simple(Stream& stream, beast::tcp_stream& tcp,
+                               const http::request<http::empty_body>& req, http::status status,
+                               const std::string& text);
+};
+
+asio::awaitable<void> ArtifactServer::Impl::accept_loop() {
+  auto self = shared_from_this();
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(kAwait);
+    if (stopped || ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+    if (ec) {
+      log::warn("artifact server: accept failed: ", ec.message());
+      continue;
+    }
+    asio::co_spawn(strand, session(std::move(socket)), [self](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::warn("artifact server: connection failed: ", ex.what());
+      }
+    });
+  }
+}
+
+asio::awaitable<void> ArtifactServer::Impl::session(tcp::socket socket) {
+  auto self = shared_from_this();
+  boost::system::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  const std::uint64_t id = next_id++;
+  if (!tls) {
+    beast::tcp_stream stream(std::move(socket));
+    connections[id] = &stream;
+    co_await serve(stream, stream);
+    connections.erase(id);
+    co_return;
+  }
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *tls);
+  auto& tcp = beast::get_lowest_layer(stream);
+  connections[id] = &tcp;
+  tcp.expires_after(kIoTimeout);
+  auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kAwait);
+  if (hec) {
+    log::debug("artifact server: TLS handshake failed: ", hec.message());
+  } else {
+    co_await serve(stream, tcp);
+    if (tcp.socket().is_open()) {
+      tcp.expires_after(std::chrono::seconds(2));
+      auto [sec] = co_await stream.async_shutdown(kAwait);
+      (void)sec;  // peers often close without close_notify
+    }
+  }
+  connections.erase(id);
+}
+
+template <class Stream>
+asio::awaitable<void> ArtifactServer::Impl::serve(Stream& stream, beast::tcp_stream& tcp) {
+  beast::flat_buffer buffer(16 * 1024);
+  for (;;) {
+    http::request_parser<http::empty_body> parser;
+    parser.header_limit(16 * 1024);
+    tcp.expires_after(kIdleTimeout);
+    auto [ec, n] = co_await http::async_read(stream, buffer, parser, kAwait);
+    if (ec == http::error::end_of_stream || ec == asio::ssl::error::stream_truncated) co_return;
+    if (ec) {
+      if (ec != asio::error::operation_aborted && ec != beast::error::timeout &&
+          ec != asio::error::connection_reset && ec != asio::error::eof) {
+        const http::request<http::empty_body> bad;
+        co_await simple(stream, tcp, bad, http::status::bad_request, "bad request: " + ec.message());
+      }
+      co_return;
+    }
+    const bool keep = co_await respond(stream, tcp, parser.get());
+    if (!keep || stopped) co_return;
+  }
+}
+
+template <class Stream>
+asio::awaitable<bool> ArtifactServer::Impl::simple(Stream& stream, beast::tcp_stream& tcp,
+                                                   const http::request<http::empty_body>& req,
+                                                   http::status status, const std::string& text) {
+  ++total_requests;
+  http::response<http::string_body> res{status, 11};
+  res.set(http::field::server, "tern-bridge");
+  res.set(http::field::content_type, "text/plain");
+  if (status == http::status::method_not_allowed) res.set(http::field::allow, "GET, HEAD");
+  const bool keep = req.keep_alive() && status != http::status::bad_request;
+  res.keep_alive(keep);
+  if (req.method() != http::verb::head) res.body() = text + "\n";
+  res.prepare_payload();
+  if (req.method() == http::verb::head) res.content_length(text.size() + 1);
+  tcp.expires_after(kIoTimeout);
+  if (req.method() == http::verb::head) {
+    http::response_serializer<http::string_body> sr(res);
+    auto [ec, n] = co_await http::async_write_header(stream, sr, kAwait);
+    co_return !ec && keep;
+  }
+  auto [ec, n] = co_await http::async_write(stream, res, kAwait);
+  co_return !ec && keep;
+}
+
+template <class Stream>
+asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_stream& tcp,
+                                                    const http::request<http::empty_body>& req) {
+  const bool head = req.method() == http::verb::head;
+  if (req.method() != http::verb::get && !head) {
+    co_return co_await simple(stream, tcp, req, http::status::method_not_allowed, "only GET and HEAD");
+  }
+  const auto name = file_name_of(req.target());
+  if (!name) {
+    co_return co_await simple(stream, tcp, req, http::status::bad_request,
+                              "not an artifact path: " + std::string(req.target()));
+  }
+  const std::string path = (opts.root / *name).string();
+  Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st {};
+  if (file.fd < 0 || ::fstat(file.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const int err = errno;
+    if (file.fd < 0 && err != ENOENT && err != ENOTDIR) {
+      log::warn("artifact server: opening ", path, ": ", std::strerror(err));
+      co_return co_await simple(stream, tcp, req, http::status::internal_server_error,
+                                "cannot open " + *name);
+    }
+    co_return co_await simple(stream, tcp, req, http::status::not_found, "no artifact " + *name);
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const std::uint64_t mtime_ns = static_cast<std::uint64_t>(st.st_mtim.tv_sec) * 1000000000ull +
+                                 static_cast<std::uint64_t>(st.st_mtim.tv_nsec);
+  const std::string etag = "\"" + hex(size) + "-" + hex(mtime_ns) + "-" + hex(st.st_ino) + "\"";
+  const std::string last_modified = http_date(st.st_mtim.tv_sec);
+
+  http::response<http::empty_body> res{http::status::ok, 11};
+  res.set(http::field::server, "tern-bridge");
+  res.set(http::field::content_type, "application/octet-stream");
+  res.set(http::field::accept_ranges, "bytes");
+  res.set(http::field::etag, etag);
+  res.set(http::field::last_modified, last_modified);
+  res.keep_alive(req.keep_alive());
+
+  ByteRange range{0, size};
+  const auto range_header = req[http::field::range];
+  if (!range_header.empty()) {
+    // If-Range: the range applies only to the representation the client already has.
+    const auto if_range = req[http::field::if_range];
+    const bool current = if_range.empty() || if_range == etag || if_range == last_modified;
+    ByteRange r;
+    switch (current ? parse_range(range_header, size, r) : RangeResult::none) {
+      case RangeResult::none:
+        break;
+      case RangeResult::ok:
+        range = r;
+        res.result(http::status::partial_content);
+        res.set(http::field::content_range, "bytes " + std::to_string(r.first) + "-" +
+                                                std::to_string(r.first + r.length - 1) + "/" +
+                                                std::to_string(size));
+        break;
+      case RangeResult::unsatisfiable:
+        res.result(http::status::range_not_satisfiable);
+        res.set(http::field::content_range, "bytes */" + std::to_string(size));
+        range.length = 0;
+        break;
+    }
+  }
+  res.content_length(range.length);
+  ++total_requests;
+
+  tcp.expires_after(kIoTimeout);
+  http::response_serializer<http::empty_body> sr(res);
+  auto [hec, hn] = co_await http::async_write_header(stream, sr, kAwait);
+  if (hec) co_return false;
+  if (head) co_return req.keep_alive();
+
+  // The body: fixed chunks straight from the file.
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, range.length)));
+  std::uint64_t pos = range.first, left = range.length;
+  while (left > 0) {
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+    const ssize_t got = ::pread(file.fd, buf.data(), want, static_cast<off_t>(pos));
+    if (got <= 0) {
+      // The file shrank or failed under us: the announced length cannot be met; close.
+      log::warn("artifact server: reading ", path, " at ", pos, ": ",
+                got < 0 ? std::strerror(errno) : "unexpected end of file");
+      co_return false;
+    }
+    tcp.expires_after(kIoTimeout);
+    auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(buf.data(), static_cast<std::size_t>(got)), kAwait);
+    count(*name, wn);
+    if (wec) co_return false;
+    pos += static_cast<std::uint64_t>(got);
+    left -= static_cast<std::uint64_t>(got);
+  }
+  co_return req.keep_alive();
+}
+
+ArtifactServer::ArtifactServer(asio::any_io_executor ex, ArtifactServerOptions opts)
+    : impl_(std::make_shared<Impl>(std::move(ex), std::move(opts))) {}
+
+ArtifactServer::~ArtifactServer() { stop(); }
+
+Result<std::uint16_t> ArtifactServer::start() {
+  auto& o = impl_->opts;
+  std::error_code fec;
+  if (!std::filesystem::is_directory(o.root, fec)) {
+    return fail(Errc::invalid_argument, "artifact server: root " + o.root.string() + " is not a directory");
+  }
+  boost::system::error_code ec;
+  if (!o.cert_file.empty()) {
+    auto& ctx = impl_->tls.emplace(ssl::context::tls_server);
+    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                    ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    ctx.use_certificate_chain_file(o.cert_file, ec);
+    if (ec) return fail(Errc::invalid_argument, "artifact server: loading certificate " + o.cert_file + ": " + ec.message());
+    ctx.use_private_key_file(o.key_file.empty() ? o.cert_file : o.key_file, ssl::context::pem, ec);
+    if (ec) return fail(Errc::invalid_argument, "artifact server: loading key " + o.key_file + ": " + ec.message());
+    if (!o.client_ca_file.empty()) {
+      ctx.load_verify_file(o.client_ca_file, ec);
+      if (ec) {
+        return fail(Errc::invalid_argument,
+                    "artifact server: loading client CA " + o.client_ca_file + ": " + ec.message());
+      }
+      ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+    }
+  } else if (!o.client_ca_file.empty()) {
+    return fail(Errc::invalid_argument, "artifact server: client certificates need TLS (cert_file)");
+  }
+
+  auto address = asio::ip::make_address(o.bind_address, ec);
+  if (ec) return fail(Errc::invalid_argument, "artifact server: bad bind address '" + o.bind_address + "'");
+  const tcp::endpoint ep(address, o.port);
+  auto& acc = impl_->acceptor;
+  acc.open(ep.protocol(), ec);
+  if (!ec) acc.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acc.bind(ep, ec);
+  if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return fail(Errc::io, "artifact server: listening on " + o.bind_address + ":" + std::to_string(o.port) +
+                              ": " + ec.message());
+  }
+  const auto port = acc.local_endpoint().port();
+  asio::co_spawn(impl_->strand, impl_->accept_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      log::error("artifact server: accept loop failed: ", ex.what());
+    }
+  });
+  return port;
+}
+
+void ArtifactServer::stop() {
+  if (!impl_) return;
+  asio::post(impl_->strand, [impl = impl_] {
+    impl->stopped = true;
+    boost::system::error_code ec;
+    impl->acceptor.close(ec);
+    for (auto& [id, s] : impl->connections) s->socket().close(ec);
+  });
+}
+
+std::uint64_t ArtifactServer::bytes_served() const { return impl_->total_bytes; }
+
+std::uint64_t ArtifactServer::bytes_served(const std::string& filename) const {
+  std::lock_guard lock(impl_->per_file_mutex);
+  auto it = impl_->per_file.find(filename);
+  return it == impl_->per_file.end() ? 0 : it->second;
+}
+
+std::uint64_t ArtifactServer::requests() const { return impl_->total_requests; }
+
+}  // namespace tern::bridge

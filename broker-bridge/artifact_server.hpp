@@ -1,0 +1,55 @@
+// The bridge's artifact server: files of one directory over HTTPS (or plain HTTP for tests) as
+// /artifacts/<filename>, with what a resuming downloader needs: single Range requests
+// (`bytes=a-b`, `a-`, `-n`; 206 + Content-Range, 416 + `Content-Range: bytes */size` when invalid or
+// unsatisfiable), If-Range, a strong ETag (size, mtime, inode), Last-Modified, HEAD and keep-alive.
+// Files are streamed in fixed chunks, never buffered whole. 404 for a missing file, 400 for a path
+// with subdirectories, `..` or other oddities, 405 for other methods.
+//
+// Thread safety: start() and stop() are called from any thread but not concurrently with each
+// other; the counters may be read from any thread. The server runs on the given executor; the
+// io_context must be run by the caller. stop() closes the acceptor and every open connection.
+#pragma once
+
+#include "common/error.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace tern::bridge {
+
+struct ArtifactServerOptions {
+  std::string bind_address = "127.0.0.1";
+  std::uint16_t port = 0;          ///< 0: ephemeral
+  std::filesystem::path root;      ///< files served as /artifacts/<filename> (no subdirs, no ..)
+  std::string cert_file, key_file; ///< server certificate (empty: plain HTTP, tests only)
+  std::string client_ca_file;      ///< non-empty: require a client certificate from this CA
+};
+
+class ArtifactServer {
+ public:
+  ArtifactServer(boost::asio::any_io_executor ex, ArtifactServerOptions opts);
+  ~ArtifactServer();
+  ArtifactServer(const ArtifactServer&) = delete;
+  ArtifactServer& operator=(const ArtifactServer&) = delete;
+
+  /// Loads the certificates, binds and starts accepting (co_spawn); returns the bound port.
+  /// Errors: Errc::invalid_argument (bad root or certificate files), Errc::io (bind failed).
+  Result<std::uint16_t> start();
+  /// Stops accepting and closes open connections (asynchronously, on the server's executor).
+  void stop();
+
+  std::uint64_t bytes_served() const;  ///< body bytes sent in total
+  std::uint64_t bytes_served(const std::string& filename) const;
+  std::uint64_t requests() const;      ///< requests answered (any status)
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace tern::bridge

@@ -1,0 +1,257 @@
+// The bridge's ArtifactServer, probed with curl (an independent HTTP client): ranges, HEAD,
+// If-Range, ETag, errors, keep-alive and client certificates.
+#include "broker-bridge/artifact_server.hpp"
+#include "tests/net/net_util.hpp"
+#include "tests/support/testenv.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+namespace tern::test {
+namespace {
+
+namespace asio = boost::asio;
+using bridge::ArtifactServer;
+using bridge::ArtifactServerOptions;
+
+/// A server on its own thread (curl runs synchronously in the test's thread).
+class ServerTest : public ::testing::Test {
+ protected:
+  void start(bool tls, bool client_certs = false) {
+    ArtifactServerOptions o{.root = dir.path()};
+    if (tls) {
+      o.cert_file = (certs() / "server.crt").string();
+      o.key_file = (certs() / "server.key").string();
+    }
+    if (client_certs) o.client_ca_file = (certs() / "ca.crt").string();
+    server = std::make_unique<ArtifactServer>(io.get_executor(), o);
+    auto p = server->start();
+    ASSERT_TRUE(p) << p.error().message();
+    port = *p;
+    scheme = tls ? "https" : "http";
+    thread = std::thread([this] { io.run(); });
+  }
+  void TearDown() override {
+    if (server) server->stop();
+    guard.reset();
+    io.stop();
+    if (thread.joinable()) thread.join();
+  }
+
+  std::string url(const std::string& path) const {
+    return scheme + "://127.0.0.1:" + std::to_string(port) + path;
+  }
+
+  struct Response {
+    int status = 0;
+    std::string headers;  ///< lower-cased
+    std::string body;
+  };
+  /// curl with `args`; headers and body captured separately.
+  Response curl(const std::string& args, const std::string& path = "/artifacts/a.bin") {
+    const std::string h = (tmp / "h").string(), b = (tmp / "b").string();
+    std::error_code ec;
+    fs::remove(b, ec);
+    const std::string cmd = "curl -sS --path-as-is --cacert " + shell_quote((certs() / "ca.crt").string()) +
+                            " -D " + shell_quote(h) + " -o " + shell_quote(b) + " -w '%{http_code}' " + args +
+                            " " + shell_quote(url(path));
+    const auto r = run(cmd);
+    Response res;
+    res.status = std::atoi(r.output.c_str());
+    if (fs::exists(h)) {
+      res.headers = read_file(h);
+      for (auto& c : res.headers) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    if (fs::exists(b)) res.body = read_file(b);
+    last_output = r.output;
+    return res;
+  }
+  static std::string header(const Response& r, const std::string& name) {
+    const auto pos = r.headers.find(name + ": ");
+    if (pos == std::string::npos) return {};
+    const auto end = r.headers.find("\r\n", pos);
+    return r.headers.substr(pos + name.size() + 2, end - pos - name.size() - 2);
+  }
+
+  TempDir dir{"tern-artifacts"};
+  TempDir tmp{"tern-curl"};
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> guard{io.get_executor()};
+  std::unique_ptr<ArtifactServer> server;
+  std::uint16_t port = 0;
+  std::string scheme;
+  std::thread thread;
+  std::string last_output;
+};
+
+const std::string kData = random_bytes(300000, 42);
+
+TEST_F(ServerTest, FullGetHasValidatorsAndLength) {
+  write_file(dir / "a.bin", kData);
+  start(true);
+  auto r = curl("");
+  ASSERT_EQ(r.status, 200) << last_output;
+  EXPECT_EQ(r.body, kData);
+  EXPECT_EQ(header(r, "content-length"), std::to_string(kData.size()));
+  EXPECT_EQ(header(r, "accept-ranges"), "bytes");
+  EXPECT_FALSE(header(r, "etag").empty());
+  EXPECT_EQ(header(r, "etag").front(), '"') << "a strong ETag";
+  EXPECT_NE(header(r, "last-modified").find("gmt"), std::string::npos);
+  EXPECT_EQ(server->bytes_served("a.bin"), kData.size());
+  EXPECT_EQ(server->bytes_served(), kData.size());
+  EXPECT_EQ(server->requests(), 1u);
+}
+
+TEST_F(ServerTest, Ranges) {
+  write_file(dir / "a.bin", kData);
+  start(true);
+  const std::string size = std::to_string(kData.size());
+
+  auto first = curl("-r 0-0");
+  ASSERT_EQ(first.status, 206) << last_output;
+  EXPECT_EQ(first.body, kData.substr(0, 1));
+  EXPECT_EQ(header(first, "content-range"), "bytes 0-0/" + size);
+
+  auto middle = curl("-r 1000-1999");
+  ASSERT_EQ(middle.status, 206);
+  EXPECT_EQ(middle.body, kData.substr(1000, 1000));
+  EXPECT_EQ(header(middle, "content-range"), "bytes 1000-1999/" + size);
+  EXPECT_EQ(header(middle, "content-length"), "1000");
+
+  const std::string last_pos = std::to_string(kData.size() - 1);
+  auto last = curl("-r " + last_pos + "-" + last_pos);
+  ASSERT_EQ(last.status, 206);
+  EXPECT_EQ(last.body, kData.substr(kData.size() - 1));
+
+  auto open_end = curl("-r 299000-");
+  ASSERT_EQ(open_end.status, 206);
+  EXPECT_EQ(open_end.body, kData.substr(299000));
+
+  auto past_end = curl("-r 299990-400000");  // clipped to the file
+  ASSERT_EQ(past_end.status, 206);
+  EXPECT_EQ(past_end.body, kData.substr(299990));
+  EXPECT_EQ(header(past_end, "content-range"), "bytes 299990-299999/" + size);
+
+  auto suffix = curl("-r -500");
+  ASSERT_EQ(suffix.status, 206);
+  EXPECT_EQ(suffix.body, kData.substr(kData.size() - 500));
+  EXPECT_EQ(header(suffix, "content-range"), "bytes 299500-299999/" + size);
+}
+
+TEST_F(ServerTest, InvalidAndUnsatisfiableRangesAre416) {
+  write_file(dir / "a.bin", kData);
+  start(false);
+  for (const std::string range : {"bytes=300000-", "bytes=5-4", "bytes=abc", "items=0-1", "bytes=-0"}) {
+    auto r = curl("-H " + shell_quote("Range: " + range));
+    EXPECT_EQ(r.status, 416) << range;
+    EXPECT_EQ(header(r, "content-range"), "bytes */" + std::to_string(kData.size())) << range;
+    EXPECT_TRUE(r.body.empty()) << range;
+  }
+  EXPECT_EQ(server->bytes_served(), 0u);
+}
+
+TEST_F(ServerTest, HeadHasHeadersButNoBody) {
+  write_file(dir / "a.bin", kData);
+  start(true);
+  auto r = curl("-I");
+  ASSERT_EQ(r.status, 200) << last_output;
+  EXPECT_EQ(header(r, "content-length"), std::to_string(kData.size()));
+  EXPECT_FALSE(header(r, "etag").empty());
+  EXPECT_EQ(server->bytes_served(), 0u);
+  // With -I curl writes the header to the output: nothing else may be in it.
+  for (auto& c : r.body) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  EXPECT_EQ(r.body, r.headers);
+  // A body after the HEAD response would corrupt the next response on the same connection.
+  const std::string ca = shell_quote((certs() / "ca.crt").string());
+  const auto seq = run("curl -sS --cacert " + ca + " -I " + shell_quote(url("/artifacts/a.bin")) +
+                       " --next --cacert " + ca + " -o " +
+                       shell_quote((tmp / "after-head").string()) + " -w '%{http_code} %{num_connects}' " +
+                       shell_quote(url("/artifacts/a.bin")));
+  EXPECT_NE(seq.output.find("200 0"), std::string::npos) << seq.output;
+  EXPECT_EQ(read_file(tmp / "after-head"), kData);
+}
+
+TEST_F(ServerTest, IfRange) {
+  write_file(dir / "a.bin", kData);
+  start(true);
+  const std::string etag = header(curl("-I"), "etag");
+  ASSERT_FALSE(etag.empty());
+
+  auto current = curl("-r 10-19 -H " + shell_quote("If-Range: " + etag));
+  EXPECT_EQ(current.status, 206);
+  EXPECT_EQ(current.body, kData.substr(10, 10));
+
+  auto stale = curl("-r 10-19 -H " + shell_quote("If-Range: \"stale\""));
+  EXPECT_EQ(stale.status, 200);
+  EXPECT_EQ(stale.body, kData);
+
+  // A new file (new inode, size or mtime) gets a new ETag, so an old If-Range gets the whole file.
+  replace_file(dir / "a.bin", kData.substr(0, 1000));
+  auto replaced = curl("-r 10-19 -H " + shell_quote("If-Range: " + etag));
+  EXPECT_EQ(replaced.status, 200);
+  EXPECT_EQ(replaced.body, kData.substr(0, 1000));
+  EXPECT_NE(header(replaced, "etag"), etag);
+}
+
+TEST_F(ServerTest, MissingFileIs404AndBadPathsAre400) {
+  write_file(dir / "a.bin", kData);
+  fs::create_directories(dir / "sub");
+  write_file(dir / "sub" / "x", "x");
+  start(true);
+  EXPECT_EQ(curl("", "/artifacts/nope.bin").status, 404);
+  EXPECT_EQ(curl("", "/artifacts/sub").status, 404) << "a directory is not an artifact";
+  EXPECT_EQ(curl("", "/artifacts/../outside-secret").status, 400);
+  EXPECT_EQ(curl("", "/artifacts/%2e%2e%2foutside-secret").status, 400);
+  EXPECT_EQ(curl("", "/artifacts/sub/x").status, 400);
+  EXPECT_EQ(curl("", "/artifacts/").status, 400);
+  EXPECT_EQ(curl("", "/etc/passwd").status, 400);
+  EXPECT_EQ(curl("-X DELETE").status, 405);
+  EXPECT_EQ(curl("").status, 200);
+}
+
+TEST_F(ServerTest, KeepAliveServesSeveralRequestsOnOneConnection) {
+  write_file(dir / "a.bin", kData);
+  write_file(dir / "b.bin", "bee");
+  start(true);
+  const auto r = run("curl -sS --cacert " + shell_quote((certs() / "ca.crt").string()) +
+                     " -o /dev/null -o /dev/null -w '%{num_connects}\\n' " + shell_quote(url("/artifacts/a.bin")) +
+                     " " + shell_quote(url("/artifacts/b.bin")));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "1\n0\n") << "the second request should reuse the connection";
+  EXPECT_EQ(server->requests(), 2u);
+  EXPECT_EQ(server->bytes_served("b.bin"), 3u);
+}
+
+TEST_F(ServerTest, ClientCertificateRequired) {
+  write_file(dir / "a.bin", kData);
+  start(true, true);
+  auto none = curl("");
+  EXPECT_NE(none.status, 200) << "served without a client certificate";
+  EXPECT_TRUE(none.body.empty());
+
+  const std::string fleet = "--cert " + shell_quote((certs() / "device-1.crt").string()) + " --key " +
+                            shell_quote((certs() / "device-1.key").string());
+  auto ok = curl(fleet);
+  EXPECT_EQ(ok.status, 200) << last_output;
+  EXPECT_EQ(ok.body, kData);
+}
+
+TEST_F(ServerTest, StartFailsOnBadRootOrCertificate) {
+  ArtifactServer no_root(io.get_executor(), ArtifactServerOptions{.root = dir / "missing"});
+  auto r = no_root.start();
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("missing"), std::string::npos) << r.error().message();
+
+  ArtifactServerOptions bad{.root = dir.path()};
+  bad.cert_file = (dir / "nope.crt").string();
+  ArtifactServer no_cert(io.get_executor(), bad);
+  auto c = no_cert.start();
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message().find("nope.crt"), std::string::npos) << c.error().message();
+}
+
+}  // namespace
+}  // namespace tern::test
