@@ -1,0 +1,154 @@
+#include "broker-bridge/bridge.hpp"
+
+#include "common/log.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <atomic>
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+
+namespace tern::bridge {
+
+namespace {
+
+std::int64_t unix_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::vector<std::string> subscription_filters(const BridgeOptions& o) {
+  const std::string share = o.shared_group.empty() ? "" : "$share/" + o.shared_group + "/";
+  std::vector<std::string> f{share + "tern/devices/+/status"};
+  const std::string state_prefix = o.retained_device_state ? "" : share;
+  f.push_back(state_prefix + "tern/devices/+/inventory");
+  f.push_back(state_prefix + "tern/devices/+/presence");
+  for (const char* c : {"tern/fleet/deployments/create", "tern/fleet/deployments/list",
+                        "tern/fleet/deployments/+/abort", "tern/fleet/deployments/+/resume",
+                        "tern/fleet/devices/list", "tern/fleet/devices/+/accept", "tern/fleet/devices/+/reject",
+                        "tern/fleet/devices/+/decommission", "tern/fleet/devices/+/group",
+                        "tern/fleet/artifacts/add", "tern/fleet/artifacts/rescan", "tern/fleet/artifacts/list"})
+    f.push_back(share + c);
+  return f;
+}
+
+struct Bridge::Impl {
+  Impl(asio::any_io_executor e, BridgeOptions o) : ex(std::move(e)), options(std::move(o)), stop_timer(ex) {
+    stop_timer.expires_at(asio::steady_timer::time_point::max());
+  }
+  asio::any_io_executor ex;
+  BridgeOptions options;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Fleet> fleet;
+  std::unique_ptr<mqtt::Client> client;
+  asio::steady_timer stop_timer;
+  std::atomic<bool> stopping{false};
+  std::atomic<std::uint64_t> processed{0};
+
+  void publish(Outgoing& out) {
+    for (auto& m : out) {
+      if (auto r = client->enqueue(m); !r) log::error("publishing: ", r.error().message());
+    }
+  }
+
+  asio::awaitable<void> receive_loop() {
+    for (;;) {
+      auto m = co_await client->receive();
+      if (!m) co_return;
+      auto out = fleet->handle(*m, unix_now());
+      publish(out);
+      ++processed;
+    }
+  }
+
+  asio::awaitable<void> tick_loop() {
+    asio::steady_timer t(ex);
+    for (;;) {
+      t.expires_after(options.tick);
+      co_await t.async_wait(asio::use_awaitable);
+      auto out = fleet->tick(unix_now());
+      publish(out);
+    }
+  }
+
+  asio::awaitable<void> wait_stop() {
+    co_await stop_timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+
+  asio::awaitable<Result<void>> connect_until_stopped() {
+    auto connected = co_await (client->connect() || wait_stop());
+    if (connected.index() == 1) co_return fail(Errc::cancelled, "stopped before connecting");
+    co_return std::get<0>(connected);
+  }
+};
+
+Bridge::Bridge(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Bridge::~Bridge() = default;
+
+Result<std::unique_ptr<Bridge>> Bridge::create(asio::any_io_executor ex, BridgeOptions options) {
+  auto impl = std::make_shared<Impl>(ex, std::move(options));
+  auto store = Store::open(impl->options.db_path);
+  if (!store) return store.error();
+  impl->store = std::move(*store);
+  impl->fleet = std::make_unique<Fleet>(*impl->store, impl->options.fleet);
+  auto client = mqtt::Client::create(ex, impl->options.mqtt);
+  if (!client) return client.error();
+  impl->client = std::move(*client);
+  return std::unique_ptr<Bridge>(new Bridge(std::move(impl)));
+}
+
+asio::awaitable<Result<void>> Bridge::run() {
+  auto impl = impl_;
+  if (!impl->options.fleet.artifact_dir.empty()) {
+    auto scanned = impl->fleet->rescan_artifacts();
+    if (scanned) log::info("artifact catalog: ", *scanned);
+    else log::error("artifact catalog: ", scanned.error().message());
+  }
+
+  auto connected = co_await impl->connect_until_stopped();
+  if (!connected) co_return connected.error().context("tern-bridge");
+  log::info("connected to ", impl->options.mqtt.server_uri, " as ", impl->options.mqtt.client_id);
+
+  // What the store says should be out there (a crash may have cut publishing short).
+  auto recovered = impl->fleet->recover(unix_now());
+  impl->publish(recovered);
+
+  for (auto& filter : subscription_filters(impl->options)) {
+    auto r = co_await impl->client->subscribe(filter, 1);
+    if (!r) {
+      co_await impl->client->disconnect();
+      co_return r.error().context("tern-bridge");
+    }
+  }
+  log::info("ready: ", subscription_filters(impl->options).size(), " subscriptions");
+
+  co_await (impl->receive_loop() || impl->tick_loop() || impl->wait_stop());
+
+  // Last summaries, then leave cleanly (queued publishes are flushed by the disconnect).
+  auto out = impl->fleet->tick(unix_now());
+  impl->publish(out);
+  co_await impl->client->disconnect();
+  log::info("stopped after ", impl->processed.load(), " messages");
+  co_return Result<void>{};
+}
+
+void Bridge::stop() {
+  auto impl = impl_;
+  impl->stopping = true;
+  // An expiry in the past completes the current wait and any later one at once.
+  asio::post(impl->ex, [impl] { impl->stop_timer.expires_at(asio::steady_timer::time_point::min()); });
+}
+
+std::uint64_t Bridge::processed() const { return impl_->processed.load(); }
+
+Store& Bridge::store() { return *impl_->store; }
+
+}  // namespace tern::bridge

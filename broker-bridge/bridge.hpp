@@ -1,0 +1,83 @@
+// tern-bridge's MQTT shell: connects with its own identity, subscribes to device and operator
+// topics, feeds every message to the Fleet logic and publishes what it returns.
+//
+//   auto bridge = tern::bridge::Bridge::create(io.get_executor(), options).value();
+//   co_spawn(io, bridge->run(), ...);     // until stop()
+//
+// Subscriptions (shared_group "tern-bridge" gives "$share/tern-bridge/<filter>"):
+//   $share/G/tern/devices/+/status                 device statuses, split between bridges
+//   tern/devices/+/inventory, tern/devices/+/presence
+//       non-shared when retained_device_state is set (the default, for one bridge): retained
+//       inventory and presence are then delivered on the first start, so devices that announced
+//       themselves before the bridge ever ran are known. MQTT 5 does not deliver retained messages
+//       on shared subscriptions, so with several bridges (retained_device_state off) these are
+//       shared too and a bridge learns devices from their next message.
+//   $share/G/tern/fleet/...                        operator commands (see fleet.hpp)
+// The session is persistent (clean start off), so statuses sent while the bridge was down are
+// delivered when it comes back; the database is the state, retained topics are only its output.
+// Outgoing messages are handed to Paho's queue (enqueue), so they survive a reconnect; after a
+// crash between a commit and its publishes, run() republishes from the store (Fleet::recover):
+// device records, retained deployments of devices in progress, cleared ones, summaries.
+//
+// Inbox: mqtt.inbox_capacity must be large (main sets 131072). tern::mqtt::Client blocks Paho's
+// receive thread while its inbox is full, and Paho holds its client lock there, so an enqueue()
+// from the executor thread (every outgoing message) would wait for that lock while the thread
+// that could empty the inbox is the one waiting: a deadlock, seen with a small inbox under load.
+//
+// Thread safety: create, run and stop on one executor (stop may be called from any thread: it
+// posts). The store is SQLite on the executor's thread (WAL, short transactions).
+#pragma once
+
+#include "broker-bridge/fleet.hpp"
+#include "broker-bridge/store.hpp"
+#include "common/error.hpp"
+#include "common/mqtt/client.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace tern::bridge {
+
+struct BridgeOptions {
+  mqtt::Options mqtt;
+  std::filesystem::path db_path;
+  FleetOptions fleet;
+  std::string shared_group = "tern-bridge";  ///< empty: plain (non-shared) subscriptions
+  bool retained_device_state = true;         ///< see the header comment
+  std::chrono::milliseconds tick{200};       ///< rollout evaluation and summary coalescing period
+};
+
+class Bridge {
+ public:
+  /// Opens the store and creates the MQTT client. Errors: database, client options.
+  static Result<std::unique_ptr<Bridge>> create(boost::asio::any_io_executor ex, BridgeOptions options);
+  ~Bridge();
+
+  /// Scans artifacts, connects (retrying until it succeeds or stop()), republishes what the store
+  /// says must be out there, subscribes, then processes messages until stop(). Errors: the
+  /// connection could not be made (with connect_attempts set), a subscription was refused.
+  boost::asio::awaitable<Result<void>> run();
+
+  /// Makes run() disconnect and return. Safe from any thread.
+  void stop();
+
+  /// Messages processed so far (for tests and benchmarks).
+  std::uint64_t processed() const;
+
+  Store& store();
+
+ private:
+  struct Impl;
+  explicit Bridge(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;
+};
+
+/// The subscription filters for `options` (exposed for tests and documentation).
+std::vector<std::string> subscription_filters(const BridgeOptions& options);
+
+}  // namespace tern::bridge

@@ -1,0 +1,489 @@
+// Device ingest (status, inventory, presence), rollout (phases, threshold, retries), summaries and
+// recovery. Operator commands are in fleet_commands.cpp.
+#include "broker-bridge/fleet.hpp"
+
+#include "broker-bridge/catalog.hpp"
+#include "common/json.hpp"
+#include "common/log.hpp"
+#include "common/protocol.hpp"
+
+#include <boost/json/array.hpp>
+
+#include <charconv>
+
+namespace tern::bridge {
+
+namespace {
+
+mqtt::Message retained(std::string topic, std::string payload) {
+  mqtt::Message m;
+  m.topic = std::move(topic);
+  m.payload = std::move(payload);
+  m.qos = 1;
+  m.retained = true;
+  return m;
+}
+
+// "{id}-retry-N" → {id, N}; nullopt if `wire` has no such suffix.
+std::optional<std::pair<std::string, int>> split_retry(const std::string& wire) {
+  constexpr std::string_view marker = "-retry-";
+  auto pos = wire.rfind(marker);
+  if (pos == std::string::npos || pos == 0) return std::nullopt;
+  std::string_view num(wire);
+  num.remove_prefix(pos + marker.size());
+  int n = 0;
+  auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+  if (ec != std::errc{} || end != num.data() + num.size() || n < 2) return std::nullopt;
+  return std::pair{wire.substr(0, pos), n};
+}
+
+bool counts_as_failure(const std::string& status) { return status == "failure" || status == "aborted"; }
+
+}  // namespace
+
+Fleet::Fleet(Store& store, FleetOptions options) : store_(store), options_(std::move(options)) {}
+
+std::string Fleet::wire_id(const std::string& deployment, int attempt) {
+  return attempt <= 1 ? deployment : deployment + "-retry-" + std::to_string(attempt);
+}
+
+Outgoing Fleet::handle(const mqtt::Message& msg, std::int64_t now) {
+  if (auto dt = protocol::topics::parse_device_topic(msg.topic)) {
+    if (dt->kind == "status") return handle_status(dt->device_id, msg, now);
+    if (dt->kind == "inventory") return handle_inventory(dt->device_id, msg, now);
+    if (dt->kind == "presence") return handle_presence(dt->device_id, msg, now);
+    return {};  // deployment: the bridge's own output
+  }
+  if (msg.topic.starts_with("tern/fleet/")) return handle_command(msg, now);
+  log::debug("ignoring a message on ", msg.topic);
+  return {};
+}
+
+// --- devices ----------------------------------------------------------------------------------------
+
+Result<DeviceRecord> Fleet::seen_device(const std::string& id, bool& created) {
+  auto d = store_.device(id);
+  if (!d) return d.error();
+  created = !d->has_value();
+  if (*d) return std::move(**d);
+  DeviceRecord rec;
+  rec.id = id;
+  log::info("new device ", id, " (pending admission)");
+  return rec;
+}
+
+void Fleet::publish_device(const DeviceRecord& d, Outgoing& out) {
+  boost::json::object o;
+  o["id"] = d.id;
+  o["admission"] = d.admission;
+  o["group"] = d.group;
+  o["device_type"] = d.device_type;
+  o["presence"] = d.presence;
+  o["last_seen"] = d.last_seen;
+  o["artifact_name"] = d.artifact_name;
+  // The inventory is stored as normalised JSON text: spliced in as it is.
+  std::string text = json::write(o);
+  text.pop_back();
+  text += ",\"inventory\":" + d.inventory + "}";
+  out.push_back(retained(protocol::topics::fleet_device(d.id), std::move(text)));
+}
+
+Outgoing Fleet::handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
+  if (msg.payload.empty()) return {};  // a cleared retained inventory: nothing to learn
+  auto inv = protocol::parse_inventory(msg.payload);
+  if (!inv) {
+    log::warn("dropping inventory of ", device, ": ", inv.error().message());
+    return {};
+  }
+  Outgoing out;
+  auto r = store_.transaction([&]() -> Result<void> {
+    bool created = false;
+    auto d = seen_device(device, created);
+    if (!d) return d.error();
+    DeviceRecord before = *d;
+    d->inventory = protocol::serialize(*inv);
+    if (auto it = inv->find("device_type"); it != inv->end()) d->device_type = it->second;
+    if (auto it = inv->find("artifact_name"); it != inv->end()) d->artifact_name = it->second;
+    if (!msg.retained) d->last_seen = now;  // a retained copy may be old
+    if (auto w = store_.put_device(*d); !w) return w;
+    if (created || before.inventory != d->inventory || before.device_type != d->device_type ||
+        before.artifact_name != d->artifact_name)
+      publish_device(*d, out);
+    return {};
+  });
+  if (!r) {
+    log::error("inventory of ", device, ": ", r.error().message());
+    return {};
+  }
+  return out;
+}
+
+Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
+  if (msg.payload.empty()) return {};
+  auto p = protocol::parse_presence(msg.payload);
+  if (!p) {
+    log::warn("dropping presence of ", device, ": ", p.error().message());
+    return {};
+  }
+  Outgoing out;
+  auto r = store_.transaction([&]() -> Result<void> {
+    bool created = false;
+    auto d = seen_device(device, created);
+    if (!d) return d.error();
+    const std::string state = p->online ? "online" : "offline";
+    // Ordered by seq: an older one is stale (a late last will). With the same seq, offline wins:
+    // a session's will carries the seq of its own online message and is published after it.
+    bool newer = p->seq > d->presence_seq || d->presence == "unknown" ||
+                 (p->seq == d->presence_seq && !p->online && d->presence == "online");
+    if (!newer && !created) {
+      log::debug("presence of ", device, ": ignoring ", state, " seq ", p->seq, " (have seq ", d->presence_seq, ")");
+      return {};
+    }
+    bool changed = created || d->presence != state;
+    if (newer) {
+      d->presence = state;
+      d->presence_seq = p->seq;
+    }
+    if (!msg.retained) d->last_seen = now;
+    if (auto w = store_.put_device(*d); !w) return w;
+    if (changed) publish_device(*d, out);
+    return {};
+  });
+  if (!r) {
+    log::error("presence of ", device, ": ", r.error().message());
+    return {};
+  }
+  return out;
+}
+
+// --- status ingest ----------------------------------------------------------------------------------
+
+Outgoing Fleet::handle_status(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
+  auto ev = protocol::parse_status(msg.payload);
+  if (!ev) {
+    log::warn("dropping status of ", device, ": ", ev.error().message());
+    return {};
+  }
+  Outgoing out;
+  auto r = store_.transaction([&]() -> Result<void> {
+    bool created = false;
+    auto dev = seen_device(device, created);
+    if (!dev) return dev.error();
+    dev->last_seen = now;
+    if (created) publish_device(*dev, out);
+
+    // Which deployment and attempt: the id as sent, or "{id}-retry-N".
+    int wire_attempt = 1;
+    auto row = store_.device_deployment(ev->deployment_id, device);
+    if (!row) return row.error();
+    if (!*row) {
+      if (auto split = split_retry(ev->deployment_id)) {
+        row = store_.device_deployment(split->first, device);
+        if (!row) return row.error();
+        wire_attempt = split->second;
+      }
+    }
+    if (!*row) {
+      log::warn("status of ", device, " for unknown deployment ", ev->deployment_id, ": dropped");
+      return store_.put_device(*dev);
+    }
+    auto& rr = **row;
+    const std::string word(protocol::to_string(ev->status));
+    // Idempotence under QoS 1 redelivery and ordering per device: seq only grows.
+    if (ev->seq != 0 && ev->seq <= rr.last_seq) {
+      log::debug("status of ", device, " seq ", ev->seq, ": duplicate or older than ", rr.last_seq);
+      return store_.put_device(*dev);
+    }
+    if (wire_attempt < rr.attempt) {
+      log::debug("status of ", device, ": attempt ", wire_attempt, " is superseded by ", rr.attempt);
+      return store_.put_device(*dev);
+    }
+    if (is_final_status(rr.status)) {
+      log::debug("status of ", device, ": ", rr.deployment, " already ended with ", rr.status);
+      return store_.put_device(*dev);
+    }
+    auto dep = store_.deployment(rr.deployment);
+    if (!dep) return dep.error();
+    if (!*dep) return fail(Errc::internal, "device deployment without deployment " + rr.deployment);
+
+    HistoryRecord h{rr.deployment, device, ev->seq, word, ev->time ? ev->time : now, ev->error, wire_attempt};
+    if (auto w = store_.add_history(h); !w) return w;
+    rr.status = word;
+    rr.bytes = ev->bytes;
+    rr.total = ev->total;
+    rr.error = ev->error;
+    if (ev->seq) rr.last_seq = ev->seq;
+    rr.updated = now;
+    if (rr.attempt == 0) rr.attempt = wire_attempt;
+
+    const bool running = (*dep)->state == "running" || (*dep)->state == "paused";
+    if (ev->status == protocol::Status::failure && running && rr.attempt <= (*dep)->retries) {
+      // Another attempt: a new deployment id so the device runs it again.
+      log::info("deployment ", rr.deployment, " failed on ", device, " (attempt ", rr.attempt, "): retrying");
+      if (auto w = send(rr, **dep, rr.attempt + 1, now, out); !w) return w;
+    } else {
+      if (auto w = store_.put_device_deployment(rr); !w) return w;
+      if (is_final_status(word)) {
+        // Done on this device: nothing left for it to run.
+        out.push_back(retained(protocol::topics::deployment(device), ""));
+        if (ev->status == protocol::Status::success || ev->status == protocol::Status::already_installed) {
+          if (dev->artifact_name != (*dep)->artifact) {
+            dev->artifact_name = (*dep)->artifact;
+            publish_device(*dev, out);
+          }
+        }
+      }
+    }
+    dirty_.insert(rr.deployment);
+    return store_.put_device(*dev);
+  });
+  if (!r) {
+    log::error("status of ", device, ": ", r.error().message());
+    return {};
+  }
+  return out;
+}
+
+// --- rollout ----------------------------------------------------------------------------------------
+
+Result<void> Fleet::send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
+                         Outgoing& out) {
+  auto art = store_.artifact(d.artifact);
+  if (!art) return art.error();
+  if (!*art) return fail(Errc::not_found, "artifact " + d.artifact + " is no longer in the catalog");
+  row.attempt = attempt;
+  row.status = "sent";
+  row.bytes = 0;
+  row.updated = now;
+  if (auto w = store_.put_device_deployment(row); !w) return w;
+  protocol::Deployment m;
+  m.deployment_id = wire_id(d.id, attempt);
+  m.artifact_name = (*art)->name;
+  m.url = options_.artifact_base_url + "/" + (*art)->file;
+  m.size = (*art)->size;
+  m.sha256 = (*art)->sha256;
+  out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
+  return {};
+}
+
+Result<void> Fleet::start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out) {
+  d.phase = phase;
+  d.next_phase_at = 0;
+  d.state = "running";
+  d.reason.clear();
+  if (auto w = store_.update_deployment(d); !w) return w;
+  auto rows = store_.device_deployments(d.id);
+  if (!rows) return rows.error();
+  std::size_t sent = 0;
+  for (auto& row : *rows) {
+    if (row.phase != phase || row.status != "pending") continue;
+    if (auto w = send(row, d, 1, now, out); !w) return w;
+    ++sent;
+  }
+  log::info("deployment ", d.id, ": phase ", phase + 1, " of ", d.phases.size(), " (", sent, " devices)");
+  dirty_.insert(d.id);
+  return {};
+}
+
+Result<void> Fleet::evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& out) {
+  // A phase may be empty (few devices, close percentages): loop until one has devices in flight.
+  for (;;) {
+    if (d.state != "running") return {};
+    auto rows = store_.device_deployments(d.id);
+    if (!rows) return rows.error();
+    std::uint64_t started = 0, open = 0, failed = 0;
+    for (auto& r : *rows) {
+      if (r.phase > d.phase) continue;
+      ++started;
+      if (!is_final_status(r.status)) ++open;
+      else if (counts_as_failure(r.status)) ++failed;
+    }
+    if (open > 0) return {};
+    if (started > 0 && failed * 100 > static_cast<std::uint64_t>(d.threshold) * started) {
+      std::string reason = std::to_string(failed) + " of " + std::to_string(started) +
+                           " devices failed, over the failure threshold of " + std::to_string(d.threshold) + "%";
+      log::warn("deployment ", d.id, ": ", reason, ": ", d.on_threshold == "abort" ? "aborting" : "pausing");
+      if (d.on_threshold == "abort") return abort_rows(d, reason, now, out);
+      d.state = "paused";
+      d.reason = reason;
+      dirty_.insert(d.id);
+      return store_.update_deployment(d);
+    }
+    if (d.phase + 1 >= static_cast<int>(d.phases.size())) {
+      d.state = "finished";
+      d.reason = failed ? std::to_string(failed) + " of " + std::to_string(started) + " devices failed" : "";
+      log::info("deployment ", d.id, ": finished", d.reason.empty() ? "" : " (" + d.reason + ")");
+      dirty_.insert(d.id);
+      return store_.update_deployment(d);
+    }
+    if (d.pause_seconds > 0) {
+      if (d.next_phase_at == 0) {
+        d.next_phase_at = now + d.pause_seconds;
+        dirty_.insert(d.id);
+        return store_.update_deployment(d);
+      }
+      if (now < d.next_phase_at) return {};
+    }
+    if (auto w = start_phase(d, d.phase + 1, now, out); !w) return w;
+  }
+}
+
+Result<void> Fleet::abort_rows(DeploymentRecord& d, const std::string& reason, std::int64_t now, Outgoing& out) {
+  auto rows = store_.device_deployments(d.id);
+  if (!rows) return rows.error();
+  for (auto& row : *rows) {
+    if (is_final_status(row.status)) continue;
+    bool was_sent = row.status != "pending";
+    row.status = "aborted";
+    row.error = reason;
+    row.updated = now;
+    if (auto w = store_.put_device_deployment(row); !w) return w;
+    if (was_sent) out.push_back(retained(protocol::topics::deployment(row.device), ""));
+  }
+  d.state = "aborted";
+  d.reason = reason;
+  d.next_phase_at = now;  // when it ended, for recover()
+  dirty_.insert(d.id);
+  return store_.update_deployment(d);
+}
+
+Outgoing Fleet::tick(std::int64_t now) {
+  Outgoing out;
+  // Deployments waiting for a pause to end are not dirty: look at them too.
+  auto waiting = store_.deployments("running");
+  if (waiting) {
+    for (auto& d : *waiting)
+      if (d.next_phase_at != 0 && now >= d.next_phase_at) dirty_.insert(d.id);
+  }
+  auto ids = std::move(dirty_);
+  dirty_.clear();
+  for (auto& id : ids) {
+    Outgoing step;
+    auto r = store_.transaction([&]() -> Result<void> {
+      auto d = store_.deployment(id);
+      if (!d) return d.error();
+      if (!*d) return {};
+      if (auto w = evaluate(**d, now, step); !w) return w;
+      return publish_summary(**d, step);
+    });
+    if (!r) {
+      log::error("deployment ", id, ": ", r.error().message());
+      continue;
+    }
+    out.insert(out.end(), std::make_move_iterator(step.begin()), std::make_move_iterator(step.end()));
+  }
+  for (auto& id : ids) dirty_.erase(id);  // published just now, with everything evaluate() changed
+  return out;
+}
+
+Outgoing Fleet::recover(std::int64_t now) {
+  Outgoing out;
+  // Device records: one may have been committed but not published when the bridge died.
+  if (auto devices = store_.devices()) {
+    for (auto& d : *devices) publish_device(d, out);
+  } else {
+    log::error("recovering: ", devices.error().message());
+  }
+  auto all = store_.deployments();
+  if (!all) {
+    log::error("recovering: ", all.error().message());
+    return out;
+  }
+  for (auto& d : *all) {
+    const bool open = d.state == "running" || d.state == "paused" || d.state == "created";
+    const bool recently_aborted =
+        d.state == "aborted" && now - d.next_phase_at < options_.recover_aborted_seconds;
+    if (!open && !recently_aborted) continue;
+    Outgoing step;
+    auto r = store_.transaction([&]() -> Result<void> {
+      auto art = store_.artifact(d.artifact);
+      if (!art) return art.error();
+      auto rows = store_.device_deployments(d.id);
+      if (!rows) return rows.error();
+      for (auto& row : *rows) {
+        if (row.status == "pending") continue;
+        if (!open || is_final_status(row.status)) {
+          step.push_back(retained(protocol::topics::deployment(row.device), ""));
+        } else if (*art) {
+          // In progress: the same message again (retained, so idempotent for the device).
+          protocol::Deployment m{wire_id(d.id, row.attempt), (*art)->name,
+                                 options_.artifact_base_url + "/" + (*art)->file, (*art)->size, (*art)->sha256};
+          step.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
+        }
+      }
+      if (d.state == "created") {
+        // Died between creating and starting: start now.
+        if (auto w = start_phase(d, 0, now, step); !w) return w;
+      }
+      if (auto w = evaluate(d, now, step); !w) return w;
+      return publish_summary(d, step);
+    });
+    if (!r) {
+      log::error("recovering deployment ", d.id, ": ", r.error().message());
+      continue;
+    }
+    out.insert(out.end(), std::make_move_iterator(step.begin()), std::make_move_iterator(step.end()));
+  }
+  return out;
+}
+
+// --- summaries --------------------------------------------------------------------------------------
+
+Result<boost::json::object> Fleet::summary(const DeploymentRecord& d) {
+  auto rows = store_.device_deployments(d.id);
+  if (!rows) return rows.error();
+  boost::json::object counts;
+  boost::json::array failures;
+  std::uint64_t total = 0;
+  for (auto& r : *rows) {
+    ++total;
+    auto& c = counts[r.status];
+    c = c.is_null() ? std::int64_t{1} : c.as_int64() + 1;
+    if (counts_as_failure(r.status) && failures.size() < options_.summary_failures) {
+      boost::json::object f;
+      f["device"] = r.device;
+      f["status"] = r.status;
+      f["error"] = r.error;
+      f["attempt"] = r.attempt;
+      failures.push_back(std::move(f));
+    }
+  }
+  boost::json::array phases;
+  for (int p : d.phases) phases.push_back(p);
+  boost::json::object o;
+  o["id"] = d.id;
+  o["artifact"] = d.artifact;
+  o["state"] = d.state;
+  o["phase"] = d.phase + 1;
+  o["phases"] = std::move(phases);
+  o["counts"] = std::move(counts);
+  o["total"] = total;
+  o["failures"] = std::move(failures);
+  o["failure_threshold"] = d.threshold;
+  o["on_threshold"] = d.on_threshold;
+  o["retries"] = d.retries;
+  o["created"] = d.created;
+  if (!d.reason.empty()) o["reason"] = d.reason;
+  if (d.state == "running" && d.next_phase_at) o["next_phase_at"] = d.next_phase_at;
+  return o;
+}
+
+Result<void> Fleet::publish_summary(const DeploymentRecord& d, Outgoing& out) {
+  auto s = summary(d);
+  if (!s) return s.error();
+  out.push_back(retained(protocol::topics::fleet_deployment(d.id), json::write(*s)));
+  return {};
+}
+
+Result<std::string> Fleet::rescan_artifacts() {
+  if (options_.artifact_dir.empty()) return fail(Errc::invalid_argument, "no artifact directory configured");
+  auto report = scan_artifacts(store_, options_.artifact_dir, options_.verify_key_pem);
+  if (!report) return report.error();
+  std::string text = std::to_string(report->added.size()) + " added or changed, " +
+                     std::to_string(report->removed.size()) + " removed, " +
+                     std::to_string(report->errors.size()) + " refused";
+  for (auto& e : report->errors) text += "; " + e;
+  return text;
+}
+
+}  // namespace tern::bridge

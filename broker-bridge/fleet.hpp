@@ -1,0 +1,118 @@
+// The fleet logic of tern-bridge, sans I/O: MQTT messages in, MQTT messages to publish out.
+//
+//   Fleet fleet(store, options);
+//   for (auto& out : fleet.recover(now)) publish(out);        // once, at start
+//   for (auto& out : fleet.handle(message, now)) publish(out); // every incoming message
+//   for (auto& out : fleet.tick(now)) publish(out);            // every few hundred milliseconds
+//
+// handle() ingests device messages (status, inventory, presence) and operator commands, each in
+// one store transaction; the messages it returns are to be published after it returns (the store
+// is already committed, so a crash in between is repaired by recover()). tick() moves rollouts on
+// (phase completion, threshold, pause) and publishes coalesced summaries: evaluating a deployment
+// scans its devices, so it happens at most once per tick however many statuses arrived.
+//
+// Topics (DESIGN.md): device traffic under tern/devices/{id}/{status,inventory,presence};
+// commands under tern/fleet/: deployments/create, deployments/list, deployments/{id}/abort,
+// deployments/{id}/resume, devices/list, devices/{id}/{accept,reject,decommission,group},
+// artifacts/add, artifacts/rescan, artifacts/list. A command's body is a JSON object (empty
+// means {}); the reply goes to the MQTT 5 response topic with its correlation data, else to
+// "reply_to" in the body (which must be under tern/fleet/), else nowhere. Replies are
+// {"ok":true,...} or {"ok":false,"error":"..."}; a refused command changes nothing.
+//
+// Retries: attempt N > 1 of a device is sent with deployment id "{id}-retry-N", so a device that
+// finished "{id}" runs it again; its statuses are mapped back to the deployment.
+//
+// Thread safety: none; one executor calls everything.
+#pragma once
+
+#include "broker-bridge/store.hpp"
+#include "common/error.hpp"
+#include "common/mqtt/client.hpp"
+
+#include <boost/json/object.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace tern::bridge {
+
+struct FleetOptions {
+  /// Devices download artifact files from `artifact_base_url` + "/" + file name.
+  std::string artifact_base_url;
+  std::filesystem::path artifact_dir;
+  /// PEM public key: only artifacts signed with it enter the catalog.
+  std::optional<std::string> verify_key_pem;
+  /// Largest number of failures listed in a summary (the counts are always complete).
+  std::size_t summary_failures = 50;
+  /// Aborted deployments ended less than this long ago get their retained device messages cleared
+  /// again by recover() (in case the bridge died between the abort and those publishes).
+  std::int64_t recover_aborted_seconds = 24 * 3600;
+};
+
+using Outgoing = std::vector<mqtt::Message>;
+
+class Fleet {
+ public:
+  Fleet(Store& store, FleetOptions options);
+
+  /// Handles one incoming message. Malformed messages are logged and dropped (nothing to publish,
+  /// or an error reply for a command).
+  Outgoing handle(const mqtt::Message& msg, std::int64_t now);
+
+  /// Moves rollouts on and publishes summaries changed since the last tick.
+  Outgoing tick(std::int64_t now);
+
+  /// After a (re)start: what must be published again for the state in the store (device records,
+  /// retained deployments of devices in progress, cleared ones of finished devices, summaries), and
+  /// evaluates the open deployments. Idempotent.
+  Outgoing recover(std::int64_t now);
+
+  /// Scans the artifact directory into the catalog (at start; also the "artifacts/rescan" command).
+  Result<std::string> rescan_artifacts();
+
+  /// The deployment id a retry attempt is sent with.
+  static std::string wire_id(const std::string& deployment, int attempt);
+
+ private:
+  Outgoing handle_status(const std::string& device, const mqtt::Message& msg, std::int64_t now);
+  Outgoing handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now);
+  Outgoing handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now);
+  Outgoing handle_command(const mqtt::Message& msg, std::int64_t now);
+
+  // Commands: each returns the reply body's fields, or an error naming the problem.
+  using Reply = boost::json::object;
+  Result<Reply> create(std::string_view body, std::int64_t now, Outgoing& out);
+  Result<Reply> abort(const std::string& id, std::int64_t now, Outgoing& out);
+  Result<Reply> resume(const std::string& id, std::int64_t now, Outgoing& out);
+  Result<Reply> list_deployments();
+  Result<Reply> list_devices();
+  Result<Reply> list_artifacts();
+  Result<Reply> add_artifact(std::string_view body);
+  Result<Reply> admission(const std::string& device, const std::string& verb, std::string_view body,
+                          std::int64_t now, Outgoing& out);
+
+  /// Loads or creates (pending) a device seen on the wire; `created` tells which.
+  Result<DeviceRecord> seen_device(const std::string& id, bool& created);
+  void publish_device(const DeviceRecord& d, Outgoing& out);
+  Result<boost::json::object> summary(const DeploymentRecord& d);
+  Result<void> publish_summary(const DeploymentRecord& d, Outgoing& out);
+  Result<void> send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
+                    Outgoing& out);
+  Result<void> start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out);
+  /// Phase completion, threshold and finish for a running deployment.
+  Result<void> evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& out);
+  /// Marks every unfinished device aborted and clears their retained deployments.
+  Result<void> abort_rows(DeploymentRecord& d, const std::string& reason, std::int64_t now, Outgoing& out);
+
+  Store& store_;
+  FleetOptions options_;
+  std::set<std::string> dirty_;  // deployments whose summary (and rollout) must be re-evaluated
+  std::uint64_t id_counter_ = 0;
+};
+
+}  // namespace tern::bridge

@@ -1,0 +1,535 @@
+#include "broker-bridge/store.hpp"
+
+#include "common/json.hpp"
+
+#include <boost/json/array.hpp>
+#include <sqlite3.h>
+
+#include <array>
+#include <charconv>
+
+namespace tern::bridge {
+
+namespace {
+
+// Numbered migrations: entry i brings the schema from version i to i + 1. Append, never edit.
+const std::array<const char*, schema_version> migrations = {
+    // 1: the initial schema.
+    R"sql(
+CREATE TABLE devices (
+  id TEXT PRIMARY KEY,
+  admission TEXT NOT NULL DEFAULT 'pending',
+  grp TEXT NOT NULL DEFAULT '',
+  device_type TEXT NOT NULL DEFAULT '',
+  inventory TEXT NOT NULL DEFAULT '{}',
+  last_seen BIGINT NOT NULL DEFAULT 0,
+  presence TEXT NOT NULL DEFAULT 'unknown',
+  presence_seq BIGINT NOT NULL DEFAULT 0,
+  artifact_name TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE artifacts (
+  name TEXT PRIMARY KEY,
+  file TEXT NOT NULL,
+  size BIGINT NOT NULL,
+  sha256 TEXT NOT NULL,
+  device_types TEXT NOT NULL,
+  signed INTEGER NOT NULL,
+  mtime BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE deployments (
+  id TEXT PRIMARY KEY,
+  artifact TEXT NOT NULL,
+  targets TEXT NOT NULL,
+  phases TEXT NOT NULL,
+  pause_seconds BIGINT NOT NULL,
+  threshold INTEGER NOT NULL,
+  on_threshold TEXT NOT NULL,
+  retries INTEGER NOT NULL,
+  state TEXT NOT NULL,
+  phase INTEGER NOT NULL,
+  next_phase_at BIGINT NOT NULL DEFAULT 0,
+  created BIGINT NOT NULL,
+  reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE device_deployments (
+  deployment TEXT NOT NULL REFERENCES deployments(id),
+  device TEXT NOT NULL,
+  phase INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  bytes BIGINT NOT NULL DEFAULT 0,
+  total BIGINT NOT NULL DEFAULT 0,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  last_seq BIGINT NOT NULL DEFAULT 0,
+  updated BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (deployment, device)
+);
+CREATE INDEX device_deployments_by_device ON device_deployments (device, status);
+CREATE INDEX device_deployments_by_status ON device_deployments (deployment, status);
+CREATE TABLE history (
+  deployment TEXT NOT NULL,
+  device TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  status TEXT NOT NULL,
+  time BIGINT NOT NULL,
+  error TEXT NOT NULL DEFAULT '',
+  attempt INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX history_by_device ON history (deployment, device, seq);
+)sql",
+};
+
+using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
+using StmtPtr = std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)>;
+
+// Inside this file SQLite failures throw ErrorException; every public method converts at its top.
+[[noreturn]] void throw_db(sqlite3* db, std::string_view what) {
+  throw ErrorException(fail(Errc::io, std::string(what) + ": " + sqlite3_errmsg(db)));
+}
+
+// A prepared statement with positional binding (1-based, in call order) and column getters.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, std::string_view sql) : db_(db), stmt_(nullptr, &sqlite3_finalize) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &s, nullptr) != SQLITE_OK)
+      throw_db(db, "preparing '" + std::string(sql.substr(0, 60)) + "'");
+    stmt_.reset(s);
+  }
+  Stmt& bind(std::string_view v) {
+    check(sqlite3_bind_text(stmt_.get(), ++index_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  Stmt& bind(const std::string& v) { return bind(std::string_view(v)); }
+  Stmt& bind(const char* v) { return bind(std::string_view(v)); }
+  Stmt& bind(std::int64_t v) {
+    check(sqlite3_bind_int64(stmt_.get(), ++index_, v));
+    return *this;
+  }
+  Stmt& bind(std::uint64_t v) { return bind(static_cast<std::int64_t>(v)); }
+  Stmt& bind(int v) { return bind(static_cast<std::int64_t>(v)); }
+  Stmt& bind(bool v) { return bind(static_cast<std::int64_t>(v ? 1 : 0)); }
+
+  /// Steps once: true if a row is available.
+  bool step() {
+    int rc = sqlite3_step(stmt_.get());
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw_db(db_, "running '" + std::string(sqlite3_sql(stmt_.get())).substr(0, 60) + "'");
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  std::string text(int col) const {
+    auto p = sqlite3_column_text(stmt_.get(), col);
+    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(stmt_.get(), col)) : "";
+  }
+  std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
+  std::uint64_t u64(int col) const { return static_cast<std::uint64_t>(i64(col)); }
+  int i32(int col) const { return static_cast<int>(i64(col)); }
+
+ private:
+  void check(int rc) {
+    if (rc != SQLITE_OK) throw_db(db_, "binding a parameter");
+  }
+  sqlite3* db_;
+  StmtPtr stmt_;
+  int index_ = 0;
+};
+
+template <class F>
+auto guard(std::string_view what, F&& f) -> Result<decltype(f())> {
+  try {
+    if constexpr (std::is_void_v<decltype(f())>) {
+      f();
+      return {};
+    } else {
+      return f();
+    }
+  } catch (const ErrorException& e) {
+    return e.error().context(what);
+  }
+}
+
+std::string strings_json(const std::vector<std::string>& v) {
+  boost::json::array a;
+  for (auto& s : v) a.emplace_back(s);
+  return json::write(a);
+}
+
+std::vector<std::string> strings_from_json(const std::string& text) {
+  auto doc = json::Document::parse("{\"v\":" + text + "}", "stored list");
+  if (!doc) return {};
+  auto root = doc->root();
+  if (!root) return {};
+  auto v = root->strings("v");
+  return v ? *v : std::vector<std::string>{};
+}
+
+std::string ints_json(const std::vector<int>& v) {
+  boost::json::array a;
+  for (int i : v) a.emplace_back(i);
+  return json::write(a);
+}
+
+// Phases are written by ints_json: "[10,50,100]".
+std::vector<int> ints_from_json(std::string_view text) {
+  std::vector<int> out;
+  const char* p = text.data();
+  const char* end = p + text.size();
+  while (p < end) {
+    if (*p >= '0' && *p <= '9') {
+      int v = 0;
+      auto [next, ec] = std::from_chars(p, end, v);
+      if (ec != std::errc{}) break;
+      out.push_back(v);
+      p = next;
+    } else {
+      ++p;
+    }
+  }
+  return out;
+}
+
+constexpr std::string_view device_columns =
+    "id, admission, grp, device_type, inventory, last_seen, presence, presence_seq, artifact_name";
+DeviceRecord read_device(const Stmt& s) {
+  return DeviceRecord{s.text(0), s.text(1), s.text(2), s.text(3), s.text(4),
+                      s.i64(5),  s.text(6), s.u64(7),  s.text(8)};
+}
+
+constexpr std::string_view artifact_columns = "name, file, size, sha256, device_types, signed, mtime";
+ArtifactRecord read_artifact(const Stmt& s) {
+  return ArtifactRecord{s.text(0), s.text(1), s.u64(2), s.text(3), strings_from_json(s.text(4)),
+                        s.i64(5) != 0, s.i64(6)};
+}
+
+constexpr std::string_view deployment_columns =
+    "id, artifact, targets, phases, pause_seconds, threshold, on_threshold, retries, state, phase, "
+    "next_phase_at, created, reason";
+DeploymentRecord read_deployment(const Stmt& s) {
+  return DeploymentRecord{s.text(0), s.text(1), s.text(2), ints_from_json(s.text(3)), s.i64(4),
+                          s.i32(5),  s.text(6), s.i32(7),  s.text(8),                s.i32(9),
+                          s.i64(10), s.i64(11), s.text(12)};
+}
+
+constexpr std::string_view dd_columns =
+    "deployment, device, phase, status, bytes, total, attempt, error, last_seq, updated";
+DeviceDeploymentRecord read_dd(const Stmt& s) {
+  return DeviceDeploymentRecord{s.text(0), s.text(1), s.i32(2), s.text(3), s.u64(4),
+                                s.u64(5),  s.i32(6),  s.text(7), s.u64(8), s.i64(9)};
+}
+
+std::string sql(std::string_view a, std::string_view b = {}, std::string_view c = {}) {
+  return std::string(a) + std::string(b) + std::string(c);
+}
+
+}  // namespace
+
+bool is_final_status(std::string_view s) {
+  return s == "success" || s == "failure" || s == "already-installed" || s == "aborted";
+}
+
+struct Store::Impl {
+  DbPtr db{nullptr, &sqlite3_close};
+  int depth = 0;  // transaction nesting
+
+  void exec(const char* text, std::string_view what) {
+    char* msg = nullptr;
+    if (sqlite3_exec(db.get(), text, nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string m = msg ? msg : "unknown error";
+      sqlite3_free(msg);
+      throw ErrorException(fail(Errc::io, std::string(what) + ": " + m));
+    }
+  }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::~Store() = default;
+
+Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& path) {
+  auto impl = std::make_unique<Impl>();
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                           nullptr);
+  impl->db.reset(raw);
+  if (rc != SQLITE_OK)
+    return fail(Errc::io, "opening database " + path.string() + ": " +
+                              (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
+  std::unique_ptr<Store> store(new Store(std::move(impl)));
+  auto r = guard("opening database " + path.string(), [&] {
+    auto* db = store->impl_->db.get();
+    sqlite3_busy_timeout(db, 5000);
+    // WAL: readers (tools, a backup) do not block the bridge; NORMAL sync is durable across a
+    // process crash (kill -9), which is what the bridge must survive; a power cut may lose the
+    // last transactions, which the devices' persistent status sessions then redeliver.
+    store->impl_->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+                       "setting WAL mode");
+    store->impl_->exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+                       "creating schema_version");
+    int current = 0;
+    {
+      Stmt s(db, "SELECT version FROM schema_version");
+      if (s.step()) current = s.i32(0);
+    }
+    if (current > schema_version)
+      throw ErrorException(fail(Errc::unsupported, "schema version " + std::to_string(current) +
+                                                       " is newer than this bridge's (" +
+                                                       std::to_string(schema_version) + ")"));
+    for (int v = current; v < schema_version; ++v) {
+      store->impl_->exec("BEGIN IMMEDIATE", "starting migration");
+      try {
+        store->impl_->exec(migrations[v], ("migrating to schema " + std::to_string(v + 1)).c_str());
+        if (v == 0) Stmt(db, "INSERT INTO schema_version (version) VALUES (1)").run();
+        else Stmt(db, "UPDATE schema_version SET version = ?").bind(v + 1).run();
+        store->impl_->exec("COMMIT", "committing migration");
+      } catch (...) {
+        sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+      }
+    }
+  });
+  if (!r) return r.error();
+  return store;
+}
+
+Result<int> Store::version() {
+  return guard("reading the schema version", [&] {
+    Stmt s(impl_->db.get(), "SELECT version FROM schema_version");
+    return s.step() ? s.i32(0) : 0;
+  });
+}
+
+Result<void> Store::transaction(const std::function<Result<void>()>& body) {
+  if (impl_->depth > 0) {
+    // Joined: the outermost call commits or rolls back.
+    ++impl_->depth;
+    Result<void> r = fail(Errc::internal, "transaction body threw");
+    try {
+      r = body();
+    } catch (...) {
+      --impl_->depth;
+      throw;
+    }
+    --impl_->depth;
+    return r;
+  }
+  auto begin = guard("starting a transaction", [&] { impl_->exec("BEGIN IMMEDIATE", "BEGIN"); });
+  if (!begin) return begin;
+  impl_->depth = 1;
+  Result<void> r = fail(Errc::internal, "transaction body threw");
+  try {
+    r = body();
+  } catch (const ErrorException& e) {
+    r = e.error();
+  } catch (const std::exception& e) {
+    r = fail(Errc::internal, std::string("transaction body threw: ") + e.what());
+  }
+  impl_->depth = 0;
+  if (!r) {
+    sqlite3_exec(impl_->db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    return r;
+  }
+  auto commit = guard("committing", [&] { impl_->exec("COMMIT", "COMMIT"); });
+  if (!commit) sqlite3_exec(impl_->db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+  return commit;
+}
+
+// --- devices ---------------------------------------------------------------------------------------
+
+Result<std::optional<DeviceRecord>> Store::device(const std::string& id) {
+  return guard("reading device " + id, [&]() -> std::optional<DeviceRecord> {
+    Stmt s(impl_->db.get(), sql("SELECT ", device_columns, " FROM devices WHERE id = ?"));
+    s.bind(id);
+    if (!s.step()) return std::nullopt;
+    return read_device(s);
+  });
+}
+
+Result<void> Store::put_device(const DeviceRecord& d) {
+  return guard("writing device " + d.id, [&] {
+    Stmt s(impl_->db.get(),
+           sql("INSERT INTO devices (", device_columns,
+               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+               "admission = excluded.admission, grp = excluded.grp, device_type = excluded.device_type, "
+               "inventory = excluded.inventory, last_seen = excluded.last_seen, presence = excluded.presence, "
+               "presence_seq = excluded.presence_seq, artifact_name = excluded.artifact_name"));
+    s.bind(d.id).bind(d.admission).bind(d.group).bind(d.device_type).bind(d.inventory).bind(d.last_seen);
+    s.bind(d.presence).bind(d.presence_seq).bind(d.artifact_name).run();
+  });
+}
+
+Result<std::vector<DeviceRecord>> Store::devices() {
+  return guard("listing devices", [&] {
+    Stmt s(impl_->db.get(), sql("SELECT ", device_columns, " FROM devices ORDER BY id"));
+    std::vector<DeviceRecord> out;
+    while (s.step()) out.push_back(read_device(s));
+    return out;
+  });
+}
+
+// --- artifacts -------------------------------------------------------------------------------------
+
+Result<std::optional<ArtifactRecord>> Store::artifact(const std::string& name) {
+  return guard("reading artifact " + name, [&]() -> std::optional<ArtifactRecord> {
+    Stmt s(impl_->db.get(), sql("SELECT ", artifact_columns, " FROM artifacts WHERE name = ?"));
+    s.bind(name);
+    if (!s.step()) return std::nullopt;
+    return read_artifact(s);
+  });
+}
+
+Result<void> Store::put_artifact(const ArtifactRecord& a) {
+  return guard("writing artifact " + a.name, [&] {
+    Stmt s(impl_->db.get(),
+           sql("INSERT INTO artifacts (", artifact_columns,
+               ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET file = excluded.file, "
+               "size = excluded.size, sha256 = excluded.sha256, device_types = excluded.device_types, "
+               "signed = excluded.signed, mtime = excluded.mtime"));
+    s.bind(a.name).bind(a.file).bind(a.size).bind(a.sha256).bind(strings_json(a.device_types));
+    s.bind(a.is_signed).bind(a.mtime).run();
+  });
+}
+
+Result<void> Store::remove_artifact(const std::string& name) {
+  return guard("removing artifact " + name,
+               [&] { Stmt(impl_->db.get(), "DELETE FROM artifacts WHERE name = ?").bind(name).run(); });
+}
+
+Result<std::vector<ArtifactRecord>> Store::artifacts() {
+  return guard("listing artifacts", [&] {
+    Stmt s(impl_->db.get(), sql("SELECT ", artifact_columns, " FROM artifacts ORDER BY name"));
+    std::vector<ArtifactRecord> out;
+    while (s.step()) out.push_back(read_artifact(s));
+    return out;
+  });
+}
+
+// --- deployments -----------------------------------------------------------------------------------
+
+Result<std::optional<DeploymentRecord>> Store::deployment(const std::string& id) {
+  return guard("reading deployment " + id, [&]() -> std::optional<DeploymentRecord> {
+    Stmt s(impl_->db.get(), sql("SELECT ", deployment_columns, " FROM deployments WHERE id = ?"));
+    s.bind(id);
+    if (!s.step()) return std::nullopt;
+    return read_deployment(s);
+  });
+}
+
+Result<void> Store::insert_deployment(const DeploymentRecord& d) {
+  return guard("inserting deployment " + d.id, [&] {
+    Stmt s(impl_->db.get(), sql("INSERT INTO deployments (", deployment_columns,
+                                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+    s.bind(d.id).bind(d.artifact).bind(d.targets).bind(ints_json(d.phases)).bind(d.pause_seconds);
+    s.bind(d.threshold).bind(d.on_threshold).bind(d.retries).bind(d.state).bind(d.phase);
+    s.bind(d.next_phase_at).bind(d.created).bind(d.reason).run();
+  });
+}
+
+Result<void> Store::update_deployment(const DeploymentRecord& d) {
+  return guard("updating deployment " + d.id, [&] {
+    Stmt s(impl_->db.get(),
+           "UPDATE deployments SET state = ?, phase = ?, next_phase_at = ?, reason = ? WHERE id = ?");
+    s.bind(d.state).bind(d.phase).bind(d.next_phase_at).bind(d.reason).bind(d.id).run();
+  });
+}
+
+Result<std::vector<DeploymentRecord>> Store::deployments(std::optional<std::string> state) {
+  return guard("listing deployments", [&] {
+    std::string q = sql("SELECT ", deployment_columns, " FROM deployments");
+    if (state) q += " WHERE state = ?";
+    q += " ORDER BY created DESC, id";
+    Stmt s(impl_->db.get(), q);
+    if (state) s.bind(*state);
+    std::vector<DeploymentRecord> out;
+    while (s.step()) out.push_back(read_deployment(s));
+    return out;
+  });
+}
+
+// --- device deployments ----------------------------------------------------------------------------
+
+Result<std::optional<DeviceDeploymentRecord>> Store::device_deployment(const std::string& deployment,
+                                                                       const std::string& device) {
+  return guard("reading deployment " + deployment + " of " + device,
+               [&]() -> std::optional<DeviceDeploymentRecord> {
+                 Stmt s(impl_->db.get(), sql("SELECT ", dd_columns,
+                                             " FROM device_deployments WHERE deployment = ? AND device = ?"));
+                 s.bind(deployment).bind(device);
+                 if (!s.step()) return std::nullopt;
+                 return read_dd(s);
+               });
+}
+
+Result<void> Store::put_device_deployment(const DeviceDeploymentRecord& r) {
+  return guard("writing deployment " + r.deployment + " of " + r.device, [&] {
+    Stmt s(impl_->db.get(),
+           sql("INSERT INTO device_deployments (", dd_columns,
+               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, device) DO UPDATE SET "
+               "phase = excluded.phase, status = excluded.status, bytes = excluded.bytes, "
+               "total = excluded.total, attempt = excluded.attempt, error = excluded.error, "
+               "last_seq = excluded.last_seq, updated = excluded.updated"));
+    s.bind(r.deployment).bind(r.device).bind(r.phase).bind(r.status).bind(r.bytes).bind(r.total);
+    s.bind(r.attempt).bind(r.error).bind(r.last_seq).bind(r.updated).run();
+  });
+}
+
+Result<std::vector<DeviceDeploymentRecord>> Store::device_deployments(const std::string& deployment) {
+  return guard("listing devices of deployment " + deployment, [&] {
+    Stmt s(impl_->db.get(),
+           sql("SELECT ", dd_columns, " FROM device_deployments WHERE deployment = ? ORDER BY phase, device"));
+    s.bind(deployment);
+    std::vector<DeviceDeploymentRecord> out;
+    while (s.step()) out.push_back(read_dd(s));
+    return out;
+  });
+}
+
+Result<std::map<std::string, std::uint64_t>> Store::status_counts(const std::string& deployment) {
+  return guard("counting statuses of deployment " + deployment, [&] {
+    Stmt s(impl_->db.get(),
+           "SELECT status, COUNT(*) FROM device_deployments WHERE deployment = ? GROUP BY status");
+    s.bind(deployment);
+    std::map<std::string, std::uint64_t> out;
+    while (s.step()) out[s.text(0)] = s.u64(1);
+    return out;
+  });
+}
+
+Result<std::optional<std::string>> Store::active_deployment_of(const std::string& device) {
+  return guard("finding the active deployment of " + device, [&]() -> std::optional<std::string> {
+    Stmt s(impl_->db.get(),
+           "SELECT dd.deployment FROM device_deployments dd JOIN deployments d ON d.id = dd.deployment "
+           "WHERE dd.device = ? AND d.state IN ('created', 'running', 'paused') "
+           "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') LIMIT 1");
+    s.bind(device);
+    if (!s.step()) return std::nullopt;
+    return s.text(0);
+  });
+}
+
+// --- history ---------------------------------------------------------------------------------------
+
+Result<void> Store::add_history(const HistoryRecord& h) {
+  return guard("recording history of " + h.device, [&] {
+    Stmt s(impl_->db.get(),
+           "INSERT INTO history (deployment, device, seq, status, time, error, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)");
+    s.bind(h.deployment).bind(h.device).bind(h.seq).bind(h.status).bind(h.time).bind(h.error).bind(h.attempt).run();
+  });
+}
+
+Result<std::vector<HistoryRecord>> Store::history(const std::string& deployment, const std::string& device) {
+  return guard("reading history of " + device, [&] {
+    Stmt s(impl_->db.get(),
+           "SELECT deployment, device, seq, status, time, error, attempt FROM history "
+           "WHERE deployment = ? AND device = ? ORDER BY rowid");
+    s.bind(deployment).bind(device);
+    std::vector<HistoryRecord> out;
+    while (s.step())
+      out.push_back(HistoryRecord{s.text(0), s.text(1), s.u64(2), s.text(3), s.i64(4), s.text(5), s.i32(6)});
+    return out;
+  });
+}
+
+}  // namespace tern::bridge

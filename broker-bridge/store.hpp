@@ -1,0 +1,158 @@
+// The bridge's fleet state in one SQLite file (WAL): devices, artifacts, deployments, per-device
+// deployment status and its history.
+//
+//   auto store = tern::bridge::Store::open("/var/lib/tern/bridge.db").value();
+//   store->transaction([&]() -> Result<void> { ...; return {}; });
+//
+// The schema is versioned (table schema_version, one row) and brought up to date by numbered
+// migrations when the file is opened; a file from a newer bridge is refused. The SQL is plain
+// (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) so that it ports to PostgreSQL.
+//
+// Errors: every method returns an Error naming the operation and SQLite's message. Thread safety:
+// a Store is used by one thread at a time. SQLite's busy_timeout makes a second process (a tool
+// reading the file) wait instead of failing.
+#pragma once
+
+#include "common/error.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tern::bridge {
+
+/// The newest schema this build knows.
+inline constexpr int schema_version = 1;
+
+struct DeviceRecord {
+  std::string id;
+  std::string admission = "pending";  ///< pending | accepted | rejected | decommissioned
+  std::string group;
+  std::string device_type;
+  std::string inventory = "{}";  ///< JSON object as the device sent it (normalised)
+  std::int64_t last_seen = 0;    ///< Unix seconds of the last message from the device
+  std::string presence = "unknown";  ///< online | offline | unknown
+  std::uint64_t presence_seq = 0;
+  std::string artifact_name;  ///< installed artifact, from inventory or a successful deployment
+  bool operator==(const DeviceRecord&) const = default;
+};
+
+struct ArtifactRecord {
+  std::string name;
+  std::string file;  ///< path relative to the artifact directory (what the server serves)
+  std::uint64_t size = 0;
+  std::string sha256;                     ///< of the whole file
+  std::vector<std::string> device_types;  ///< stored as a JSON array
+  bool is_signed = false;                 ///< signature verified against the fleet key
+  std::int64_t mtime = 0;                 ///< file modification time when it was read
+  bool operator==(const ArtifactRecord&) const = default;
+};
+
+struct DeploymentRecord {
+  std::string id;
+  std::string artifact;
+  std::string targets;       ///< the targets of the create command, as JSON
+  std::vector<int> phases;   ///< cumulative percentages, last is 100; stored as a JSON array
+  std::int64_t pause_seconds = 0;
+  int threshold = 100;       ///< failure percentage tolerated at the end of a phase
+  std::string on_threshold = "pause";  ///< pause | abort
+  int retries = 0;           ///< extra attempts per device after a failure
+  std::string state = "created";  ///< created | running | paused | finished | aborted
+  int phase = 0;             ///< index into phases of the phase being rolled out
+  std::int64_t next_phase_at = 0;  ///< Unix seconds when the next phase may start (0: not waiting)
+  std::int64_t created = 0;
+  std::string reason;        ///< why it paused or aborted
+  bool operator==(const DeploymentRecord&) const = default;
+};
+
+struct DeviceDeploymentRecord {
+  std::string deployment;
+  std::string device;
+  int phase = 0;
+  /// pending (its phase has not started) | sent (deployment published) | a status word
+  std::string status = "pending";
+  std::uint64_t bytes = 0;
+  std::uint64_t total = 0;
+  int attempt = 0;  ///< 0 before it is sent, then 1, 2, ... with retries
+  std::string error;
+  std::uint64_t last_seq = 0;  ///< the device's seq of the last status applied
+  std::int64_t updated = 0;
+  bool operator==(const DeviceDeploymentRecord&) const = default;
+};
+
+struct HistoryRecord {
+  std::string deployment;
+  std::string device;
+  std::uint64_t seq = 0;
+  std::string status;
+  std::int64_t time = 0;
+  std::string error;
+  int attempt = 0;
+};
+
+/// Deployment statuses that end a device's part of a deployment.
+bool is_final_status(std::string_view status);
+
+class Store {
+ public:
+  /// Opens (creating if needed) the database and migrates it. Errors: the file cannot be opened,
+  /// is not a database, or has a schema newer than this build.
+  static Result<std::unique_ptr<Store>> open(const std::filesystem::path& path);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  /// Current schema version of the open file.
+  Result<int> version();
+
+  /// Runs `body` in one transaction: committed if it returns success, rolled back otherwise (also
+  /// if it throws). Nested calls join the outer transaction.
+  Result<void> transaction(const std::function<Result<void>()>& body);
+
+  // Devices
+  Result<std::optional<DeviceRecord>> device(const std::string& id);
+  Result<void> put_device(const DeviceRecord& d);
+  Result<std::vector<DeviceRecord>> devices();
+
+  // Artifacts
+  Result<std::optional<ArtifactRecord>> artifact(const std::string& name);
+  Result<void> put_artifact(const ArtifactRecord& a);
+  Result<void> remove_artifact(const std::string& name);
+  Result<std::vector<ArtifactRecord>> artifacts();
+
+  // Deployments
+  Result<std::optional<DeploymentRecord>> deployment(const std::string& id);
+  /// Inserts; an error if the id exists.
+  Result<void> insert_deployment(const DeploymentRecord& d);
+  Result<void> update_deployment(const DeploymentRecord& d);
+  /// All deployments, newest first; only those in `state` if given.
+  Result<std::vector<DeploymentRecord>> deployments(std::optional<std::string> state = std::nullopt);
+
+  // Per-device deployment status
+  Result<std::optional<DeviceDeploymentRecord>> device_deployment(const std::string& deployment,
+                                                                  const std::string& device);
+  Result<void> put_device_deployment(const DeviceDeploymentRecord& r);
+  /// Rows of a deployment, by phase then device.
+  Result<std::vector<DeviceDeploymentRecord>> device_deployments(const std::string& deployment);
+  /// Status → number of devices, for a deployment.
+  Result<std::map<std::string, std::uint64_t>> status_counts(const std::string& deployment);
+  /// The deployment (running, paused or created) in which `device` has not reached a final status.
+  Result<std::optional<std::string>> active_deployment_of(const std::string& device);
+
+  // History
+  Result<void> add_history(const HistoryRecord& h);
+  Result<std::vector<HistoryRecord>> history(const std::string& deployment, const std::string& device);
+
+  struct Impl;
+
+ private:
+  explicit Store(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tern::bridge

@@ -1,0 +1,346 @@
+// tern-bridge as a process on the real broker. Operators are played by mosquitto_rr (MQTT 5
+// response topic + correlation data) and mosquitto_pub/sub with the operator certificate, devices
+// by mosquitto_pub with their own certificates.
+#include <gtest/gtest.h>
+
+#include "artifacts/writer.hpp"
+#include "common/protocol.hpp"
+#include "tests/support/broker.hpp"
+
+#include <chrono>
+#include <thread>
+
+namespace tern::test {
+namespace {
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string status_json(const std::string& dep, const std::string& word, std::uint64_t seq,
+                        const std::string& error = "") {
+  protocol::StatusEvent e;
+  e.deployment_id = dep;
+  e.status = protocol::parse_status_word(word).value();
+  e.seq = seq;
+  e.error = error;
+  return protocol::serialize(e);
+}
+
+class BridgeProcess {
+ public:
+  Broker broker;
+  TempDir dir{"tern-bridge-it"};
+
+  explicit BridgeProcess(bool start_now = true) {
+    fs::create_directories(dir / "artifacts");
+    make_artifact("release-1");
+    write_file(dir / "bridge.conf",
+               "{\"broker_uri\":\"" + broker.uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
+                   "\",\"cert_file\":\"" + (certs() / "bridge.crt").string() + "\",\"key_file\":\"" +
+                   (certs() / "bridge.key").string() + "\",\"db\":\"" + (dir / "bridge.db").string() +
+                   "\",\"artifact_dir\":\"" + (dir / "artifacts").string() +
+                   "\",\"server_bind\":\"127.0.0.1\",\"server_port\":0,\"server_cert\":\"" +
+                   (certs() / "server.crt").string() + "\",\"server_key\":\"" + (certs() / "server.key").string() +
+                   "\",\"log_level\":\"debug\"}");
+    if (start_now) start();
+  }
+  ~BridgeProcess() {
+    if (process_ && process_->running()) process_->stop(15, 10s);
+    if (::testing::Test::HasFailure()) std::cerr << "---- tern-bridge log ----\n" << log() << "----\n";
+  }
+
+  void make_artifact(const std::string& name) {
+    write_file(dir / (name + ".img"), std::string(100000, 'y') + name);
+    artifacts::WriterOptions w;
+    w.payload = dir / (name + ".img");
+    w.device_types = {"qemu"};
+    w.artifact_name = name;
+    auto r = artifacts::write_rootfs_artifact(w, dir / "artifacts" / (name + ".mender"));
+    if (!r) throw std::runtime_error(r.error().message());
+  }
+
+  std::string log() const {
+    try {
+      return read_file(dir / "bridge.log");
+    } catch (const std::exception&) {
+      return "(no log)";
+    }
+  }
+
+  // Starts tern-bridge and waits (polling its log, with a deadline) until it has subscribed.
+  void start() {
+    auto count = [&] {
+      auto text = log();
+      std::size_t n = 0;
+      for (auto p = text.find("ready:"); p != std::string::npos; p = text.find("ready:", p + 1)) ++n;
+      return n;
+    };
+    auto before = count();
+    process_ = std::make_unique<Process>(
+        std::vector<std::string>{(build_dir() / "broker-bridge/tern-bridge").string(), "--config",
+                                 (dir / "bridge.conf").string()},
+        dir / "bridge.log");
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (count() == before) {
+      if (!process_->running() || std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error("tern-bridge did not become ready:\n" + log());
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  void kill() { process_->kill(); }
+  int stop() { return process_->stop(15, 10s); }
+
+  /// A command through mosquitto_rr; returns the reply (or the tool's error output).
+  std::string rr(const std::string& topic, const std::string& body) {
+    auto r = run("mosquitto_rr " + broker.client_args("operator") + " -q 1 -t " + shell_quote(topic) +
+                 " -e tern/fleet/replies/it -W 10 -m " + shell_quote(body) + " 2>&1");
+    return trim(r.output);
+  }
+  void accept(const std::string& id) {
+    auto r = rr("tern/fleet/devices/" + id + "/accept", "{}");
+    ASSERT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  }
+  void device_pub(const std::string& id, const std::string& kind, const std::string& payload,
+                  bool retain = false) {
+    auto r = run("mosquitto_pub " + broker.client_args(id) + " -q 1 " + (retain ? "-r " : "") + "-t tern/devices/" +
+                 id + "/" + kind + " -m " + shell_quote(payload) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  void status(const std::string& id, const std::string& dep, const std::string& word, std::uint64_t seq,
+              const std::string& error = "") {
+    device_pub(id, "status", status_json(dep, word, seq, error));
+  }
+  /// The retained message on `topic`, or nullopt if there is none (empty payloads clear).
+  std::optional<std::string> retained(const std::string& topic) {
+    auto r = run("mosquitto_sub " + broker.client_args("operator") + " -t " + shell_quote(topic) +
+                 " -C 1 -W 2 --retained-only 2>/dev/null");
+    if (r.exit_code != 0) return std::nullopt;
+    return trim(r.output);
+  }
+  /// Polls the retained summary of `dep` until it contains every needle; returns the last one seen.
+  std::string wait_summary(const std::string& dep, const std::vector<std::string>& needles,
+                           std::chrono::seconds within = 20s) {
+    auto deadline = std::chrono::steady_clock::now() + within;
+    std::string last;
+    while (std::chrono::steady_clock::now() < deadline) {
+      last = retained("tern/fleet/deployments/" + dep).value_or("");
+      bool all = true;
+      for (auto& n : needles) all = all && last.find(n) != std::string::npos;
+      if (all) return last;
+      std::this_thread::sleep_for(100ms);
+    }
+    std::string want;
+    for (auto& n : needles) want += " " + n;
+    ADD_FAILURE() << "summary of " << dep << " never contained" << want << "; last: " << last;
+    return last;
+  }
+  std::string wait_summary(const std::string& dep, const std::string& needle) {
+    return wait_summary(dep, std::vector<std::string>{needle});
+  }
+
+ private:
+  std::unique_ptr<Process> process_;
+};
+
+TEST(BridgeIntegration, CreateForThreeDevicesWithMosquittoRr) {
+  BridgeProcess b;
+  for (auto id : {"device-1", "device-2", "device-3"}) b.accept(id);
+  auto reply = b.rr("tern/fleet/deployments/create",
+                    R"({"id":"d1","artifact_name":"release-1","devices":["device-1","device-2","device-3"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  for (auto id : {"device-1", "device-2", "device-3"}) {
+    auto m = b.retained(protocol::topics::deployment(id));
+    ASSERT_TRUE(m) << id;
+    auto dep = protocol::parse_deployment(*m);
+    ASSERT_TRUE(dep) << *m;
+    EXPECT_EQ(dep->deployment_id, "d1");
+    EXPECT_EQ(dep->artifact_name, "release-1");
+    if (std::string(id) == "device-1") {
+      // The URL works: the bridge's own server hands out the same bytes the checksum names.
+      auto got = run("curl -sf --cacert " + shell_quote((certs() / "ca.crt").string()) + " " +
+                     shell_quote(dep->url) + " | sha256sum");
+      EXPECT_EQ(got.output.substr(0, 64), dep->sha256) << got.output;
+    }
+  }
+  b.wait_summary("d1", "\"total\":3");
+  for (auto id : {"device-1", "device-2", "device-3"}) {
+    b.status(id, "d1", "downloading", 1);
+    b.status(id, "d1", "success", 2);
+  }
+  auto s = b.wait_summary("d1", "\"state\":\"finished\"");
+  EXPECT_NE(s.find("\"success\":3"), std::string::npos) << s;
+  for (auto id : {"device-1", "device-2", "device-3"})
+    EXPECT_FALSE(b.retained(protocol::topics::deployment(id))) << id << " still has a deployment";
+  auto rec = b.retained("tern/fleet/devices/device-1");
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"artifact_name\":\"release-1\""), std::string::npos) << *rec;
+}
+
+TEST(BridgeIntegration, PhasedRolloutPausesWhenAFailureCrossesTheThreshold) {
+  BridgeProcess b;
+  for (auto id : {"device-1", "device-2", "device-3", "device-4"}) b.accept(id);
+  auto reply = b.rr("tern/fleet/deployments/create",
+                    R"({"id":"p1","artifact_name":"release-1","all":true,"phases":[50,100],"failure_threshold":40})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-1")));
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-2")));
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-3")));
+  b.status("device-1", "p1", "success", 1);
+  b.status("device-2", "p1", "failure", 1, "bad block");
+  auto s = b.wait_summary("p1", "\"state\":\"paused\"");
+  EXPECT_NE(s.find("bad block"), std::string::npos) << s;
+  EXPECT_NE(s.find("over the failure threshold"), std::string::npos) << s;
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-3")));
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-4")));
+}
+
+TEST(BridgeIntegration, AbortClearsRetainedDeployments) {
+  BridgeProcess b;
+  for (auto id : {"device-1", "device-2"}) b.accept(id);
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"a1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  ASSERT_TRUE(b.retained(protocol::topics::deployment("device-1")));
+  b.status("device-1", "a1", "downloading", 1);
+  reply = b.rr("tern/fleet/deployments/a1/abort", "{}");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-1")));
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-2")));
+  b.wait_summary("a1", "\"state\":\"aborted\"");
+}
+
+TEST(BridgeIntegration, DuplicateAndOutOfOrderStatusesDoNotDoubleCount) {
+  BridgeProcess b;
+  for (auto id : {"device-1", "device-2"}) b.accept(id);
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"q1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  b.status("device-1", "q1", "installing", 5);
+  b.status("device-1", "q1", "installing", 5);
+  b.status("device-1", "q1", "downloading", 3);  // older, arrives late
+  b.status("device-2", "q1", "downloading", 1);
+  auto s = b.wait_summary("q1", std::vector<std::string>{"\"installing\":1", "\"downloading\":1"});
+  EXPECT_EQ(s.find("\"sent\""), std::string::npos) << s;
+  b.status("device-1", "q1", "success", 6);
+  b.status("device-1", "q1", "success", 6);
+  b.status("device-2", "q1", "success", 2);
+  s = b.wait_summary("q1", std::vector<std::string>{"\"state\":\"finished\"", "\"success\":2"});
+  EXPECT_NE(s.find("\"total\":2"), std::string::npos) << s;
+}
+
+TEST(BridgeIntegration, DevicesNotAcceptedGetNothing) {
+  BridgeProcess b;
+  b.accept("device-1");
+  b.device_pub("device-2", "inventory", R"({"device_type":"qemu"})");  // appears pending
+  auto rec = std::optional<std::string>{};
+  for (int i = 0; i < 50 && !(rec = b.retained("tern/fleet/devices/device-2")); ++i) std::this_thread::sleep_for(100ms);
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"pending\""), std::string::npos) << *rec;
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"n1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_NE(reply.find("not accepted (pending)"), std::string::npos) << reply;
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-1")));
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-2")));
+  reply = b.rr("tern/fleet/devices/device-2/reject", "{}");
+  EXPECT_NE(reply.find("\"admission\":\"rejected\""), std::string::npos) << reply;
+}
+
+TEST(BridgeIntegration, DevicesThatAnnouncedThemselvesBeforeTheFirstStartAreKnown) {
+  BridgeProcess b(false);
+  b.device_pub("device-4", "inventory", R"({"device_type":"qemu","artifact_name":"factory"})", true);
+  b.device_pub("device-4", "presence", R"({"state":"online","seq":3})", true);
+  b.start();
+  std::optional<std::string> rec;
+  for (int i = 0; i < 50; ++i) {
+    rec = b.retained("tern/fleet/devices/device-4");
+    if (rec && rec->find("\"presence\":\"online\"") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"pending\""), std::string::npos) << *rec;
+  EXPECT_NE(rec->find("\"device_type\":\"qemu\""), std::string::npos) << *rec;
+  EXPECT_NE(rec->find("\"artifact_name\":\"factory\""), std::string::npos) << *rec;
+  EXPECT_NE(rec->find("\"presence\":\"online\""), std::string::npos) << *rec;
+}
+
+TEST(BridgeIntegration, KilledMidRolloutRestartsConsistentAndContinues) {
+  BridgeProcess b;
+  for (auto id : {"device-1", "device-2", "device-3"}) b.accept(id);
+  auto reply = b.rr("tern/fleet/deployments/create",
+                    R"({"id":"k1","artifact_name":"release-1","all":true,"phases":[30,100]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  b.status("device-1", "k1", "downloading", 1);
+  b.wait_summary("k1", "\"downloading\":1");
+  b.kill();
+  // While the bridge is dead: the first phase finishes; its session keeps the statuses.
+  b.status("device-1", "k1", "downloading", 1);  // a duplicate of one it already has
+  b.status("device-1", "k1", "success", 2);
+  b.start();
+  auto s = b.wait_summary("k1", "\"phase\":2");
+  EXPECT_NE(s.find("\"success\":1"), std::string::npos) << s;
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-2")));
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-3")));
+  b.kill();
+  b.start();  // a second restart republishes, idempotently
+  b.status("device-2", "k1", "success", 1);
+  b.status("device-3", "k1", "success", 1);
+  s = b.wait_summary("k1", "\"state\":\"finished\"");
+  EXPECT_NE(s.find("\"success\":3"), std::string::npos) << s;
+  EXPECT_NE(s.find("\"total\":3"), std::string::npos) << s;
+  EXPECT_EQ(b.stop(), 0);
+}
+
+TEST(BridgeIntegration, InvalidCommandsGetErrorRepliesNamingTheProblem) {
+  BridgeProcess b;
+  b.accept("device-1");
+  auto reply = b.rr("tern/fleet/deployments/create", "{oops");
+  EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << reply;
+  EXPECT_NE(reply.find("not valid JSON"), std::string::npos) << reply;
+  reply = b.rr("tern/fleet/deployments/create", R"({"artifact_name":"release-9","all":true})");
+  EXPECT_NE(reply.find("unknown artifact 'release-9'"), std::string::npos) << reply;
+  reply = b.rr("tern/fleet/deployments/create", R"({"artifact_name":"release-1","group":"nobody"})");
+  EXPECT_NE(reply.find("target set is empty"), std::string::npos) << reply;
+  reply = b.rr("tern/fleet/deployments/nope/abort", "{}");
+  EXPECT_NE(reply.find("unknown deployment 'nope'"), std::string::npos) << reply;
+  // Nothing was created by any of them.
+  reply = b.rr("tern/fleet/deployments/list", "{}");
+  EXPECT_NE(reply.find("\"deployments\":[]"), std::string::npos) << reply;
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-1")));
+
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+TEST(BridgeIntegration, OperatorScripts) {
+  BridgeProcess b;
+  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.port()) + " --certs " +
+                           shell_quote(certs().string()) + " ";
+  const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + conn;
+  const std::string deploy = shell_quote((source_dir() / "scripts/tern-deploy").string()) + conn;
+  auto r = run(fleet + "accept device-1 lab 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"group\":\"lab\""), std::string::npos) << r.output;
+  r = run(deploy + "release-1 --group lab --id s1 --phases 100 --retries 1 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"devices\":1"), std::string::npos) << r.output;
+  EXPECT_TRUE(b.retained(protocol::topics::deployment("device-1")));
+  r = run(deploy + "release-7 --all 2>&1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("unknown artifact 'release-7'"), std::string::npos) << r.output;
+  r = run(deploy + "release-1 2>&1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  r = run(fleet + "abort s1 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  r = run(fleet + "summary s1 2>&1");
+  EXPECT_NE(r.output.find("\"state\":\"aborted\""), std::string::npos) << r.output;
+  EXPECT_FALSE(b.retained(protocol::topics::deployment("device-1")));
+  r = run(fleet + "artifacts 2>&1");
+  EXPECT_NE(r.output.find("\"name\":\"release-1\""), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace tern::test

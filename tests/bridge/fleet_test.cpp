@@ -1,0 +1,416 @@
+// The bridge's store (schema migrations, transactions) and its sans-io fleet logic (ingest
+// idempotence, commands, phases, retries, abort), without sockets: messages in, messages out.
+#include <gtest/gtest.h>
+
+#include "artifacts/writer.hpp"
+#include "broker-bridge/catalog.hpp"
+#include "broker-bridge/fleet.hpp"
+#include "broker-bridge/store.hpp"
+#include "common/json.hpp"
+#include "common/protocol.hpp"
+#include "tests/support/testenv.hpp"
+
+#include <sqlite3.h>
+
+namespace tern::test {
+namespace {
+
+using bridge::Fleet;
+using bridge::Store;
+
+// Makes a small artifact "name" for device type "qemu" in `dir`, signed if a key is given.
+void make_artifact(const fs::path& dir, const std::string& name, std::optional<std::string> key = std::nullopt) {
+  write_file(dir / (name + ".img"), std::string(4096, 'x') + name);
+  artifacts::WriterOptions w;
+  w.payload = dir / (name + ".img");
+  w.device_types = {"qemu"};
+  w.artifact_name = name;
+  w.signing_key_pem = std::move(key);
+  auto r = artifacts::write_rootfs_artifact(w, dir / (name + ".mender"));
+  if (!r) throw std::runtime_error(r.error().message());
+  fs::remove(dir / (name + ".img"));
+}
+
+mqtt::Message msg(std::string topic, std::string payload, std::string response = "") {
+  mqtt::Message m;
+  m.topic = std::move(topic);
+  m.payload = std::move(payload);
+  m.correlation_data = response.empty() ? "" : "corr";
+  m.response_topic = std::move(response);
+  return m;
+}
+
+std::string status(const std::string& dep, const std::string& word, std::uint64_t seq, std::string error = "") {
+  protocol::StatusEvent e;
+  e.deployment_id = dep;
+  e.status = protocol::parse_status_word(word).value();
+  e.seq = seq;
+  e.error = std::move(error);
+  return protocol::serialize(e);
+}
+
+// The last message on `topic` in `out`, if any.
+std::optional<mqtt::Message> last_on(const bridge::Outgoing& out, const std::string& topic) {
+  std::optional<mqtt::Message> m;
+  for (auto& o : out)
+    if (o.topic == topic) m = o;
+  return m;
+}
+
+struct FleetEnv {
+  TempDir dir{"tern-fleet"};
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Fleet> fleet;
+  std::int64_t now = 1000;
+  bridge::Outgoing published;  // everything, in order
+
+  FleetEnv() {
+    fs::create_directories(dir / "artifacts");
+    make_artifact(dir / "artifacts", "release-1");
+    store = Store::open(dir / "bridge.db").value();
+    bridge::FleetOptions o;
+    o.artifact_base_url = "https://127.0.0.1:1/artifacts";
+    o.artifact_dir = dir / "artifacts";
+    fleet = std::make_unique<Fleet>(*store, o);
+    EXPECT_TRUE(fleet->rescan_artifacts());
+  }
+
+  bridge::Outgoing handle(const mqtt::Message& m) {
+    auto out = fleet->handle(m, now);
+    published.insert(published.end(), out.begin(), out.end());
+    return out;
+  }
+  bridge::Outgoing tick() {
+    auto out = fleet->tick(now);
+    published.insert(published.end(), out.begin(), out.end());
+    return out;
+  }
+  // Sends a command with a response topic; returns the parsed reply's text.
+  std::string command(const std::string& topic, const std::string& body) {
+    auto out = handle(msg(topic, body, "tern/fleet/replies/t"));
+    auto reply = last_on(out, "tern/fleet/replies/t");
+    EXPECT_TRUE(reply) << "no reply to " << topic;
+    if (!reply) return "";
+    EXPECT_EQ(reply->correlation_data, "corr");
+    return reply->payload;
+  }
+  void accept(const std::string& id) {
+    auto r = command("tern/fleet/devices/" + id + "/accept", "");
+    EXPECT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  }
+  std::string retained_deployment(const std::string& device) {
+    auto m = last_on(published, protocol::topics::deployment(device));
+    return m ? m->payload : "<none>";
+  }
+  bridge::DeviceDeploymentRecord row(const std::string& dep, const std::string& dev) {
+    auto r = store->device_deployment(dep, dev).value();
+    EXPECT_TRUE(r);
+    return r ? *r : bridge::DeviceDeploymentRecord{};
+  }
+  bridge::DeploymentRecord deployment(const std::string& id) {
+    auto r = store->deployment(id).value();
+    EXPECT_TRUE(r);
+    return r ? *r : bridge::DeploymentRecord{};
+  }
+};
+
+TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
+  TempDir dir;
+  {
+    auto s = Store::open(dir / "b.db");
+    ASSERT_TRUE(s) << s.error().message();
+    EXPECT_EQ((*s)->version().value(), bridge::schema_version);
+    bridge::DeviceRecord d;
+    d.id = "device-1";
+    d.admission = "accepted";
+    ASSERT_TRUE((*s)->put_device(d));
+  }
+  auto s = Store::open(dir / "b.db");
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ((*s)->version().value(), bridge::schema_version);
+  auto d = (*s)->device("device-1").value();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->admission, "accepted");
+}
+
+TEST(BridgeStore, RefusesASchemaFromANewerBridge) {
+  TempDir dir;
+  { ASSERT_TRUE(Store::open(dir / "b.db")); }
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "b.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE schema_version SET version = 99", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+  auto s = Store::open(dir / "b.db");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message().find("newer"), std::string::npos) << s.error().message();
+}
+
+TEST(BridgeStore, FailedTransactionChangesNothing) {
+  TempDir dir;
+  auto s = Store::open(dir / "b.db").value();
+  auto r = s->transaction([&]() -> Result<void> {
+    bridge::DeviceRecord d;
+    d.id = "device-1";
+    if (auto w = s->put_device(d); !w) return w;
+    return fail(Errc::invalid_argument, "changed my mind");
+  });
+  EXPECT_FALSE(r);
+  EXPECT_FALSE(s->device("device-1").value());
+  EXPECT_TRUE(s->devices().value().empty());
+}
+
+TEST(BridgeFleet, UnknownDeviceAppearsPendingAndGetsNothing) {
+  FleetEnv env;
+  env.handle(msg("tern/devices/device-9/inventory", R"({"device_type":"qemu","artifact_name":"old"})"));
+  auto d = env.store->device("device-9").value();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->admission, "pending");
+  EXPECT_EQ(d->device_type, "qemu");
+  auto reply = env.command("tern/fleet/deployments/create", R"({"artifact_name":"release-1","devices":["device-9"]})");
+  EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << reply;
+  EXPECT_NE(reply.find("not accepted (pending)"), std::string::npos) << reply;
+  EXPECT_EQ(env.retained_deployment("device-9"), "<none>");
+  EXPECT_TRUE(env.store->deployments().value().empty());
+}
+
+TEST(BridgeFleet, CreateSendsDeploymentsAndSummary) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2", "device-3"}) env.accept(id);
+  auto reply = env.command("tern/fleet/deployments/create",
+                           R"({"id":"d1","artifact_name":"release-1","devices":["device-1","device-2","device-3"]})");
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  auto art = env.store->artifact("release-1").value();
+  ASSERT_TRUE(art);
+  for (auto id : {"device-1", "device-2", "device-3"}) {
+    auto dep = protocol::parse_deployment(env.retained_deployment(id));
+    ASSERT_TRUE(dep) << id;
+    EXPECT_EQ(dep->deployment_id, "d1");
+    EXPECT_EQ(dep->url, "https://127.0.0.1:1/artifacts/release-1.mender");
+    EXPECT_EQ(dep->sha256, art->sha256);
+    EXPECT_EQ(dep->size, art->size);
+  }
+  auto summary = last_on(env.published, "tern/fleet/deployments/d1");
+  ASSERT_TRUE(summary);
+  EXPECT_NE(summary->payload.find("\"state\":\"running\""), std::string::npos) << summary->payload;
+  EXPECT_NE(summary->payload.find("\"total\":3"), std::string::npos) << summary->payload;
+}
+
+TEST(BridgeFleet, DuplicateAndOlderStatusesDoNotCountTwice) {
+  FleetEnv env;
+  env.accept("device-1");
+  env.accept("device-2");
+  env.command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true})");
+  const std::string topic = "tern/devices/device-1/status";
+  env.handle(msg(topic, status("d1", "downloading", 5)));
+  env.handle(msg(topic, status("d1", "downloading", 5)));  // QoS 1 redelivery
+  env.handle(msg(topic, status("d1", "installing", 7)));
+  env.handle(msg(topic, status("d1", "downloading", 6)));  // late, older
+  EXPECT_EQ(env.row("d1", "device-1").status, "installing");
+  EXPECT_EQ(env.row("d1", "device-1").last_seq, 7u);
+  EXPECT_EQ(env.store->history("d1", "device-1").value().size(), 2u);
+  env.handle(msg(topic, status("d1", "success", 9)));
+  env.handle(msg(topic, status("d1", "success", 9)));
+  env.handle(msg(topic, status("d1", "failure", 10)));  // after a final status: ignored
+  EXPECT_EQ(env.row("d1", "device-1").status, "success");
+  auto counts = env.store->status_counts("d1").value();
+  EXPECT_EQ(counts["success"], 1u);
+  EXPECT_EQ(counts["sent"], 1u);
+  EXPECT_EQ(env.store->history("d1", "device-1").value().size(), 3u);
+  // Final: the retained deployment is cleared, and the device record shows the artifact.
+  EXPECT_EQ(env.retained_deployment("device-1"), "");
+  EXPECT_EQ(env.store->device("device-1").value()->artifact_name, "release-1");
+}
+
+TEST(BridgeFleet, MalformedMessagesAreDropped) {
+  FleetEnv env;
+  env.accept("device-1");
+  auto out = env.handle(msg("tern/devices/device-1/status", "{not json"));
+  EXPECT_TRUE(out.empty());
+  out = env.handle(msg("tern/devices/device-1/presence", R"({"state":"sideways"})"));
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(env.store->device("device-1").value()->presence, "unknown");
+}
+
+TEST(BridgeFleet, PresenceIsOrderedBySeq) {
+  FleetEnv env;
+  env.handle(msg("tern/devices/device-1/presence", R"({"state":"online","seq":5})"));
+  env.handle(msg("tern/devices/device-1/presence", R"({"state":"offline","seq":4})"));  // a late will
+  EXPECT_EQ(env.store->device("device-1").value()->presence, "online");
+  env.handle(msg("tern/devices/device-1/presence", R"({"state":"offline","seq":5})"));  // its own will
+  EXPECT_EQ(env.store->device("device-1").value()->presence, "offline");
+  env.handle(msg("tern/devices/device-1/presence", R"({"state":"online","seq":6})"));
+  EXPECT_EQ(env.store->device("device-1").value()->presence, "online");
+}
+
+TEST(BridgeFleet, PhaseOverThresholdPauses) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2", "device-3"}) env.accept(id);
+  auto reply = env.command("tern/fleet/deployments/create",
+                           R"({"id":"d1","artifact_name":"release-1","all":true,"phases":[30,100],"failure_threshold":0})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_NE(env.retained_deployment("device-1"), "<none>");
+  EXPECT_EQ(env.retained_deployment("device-2"), "<none>");  // second phase
+  env.handle(msg("tern/devices/device-1/status", status("d1", "failure", 1, "disk full")));
+  env.tick();
+  EXPECT_EQ(env.deployment("d1").state, "paused");
+  EXPECT_EQ(env.retained_deployment("device-2"), "<none>");
+  auto summary = last_on(env.published, "tern/fleet/deployments/d1");
+  ASSERT_TRUE(summary);
+  EXPECT_NE(summary->payload.find("\"state\":\"paused\""), std::string::npos) << summary->payload;
+  EXPECT_NE(summary->payload.find("disk full"), std::string::npos) << summary->payload;
+  // Resume: the operator accepts the failure and the next phase goes out.
+  reply = env.command("tern/fleet/deployments/d1/resume", "");
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_NE(env.retained_deployment("device-2"), "<none>");
+  EXPECT_NE(env.retained_deployment("device-3"), "<none>");
+}
+
+TEST(BridgeFleet, PhaseWithinThresholdMovesOnAfterThePause) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2"}) env.accept(id);
+  env.command("tern/fleet/deployments/create",
+              R"({"id":"d1","artifact_name":"release-1","all":true,"phases":[50],"pause_seconds":60})");
+  env.handle(msg("tern/devices/device-1/status", status("d1", "success", 1)));
+  env.tick();
+  EXPECT_EQ(env.retained_deployment("device-2"), "<none>");  // pausing
+  env.now += 61;
+  env.tick();
+  EXPECT_NE(env.retained_deployment("device-2"), "<none>");
+  env.handle(msg("tern/devices/device-2/status", status("d1", "already-installed", 1)));
+  env.tick();
+  EXPECT_EQ(env.deployment("d1").state, "finished");
+}
+
+TEST(BridgeFleet, FailedDeviceIsRetriedWithANewId) {
+  FleetEnv env;
+  env.accept("device-1");
+  env.command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true,"retries":1})");
+  env.handle(msg("tern/devices/device-1/status", status("d1", "failure", 1, "timeout")));
+  auto dep = protocol::parse_deployment(env.retained_deployment("device-1"));
+  ASSERT_TRUE(dep);
+  EXPECT_EQ(dep->deployment_id, Fleet::wire_id("d1", 2));
+  EXPECT_EQ(env.row("d1", "device-1").attempt, 2);
+  env.handle(msg("tern/devices/device-1/status", status("d1", "failure", 2)));  // late, old attempt
+  EXPECT_EQ(env.row("d1", "device-1").status, "sent");
+  env.handle(msg("tern/devices/device-1/status", status(dep->deployment_id, "failure", 3, "again")));
+  EXPECT_EQ(env.row("d1", "device-1").status, "failure");  // no retries left
+  env.tick();
+  EXPECT_EQ(env.deployment("d1").state, "finished");
+}
+
+TEST(BridgeFleet, AbortClearsRetainedDeployments) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2"}) env.accept(id);
+  env.command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true})");
+  auto reply = env.command("tern/fleet/deployments/d1/abort", "");
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_EQ(env.retained_deployment("device-1"), "");
+  EXPECT_EQ(env.retained_deployment("device-2"), "");
+  EXPECT_EQ(env.deployment("d1").state, "aborted");
+  reply = env.command("tern/fleet/deployments/d1/abort", "");
+  EXPECT_NE(reply.find("already aborted"), std::string::npos) << reply;
+}
+
+TEST(BridgeFleet, InvalidCommandsGetErrorsAndChangeNothing) {
+  FleetEnv env;
+  env.accept("device-1");
+  struct Case {
+    const char* body;
+    const char* expect;
+  } cases[] = {
+      {"{not json", "not valid JSON"},
+      {R"({"artifact_name":"nope","all":true})", "unknown artifact 'nope'"},
+      {R"({"artifact_name":"release-1"})", "no targets"},
+      {R"({"artifact_name":"release-1","devices":["device-7"]})", "device-7: unknown device"},
+      {R"({"artifact_name":"release-1","all":true,"phases":[50,20]})", "must increase"},
+      {R"({"artifact_name":"release-1","all":true,"failure_threshold":150})", "failure_threshold"},
+      {R"({"artifact_name":"release-1","all":true,"on_threshold":"explode"})", "on_threshold"},
+      {R"({"artifact":"release-1","all":true})", "unknown field 'artifact'"},
+      {R"({"artifact_name":"release-1","devices":["../x"]})", "not a valid device id"},
+  };
+  for (auto& c : cases) {
+    auto reply = env.command("tern/fleet/deployments/create", c.body);
+    EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << c.body << " → " << reply;
+    EXPECT_NE(reply.find(c.expect), std::string::npos) << c.body << " → " << reply;
+  }
+  EXPECT_TRUE(env.store->deployments().value().empty());
+  EXPECT_EQ(env.retained_deployment("device-1"), "<none>");
+  auto reply = env.command("tern/fleet/deployments/zzz/abort", "");
+  EXPECT_NE(reply.find("unknown deployment 'zzz'"), std::string::npos) << reply;
+  reply = env.command("tern/fleet/devices/device-8/reject", "");
+  EXPECT_NE(reply.find("unknown device 'device-8'"), std::string::npos) << reply;
+}
+
+TEST(BridgeFleet, ReplyToInTheBodyWithoutResponseTopic) {
+  FleetEnv env;
+  auto out = env.handle(msg("tern/fleet/deployments/list", R"({"reply_to":"tern/fleet/replies/me"})"));
+  auto reply = last_on(out, "tern/fleet/replies/me");
+  ASSERT_TRUE(reply);
+  EXPECT_NE(reply->payload.find("\"ok\":true"), std::string::npos) << reply->payload;
+  out = env.handle(msg("tern/fleet/deployments/list", ""));
+  EXPECT_TRUE(out.empty());  // nowhere to reply
+}
+
+TEST(BridgeFleet, RecoverRepublishesInProgressAndClearsFinished) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2"}) env.accept(id);
+  env.command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true})");
+  env.handle(msg("tern/devices/device-1/status", status("d1", "success", 1)));
+  // A new Fleet over the same store, as after kill -9.
+  bridge::FleetOptions o;
+  o.artifact_base_url = "https://127.0.0.1:1/artifacts";
+  Fleet again(*env.store, o);
+  auto out = again.recover(env.now);
+  auto d1 = last_on(out, protocol::topics::deployment("device-1"));
+  auto d2 = last_on(out, protocol::topics::deployment("device-2"));
+  ASSERT_TRUE(d1);
+  ASSERT_TRUE(d2);
+  EXPECT_EQ(d1->payload, "");
+  EXPECT_TRUE(protocol::parse_deployment(d2->payload));
+  EXPECT_TRUE(last_on(out, "tern/fleet/deployments/d1"));
+  EXPECT_EQ(again.recover(env.now).size(), out.size());  // idempotent
+}
+
+TEST(BridgeCatalog, OnlySignedArtifactsWhenAKeyIsConfigured) {
+  TempDir dir;
+  make_artifact(dir.path(), "release-s", read_file(certs() / "artifact-key.pem"));
+  make_artifact(dir.path(), "release-u");
+  write_file(dir / "broken.mender", "not a tar at all");
+  auto store = Store::open(dir / "b.db").value();
+  auto report = bridge::scan_artifacts(*store, dir.path(), read_file(certs() / "artifact-key.pub"));
+  ASSERT_TRUE(report) << report.error().message();
+  EXPECT_EQ(report->added, std::vector<std::string>{"release-s"});
+  ASSERT_EQ(report->errors.size(), 2u);
+  auto signed_ = store->artifact("release-s").value();
+  ASSERT_TRUE(signed_);
+  EXPECT_TRUE(signed_->is_signed);
+  EXPECT_EQ(signed_->device_types, std::vector<std::string>{"qemu"});
+  EXPECT_EQ(signed_->size, fs::file_size(dir / "release-s.mender"));
+  EXPECT_FALSE(store->artifact("release-u").value());
+  // Without a key both enter; a file that disappears leaves the catalog.
+  report = bridge::scan_artifacts(*store, dir.path(), std::nullopt);
+  ASSERT_TRUE(report);
+  EXPECT_TRUE(store->artifact("release-u").value());
+  fs::remove(dir / "release-u.mender");
+  report = bridge::scan_artifacts(*store, dir.path(), std::nullopt);
+  ASSERT_TRUE(report);
+  EXPECT_EQ(report->removed, std::vector<std::string>{"release-u"});
+}
+
+TEST(BridgeFleet, AddArtifactCommandCopiesAVerifiedFile) {
+  FleetEnv env;
+  TempDir elsewhere;
+  make_artifact(elsewhere.path(), "release-2");
+  auto reply = env.command("tern/fleet/artifacts/add",
+                           "{\"path\":\"" + (elsewhere / "release-2.mender").string() + "\"}");
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_TRUE(fs::exists(env.dir / "artifacts" / "release-2.mender"));
+  EXPECT_TRUE(env.store->artifact("release-2").value());
+  write_file(elsewhere / "junk.mender", "junk");
+  reply = env.command("tern/fleet/artifacts/add", "{\"path\":\"" + (elsewhere / "junk.mender").string() + "\"}");
+  EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << reply;
+  EXPECT_FALSE(fs::exists(env.dir / "artifacts" / "junk.mender"));
+}
+
+}  // namespace
+}  // namespace tern::test
