@@ -8,6 +8,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -27,6 +28,7 @@ namespace asio = boost::asio;
 namespace tern::mqtt {
 namespace {
 
+using namespace asio::experimental::awaitable_operators;
 using Inbox = asio::experimental::concurrent_channel<void(boost::system::error_code, Message)>;
 using ResultHandler = asio::any_completion_handler<void(Result<void>)>;
 
@@ -355,9 +357,14 @@ asio::awaitable<void> Client::disconnect() {
   auto op = paho_op(impl->ex, "disconnecting", [&](::mqtt::iaction_listener& l) {
     impl->paho->disconnect(std::chrono::seconds(2), nullptr, l);
   });
-  auto r = co_await std::move(op);
+  // Bounded: with the broker gone mid-way Paho may never call the listener back, and a process
+  // stopping on SIGTERM must not hang on its goodbye.
+  asio::steady_timer limit(impl->ex, std::chrono::seconds(4));
+  auto give_up = limit.async_wait(asio::use_awaitable);
+  auto done = co_await (std::move(op) || std::move(give_up));
   impl->is_connected = false;
-  if (!r) log::debug("mqtt ", impl->options.client_id, ": ", r.error().message());
+  if (done.index() == 1) log::debug("mqtt ", impl->options.client_id, ": disconnect timed out");
+  else if (auto& r = std::get<0>(done); !r) log::debug("mqtt ", impl->options.client_id, ": ", r.error().message());
 }
 
 bool Client::connected() const { return impl_->is_connected && impl_->paho->is_connected(); }

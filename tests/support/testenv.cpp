@@ -186,8 +186,11 @@ const fs::path& certs() {
   std::call_once(once, [] {
     static TempDir tmp("tern-certs");
     dir = tmp.path();
+    // TERN_TEST_DEVICE_CERTS: how many device certificates (default 5; fleet tests need more).
+    const char* n = std::getenv("TERN_TEST_DEVICE_CERTS");
+    std::string devices = n && *n ? n : "5";
     auto r = run(shell_quote((source_dir() / "scripts/gen-certs").string()) + " " +
-                 shell_quote(dir.string()) + " --devices 5");
+                 shell_quote(dir.string()) + " --devices " + shell_quote(devices));
     if (r.exit_code != 0) throw std::runtime_error("gen-certs failed: " + r.output);
   });
   return dir;

@@ -1,0 +1,68 @@
+#include "agent/inventory.hpp"
+
+#include "agent/boot/run_program.hpp"
+#include "common/log.hpp"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+namespace tern::agent {
+
+void merge_inventory_output(std::string_view output, protocol::Inventory& inv) {
+  std::map<std::string, std::vector<std::string>> seen;
+  std::istringstream in{std::string(output)};
+  for (std::string line; std::getline(in, line);) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos || eq == 0) continue;
+    auto key = line.substr(0, eq);
+    auto value = line.substr(eq + 1);
+    while (!value.empty() && (value.back() == '\r' || value.back() == ' ')) value.pop_back();
+    seen[key].push_back(value);
+  }
+  for (auto& [k, values] : seen) {
+    std::string joined;
+    for (const auto& v : values) joined += (joined.empty() ? "" : ",") + v;
+    inv[k] = joined;
+  }
+}
+
+protocol::Inventory collect_inventory(const AgentConfig& config, const Installed& installed, const Slots& slots) {
+  protocol::Inventory inv;
+  inv["device_type"] = config.device_type;
+  inv["artifact_name"] = installed.artifact_name;
+  for (const auto& [k, v] : installed.provides) inv[k] = v;
+  inv["agent_version"] = agent_version;
+  utsname u{};
+  if (::uname(&u) == 0) {
+    inv["kernel"] = std::string(u.sysname) + " " + u.release;
+    inv["hostname"] = u.nodename;
+  }
+  inv["rootfs_a_size"] = std::to_string(slots.a.partition.size);
+  inv["rootfs_b_size"] = std::to_string(slots.b.partition.size);
+
+  if (!config.inventory_scripts.empty()) {
+    std::error_code ec;
+    std::vector<std::filesystem::path> scripts;
+    for (const auto& e : std::filesystem::directory_iterator(config.inventory_scripts, ec))
+      if (e.is_regular_file() && ::access(e.path().c_str(), X_OK) == 0) scripts.push_back(e.path());
+    if (ec) log::warn("reading InventoryScriptsDir ", config.inventory_scripts.string(), ": ", ec.message());
+    std::sort(scripts.begin(), scripts.end());
+    for (const auto& script : scripts) {
+      // Bounded by timeout(1): a hanging script must not stall the daemon's inventory forever.
+      auto out = run_program({"timeout", "30", script.string()});
+      if (!out || out->exit_code != 0) {
+        log::warn("inventory script ", script.string(), " failed (",
+                  out ? "status " + std::to_string(out->exit_code) : out.error().message(), "); skipped");
+        continue;
+      }
+      merge_inventory_output(out->output, inv);
+    }
+  }
+  return inv;
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,273 @@
+#include "agent/state.hpp"
+
+#include "common/json.hpp"
+
+#include <boost/json.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <fstream>
+#include <sstream>
+
+namespace tern::agent {
+namespace {
+
+constexpr std::array<std::pair<Phase, std::string_view>, 7> phase_words{{
+    {Phase::idle, "idle"},
+    {Phase::downloading, "downloading"},
+    {Phase::switching, "switching"},
+    {Phase::switched, "switched"},
+    {Phase::committing, "committing"},
+    {Phase::rolling_back, "rolling-back"},
+    {Phase::done, "done"},
+}};
+
+constexpr std::size_t max_finished = 64;
+
+
+boost::json::object to_json(const std::map<std::string, std::string>& m) {
+  boost::json::object o;
+  for (const auto& [k, v] : m) o[k] = v;
+  return o;
+}
+
+boost::json::array to_json(const std::vector<std::string>& v) {
+  boost::json::array a;
+  for (const auto& s : v) a.emplace_back(s);
+  return a;
+}
+
+std::string serialize_pretty(const boost::json::value& v) { return boost::json::serialize(v) + "\n"; }
+
+}  // namespace
+
+Result<std::string> read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error::from_errno("reading " + path.string(), errno);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string_view to_string(Phase p) {
+  for (const auto& [ph, word] : phase_words)
+    if (ph == p) return word;
+  return "unknown";
+}
+
+Result<Phase> parse_phase(std::string_view word) {
+  for (const auto& [ph, w] : phase_words)
+    if (w == word) return ph;
+  return fail(Errc::invalid_argument, "unknown install phase '" + std::string(word) + "'");
+}
+
+bool glob_match(std::string_view pattern, std::string_view text) {
+  // Iterative wildcard match with backtracking to the last '*'.
+  std::size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (p < pattern.size() && pattern[p] == text[t]) {
+      ++p;
+      ++t;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+std::map<std::string, std::string> merge_provides(const std::map<std::string, std::string>& old_provides,
+                                                  const std::map<std::string, std::string>& new_provides,
+                                                  const std::vector<std::string>& clears) {
+  std::map<std::string, std::string> out;
+  if (!clears.empty()) {
+    for (const auto& [k, v] : old_provides) {
+      bool cleared = false;
+      for (const auto& pattern : clears) cleared = cleared || glob_match(pattern, k);
+      if (!cleared) out[k] = v;
+    }
+  }
+  for (const auto& [k, v] : new_provides) out[k] = v;
+  out.erase("artifact_name");
+  return out;
+}
+
+Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content) {
+  auto tmp = path;
+  tmp += ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Error::from_errno("creating " + tmp.string(), errno);
+  std::size_t done = 0;
+  while (done < content.size()) {
+    auto n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return Error::from_errno("writing " + tmp.string(), err);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Error::from_errno("syncing " + tmp.string(), err);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno("renaming " + tmp.string(), errno);
+  auto parent = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
+  int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return Error::from_errno("opening " + parent.string(), errno);
+  int rc = ::fsync(dfd);
+  int err = errno;
+  ::close(dfd);
+  if (rc != 0) return Error::from_errno("syncing " + parent.string(), err);
+  return {};
+}
+
+Result<StateStore> StateStore::open(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Error(Errc::io, "creating data directory " + dir.string() + ": " + ec.message());
+  return StateStore(dir);
+}
+
+Result<InstallState> StateStore::load_install() const {
+  auto path = dir_ / "install.json";
+  if (!std::filesystem::exists(path)) return InstallState{};
+  auto text = read_text(path);
+  if (!text) return text.error();
+  auto doc = json::Document::parse(*text, path.string());
+  if (!doc) return doc.error();
+  auto root = doc->root();
+  if (!root) return root.error();
+  auto bad = [&](const Error& e) { return e.context("reading " + path.string()); };
+  InstallState s;
+  auto phase = root->string("phase");
+  if (!phase) return bad(phase.error());
+  auto ph = parse_phase(*phase);
+  if (!ph) return bad(ph.error());
+  s.phase = *ph;
+#define TERN_GET(field, getter, key, fallback)  \
+  {                                             \
+    auto v = root->getter(key, fallback);       \
+    if (!v) return bad(v.error());              \
+    s.field = *v;                               \
+  }
+  TERN_GET(deployment_id, string_or, "deployment_id", "")
+  TERN_GET(source, string_or, "source", "")
+  TERN_GET(artifact_name, string_or, "artifact_name", "")
+  TERN_GET(clears_provides, strings_or, "clears_provides", {})
+  TERN_GET(target_part, i64_or, "target_part", 0)
+  TERN_GET(previous_part, i64_or, "previous_part", 0)
+  TERN_GET(attempt, u64_or, "attempt", 0)
+  TERN_GET(total, u64_or, "total", 0)
+  TERN_GET(sha256, string_or, "sha256", "")
+  TERN_GET(success, boolean_or, "success", false)
+  TERN_GET(already_installed, boolean_or, "already_installed", false)
+  TERN_GET(error, string_or, "error", "")
+  TERN_GET(reported, boolean_or, "reported", true)
+  TERN_GET(updated, i64_or, "updated", 0)
+#undef TERN_GET
+  auto provides = root->string_map_or_empty("provides");
+  if (!provides) return bad(provides.error());
+  s.provides = *provides;
+  return s;
+}
+
+Result<void> StateStore::save_install(const InstallState& s) {
+  boost::json::object o;
+  o["phase"] = to_string(s.phase);
+  o["deployment_id"] = s.deployment_id;
+  o["source"] = s.source;
+  o["artifact_name"] = s.artifact_name;
+  o["provides"] = to_json(s.provides);
+  o["clears_provides"] = to_json(s.clears_provides);
+  o["target_part"] = s.target_part;
+  o["previous_part"] = s.previous_part;
+  o["attempt"] = s.attempt;
+  o["total"] = s.total;
+  o["sha256"] = s.sha256;
+  o["success"] = s.success;
+  o["already_installed"] = s.already_installed;
+  o["error"] = s.error;
+  o["reported"] = s.reported;
+  o["updated"] = s.updated;
+  return write_file_atomic(dir_ / "install.json", serialize_pretty(o));
+}
+
+Result<Installed> StateStore::load_installed(const std::string& fallback_name) const {
+  auto path = dir_ / "installed.json";
+  if (!std::filesystem::exists(path)) return Installed{fallback_name, {}};
+  auto text = read_text(path);
+  if (!text) return text.error();
+  auto doc = json::Document::parse(*text, path.string());
+  if (!doc) return doc.error();
+  auto root = doc->root();
+  if (!root) return root.error();
+  Installed i;
+  auto name = root->string("artifact_name");
+  if (!name) return name.error().context("reading " + path.string());
+  i.artifact_name = *name;
+  auto provides = root->string_map_or_empty("provides");
+  if (!provides) return provides.error().context("reading " + path.string());
+  i.provides = *provides;
+  return i;
+}
+
+Result<void> StateStore::save_installed(const Installed& i) {
+  boost::json::object o;
+  o["artifact_name"] = i.artifact_name;
+  o["provides"] = to_json(i.provides);
+  return write_file_atomic(dir_ / "installed.json", serialize_pretty(o));
+}
+
+Result<std::uint64_t> StateStore::next_seq() {
+  auto path = dir_ / "seq";
+  std::uint64_t seq = 0;
+  if (std::filesystem::exists(path)) {
+    auto text = read_text(path);
+    if (!text) return text.error();
+    try {
+      seq = std::stoull(*text);
+    } catch (const std::exception&) {
+      return fail(Errc::invalid_argument, path.string() + " does not hold a number");
+    }
+  }
+  ++seq;
+  if (auto r = write_file_atomic(path, std::to_string(seq) + "\n"); !r) return r.error();
+  return seq;
+}
+
+Result<std::vector<std::string>> StateStore::finished_deployments() const {
+  auto path = dir_ / "finished";
+  std::vector<std::string> out;
+  if (!std::filesystem::exists(path)) return out;
+  auto text = read_text(path);
+  if (!text) return text.error();
+  std::istringstream in(*text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+Result<void> StateStore::add_finished_deployment(const std::string& id) {
+  auto list = finished_deployments();
+  if (!list) return list.error();
+  if (std::find(list->begin(), list->end(), id) != list->end()) return {};
+  list->push_back(id);
+  if (list->size() > max_finished) list->erase(list->begin(), list->end() - max_finished);
+  std::string text;
+  for (const auto& s : *list) text += s + "\n";
+  return write_file_atomic(dir_ / "finished", text);
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,103 @@
+// The agent's persistent state: the install in progress (or the last one finished), the status
+// sequence counter and the deployments already run. Kept as JSON files in the data directory and
+// replaced atomically (write a temporary, fsync, rename, fsync the directory), so a power cut at any
+// instant leaves either the old or the new file, never a torn one.
+//
+// Every transition of the update state machine (agent/update/state_machine.hpp) is saved here
+// before it is acted on.
+//
+// Thread safety: none; one StateStore per process, used from one thread at a time.
+#pragma once
+
+#include "common/error.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tern::agent {
+
+/// Where an install stands. See state_machine.hpp for what each means after a restart.
+enum class Phase {
+  idle,          ///< nothing in progress
+  downloading,   ///< streaming the artifact into the standby partition
+  switching,     ///< payload written and synced; the boot switch is being stored
+  switched,      ///< the bootloader will boot the new partition once (upgrade_available=1)
+  committing,    ///< the new partition is healthy; the commit is being stored
+  rolling_back,  ///< giving up on the new partition; switching back to the previous one
+  done,          ///< finished: `success` says how; `reported` once the fleet knows
+};
+std::string_view to_string(Phase p);
+Result<Phase> parse_phase(std::string_view word);
+
+struct InstallState {
+  Phase phase = Phase::idle;
+  std::string deployment_id;  ///< empty for `tern-agent install` from the command line
+  std::string source;         ///< file path or URL
+  std::string artifact_name;  ///< the artifact being installed
+  std::map<std::string, std::string> provides;  ///< its provides, applied on commit
+  std::vector<std::string> clears_provides;     ///< its clears_artifact_provides patterns
+  int target_part = 0;    ///< mender_boot_part of the partition being installed
+  int previous_part = 0;  ///< mender_boot_part of the partition it was installed from
+  std::uint32_t attempt = 0;  ///< 1 for the first try of this deployment
+  std::uint64_t total = 0;    ///< artifact size when known
+  std::string sha256;         ///< the artifact's expected SHA-256 when known (for a retry)
+  bool success = false;       ///< for done
+  bool already_installed = false;  ///< for done: nothing to do, the artifact was already there
+  std::string error;          ///< for done (failure) and rolling_back: why
+  bool reported = true;       ///< for done: whether the final status reached the daemon's queue
+  std::int64_t updated = 0;   ///< Unix time of the last transition
+};
+
+/// What the running system is: the artifact committed last and its provides.
+struct Installed {
+  std::string artifact_name;
+  std::map<std::string, std::string> provides;  ///< without artifact_name itself
+};
+
+/// Mender's rule for clears_artifact_provides: patterns with `*` wildcards; matching keys of the old
+/// provides are dropped before the new ones are added. Without patterns (old artifacts) all old
+/// provides are cleared. Returns the provides after committing `artifact`.
+std::map<std::string, std::string> merge_provides(const std::map<std::string, std::string>& old_provides,
+                                                  const std::map<std::string, std::string>& new_provides,
+                                                  const std::vector<std::string>& clears);
+/// `*` matches any run of characters.
+bool glob_match(std::string_view pattern, std::string_view text);
+
+class StateStore {
+ public:
+  /// Opens (creating) the data directory. Errors: the directory cannot be created.
+  static Result<StateStore> open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+
+  /// The install state; idle if there is no file yet. Errors: a file that is not valid state.
+  Result<InstallState> load_install() const;
+  Result<void> save_install(const InstallState& s);
+
+  /// The installed artifact; `fallback_name` when nothing was committed yet (first boot).
+  Result<Installed> load_installed(const std::string& fallback_name) const;
+  Result<void> save_installed(const Installed& i);
+
+  /// Allocates the next status sequence number (persisted before it is returned).
+  Result<std::uint64_t> next_seq();
+
+  /// Deployments this device has finished (most recent last, bounded).
+  Result<std::vector<std::string>> finished_deployments() const;
+  Result<void> add_finished_deployment(const std::string& id);
+
+ private:
+  explicit StateStore(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  std::filesystem::path dir_;
+};
+
+/// Reads a whole (small) file. Errors: Errc::io naming the path.
+Result<std::string> read_text(const std::filesystem::path& path);
+
+/// Replaces `path` with `content` atomically and durably (temp file, fsync, rename, fsync dir).
+Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content);
+
+}  // namespace tern::agent

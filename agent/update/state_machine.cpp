@@ -1,0 +1,67 @@
+#include "agent/update/state_machine.hpp"
+
+namespace tern::agent {
+
+namespace {
+std::string var(const std::map<std::string, std::string>& vars, const std::string& name) {
+  auto it = vars.find(name);
+  return it == vars.end() ? std::string() : it->second;
+}
+}  // namespace
+
+std::string_view to_string(Action a) {
+  switch (a) {
+    case Action::none: return "none";
+    case Action::interrupted: return "interrupted";
+    case Action::store_switch: return "store-switch";
+    case Action::reboot: return "reboot";
+    case Action::verify: return "verify";
+    case Action::finish_commit: return "finish-commit";
+    case Action::store_rollback: return "store-rollback";
+    case Action::fail: return "fail";
+  }
+  return "unknown";
+}
+
+Decision decide(const InstallState& s, int running_part, const std::map<std::string, std::string>& vars) {
+  const bool on_target = running_part == s.target_part;
+  const bool on_previous = running_part == s.previous_part;
+  const bool trial = var(vars, "upgrade_available") == "1";
+  const bool boots_target = var(vars, "mender_boot_part") == std::to_string(s.target_part);
+  auto failed = [](std::string why) { return Decision{Action::fail, std::move(why)}; };
+
+  switch (s.phase) {
+    case Phase::idle:
+    case Phase::done:
+      return {};
+    case Phase::downloading:
+      return {Action::interrupted, "the install was interrupted during the download"};
+    default:
+      break;
+  }
+  if (!on_target && !on_previous)
+    return failed("running partition " + std::to_string(running_part) + " is neither the previous (" +
+                  std::to_string(s.previous_part) + ") nor the new one (" + std::to_string(s.target_part) + ")");
+
+  switch (s.phase) {
+    case Phase::switching:
+      if (on_target) return {Action::verify, {}};  // the switch was stored and we rebooted into it
+      return {Action::store_switch, {}};
+    case Phase::switched:
+      if (on_target) return trial ? Decision{Action::verify, {}} : Decision{Action::finish_commit, {}};
+      if (boots_target && trial) return {Action::reboot, {}};
+      return failed("partition " + std::to_string(s.target_part) +
+                    " did not come up; the bootloader rolled back to partition " + std::to_string(running_part));
+    case Phase::committing:
+      if (on_target) return {Action::finish_commit, {}};
+      return failed("the device rebooted into partition " + std::to_string(running_part) +
+                    " before the commit was stored; rolled back");
+    case Phase::rolling_back:
+      if (on_target) return {Action::store_rollback, s.error};
+      return failed(s.error.empty() ? "rolled back" : s.error);
+    default:
+      return {};
+  }
+}
+
+}  // namespace tern::agent

@@ -1,0 +1,352 @@
+#include "agent/update/updater.hpp"
+
+#include "common/log.hpp"
+
+#include <boost/asio/this_coro.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+#include <sys/wait.h>
+
+namespace tern::agent {
+namespace asio = boost::asio;
+
+namespace {
+
+std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
+
+
+/// The artifact's provides as Mender records them: type-info provides plus artifact_group.
+std::map<std::string, std::string> provides_of(const artifacts::Header& h) {
+  auto p = h.provides;
+  if (!h.artifact_group.empty()) p["artifact_group"] = h.artifact_group;
+  return p;
+}
+
+// Sentinel for the header check: the artifact is the one already running.
+constexpr std::string_view already_installed_marker = "artifact already installed";
+
+}  // namespace
+
+int run_shell(const std::string& command, std::string* output) {
+  std::string cmd = command + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return -1;
+  char buf[4096];
+  std::string out;
+  while (auto n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  int status = ::pclose(p);
+  if (output) *output = out;
+  if (status == -1) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store)
+    : config_(std::move(config)), slots_(std::move(slots)), env_(std::move(env)), store_(std::move(store)) {}
+
+Result<std::unique_ptr<Updater>> Updater::open(const AgentConfig& config) {
+  auto slots = resolve_slots(config);
+  if (!slots) return slots.error();
+  auto env = config.bootloader == "grub" ? open_grub_env(config.grubenv)
+                                         : open_uboot_env_from_file(config.fw_env_config);
+  if (!env) return env.error().context("opening the boot environment");
+  auto store = StateStore::open(config.data_dir);
+  if (!store) return store.error();
+  return std::unique_ptr<Updater>(new Updater(config, std::move(*slots), std::move(*env), std::move(*store)));
+}
+
+Result<int> Updater::running_part() const {
+  auto slot = active_slot(ActiveDetect{config_.cmdline, config_.mountinfo}, slots_.a, slots_.b);
+  if (!slot) return slot.error().context("finding the running root partition");
+  return *slot == 0 ? slots_.part_a : slots_.part_b;
+}
+
+const PartitionRef& Updater::partition_of(int part) const {
+  return part == slots_.part_a ? slots_.a.partition : slots_.b.partition;
+}
+
+Result<InstallState> Updater::save(InstallState s) {
+  s.updated = now_seconds();
+  if (auto r = store_.save_install(s); !r) return r.error().context("saving the install state");
+  log::debug("install state: ", to_string(s.phase));
+  // Test hook for the power-cut tests: die right after this state reached the disk, as a power
+  // cut would, so every persisted state can be resumed from. Never set outside tests.
+  if (const char* kill_at = std::getenv("TERN_TEST_KILL_AT"); kill_at && to_string(s.phase) == kill_at)
+    std::raise(SIGKILL);
+  return s;
+}
+
+asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& request, const ProgressFn& progress) {
+  auto current = store_.load_install();
+  if (!current) co_return current.error();
+  // downloading: an interrupted install (the caller decided to run it again).
+  if (current->phase != Phase::idle && current->phase != Phase::done && current->phase != Phase::downloading)
+    co_return fail(Errc::invalid_argument, "an install of " + current->artifact_name + " is in progress (" +
+                                               std::string(to_string(current->phase)) +
+                                               "): commit, roll back or reboot first");
+  auto running = running_part();
+  if (!running) co_return running.error();
+  auto vars = env_->read();
+  if (!vars) co_return vars.error().context("reading the boot environment");
+  if ((*vars)[bootvar::upgrade_available] == "1")
+    co_return fail(Errc::invalid_argument,
+                   "the boot environment has an uncommitted update (upgrade_available=1): commit or roll back first");
+  auto installed = this->installed();
+  if (!installed) co_return installed.error();
+
+  const int target = *running == slots_.part_a ? slots_.part_b : slots_.part_a;
+  InstallState s;
+  s.phase = Phase::downloading;
+  s.deployment_id = request.deployment_id;
+  s.source = request.source;
+  s.target_part = target;
+  s.previous_part = *running;
+  s.attempt = request.attempt;
+  s.total = request.expected_size;
+  s.sha256 = request.expected_sha256;
+  s.reported = false;
+  auto saved = save(s);
+  if (!saved) co_return saved.error();
+  log::info("installing ", request.source, " into ", partition_of(target).describe(), " (running partition ",
+            *running, ")");
+
+  artifacts::ReaderOptions ro;
+  ro.device_type = config_.device_type;
+  auto device_provides = installed->provides;
+  device_provides["artifact_name"] = installed->artifact_name;
+  ro.device_provides = device_provides;
+  if (!config_.verify_key.empty()) {
+    auto key = read_text(config_.verify_key);
+    if (!key) co_return key.error().context("reading ArtifactVerifyKey");
+    ro.verify_key_pem = *key;
+  }
+  HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
+    if (h.artifact_name == installed->artifact_name) return fail(Errc::cancelled, std::string(already_installed_marker));
+    return {};
+  };
+
+  PipelineSource source{.location = request.source,
+                        .expected_size = request.expected_size,
+                        .expected_sha256 = request.expected_sha256};
+  source.download.ca_file = config_.server_ca;
+  source.download.cert_file = config_.client_cert;
+  source.download.key_file = config_.client_key;
+  source.download.read_timeout = config_.read_timeout;
+  source.download.backoff_initial = config_.retry_min;
+  source.download.backoff_max = config_.retry_max;
+  source.download.max_attempts = config_.download_attempts;
+  source.download.max_total = config_.download_max_time;
+
+  Result<PipelineResult> result = fail(Errc::internal, "not run");
+  for (int restart = 0; restart < 3; ++restart) {
+    auto writer = PartitionWriter::open(partition_of(target));
+    if (!writer) {
+      result = writer.error();
+      break;
+    }
+    PipelineOptions options;
+    result = co_await run_pipeline(source, ro, check, *writer, progress, options);
+    if (result || result.error().message().find("changed on the server") == std::string::npos) break;
+    log::warn(result.error().message(), ": starting over");
+  }
+
+  if (!result && result.error().message() == already_installed_marker) {
+    s.phase = Phase::done;
+    s.already_installed = true;
+    s.success = true;
+    auto done = save(s);
+    if (!done) co_return done.error();
+    InstallReport report;
+    report.already_installed = true;
+    co_return report;
+  }
+  if (!result) {
+    auto err = result.error().context("installing " + request.source);
+    if (auto f = finish_failure(s, err.message()); !f) co_return f.error();
+    co_return err;
+  }
+
+  // Payload written and synced: store the switch, then the state that says it was stored.
+  s.artifact_name = result->header.artifact_name;
+  s.provides = provides_of(result->header);
+  s.clears_provides = result->header.clears_provides;
+  s.phase = Phase::switching;
+  if (auto r = save(s); !r) co_return r.error();
+  if (auto r = env_->write(vars_for_trial(target)); !r) {
+    auto err = r.error().context("switching the boot environment to partition " + std::to_string(target));
+    if (auto f = finish_failure(s, err.message()); !f) co_return f.error();
+    co_return err;
+  }
+  s.phase = Phase::switched;
+  if (auto r = save(s); !r) co_return r.error();
+  log::info("installed ", s.artifact_name, " into partition ", target, "; reboot to try it");
+  InstallReport report;
+  report.header = result->header;
+  report.stats = *result;
+  co_return report;
+}
+
+Result<InstallState> Updater::finish_failure(InstallState s, const std::string& error) {
+  s.phase = Phase::done;
+  s.success = false;
+  s.error = error;
+  s.reported = false;
+  return save(s);
+}
+
+Result<InstallState> Updater::finish_commit(InstallState s) {
+  if (s.phase != Phase::committing) {
+    s.phase = Phase::committing;
+    auto r = save(s);
+    if (!r) return r.error();
+  }
+  if (auto r = env_->write(vars_for_commit()); !r) return r.error().context("storing the commit");
+  auto installed = this->installed();
+  if (!installed) return installed.error();
+  Installed now{s.artifact_name, merge_provides(installed->provides, s.provides, s.clears_provides)};
+  if (auto r = store_.save_installed(now); !r) return r.error();
+  s.phase = Phase::done;
+  s.success = true;
+  s.error.clear();
+  s.reported = false;
+  log::info("committed ", s.artifact_name, " on partition ", s.target_part);
+  return save(s);
+}
+
+Result<void> Updater::run_health_check(std::string& why) {
+  if (config_.health_check_command.empty()) return {};
+  std::string output;
+  int rc = run_shell(config_.health_check_command, &output);
+  if (rc == 0) return {};
+  while (!output.empty() && (output.back() == '\n' || output.back() == '\r')) output.pop_back();
+  why = "health check '" + config_.health_check_command + "' failed with status " + std::to_string(rc) +
+        (output.empty() ? "" : ": " + output.substr(0, 400));
+  return fail(Errc::io, why);
+}
+
+Result<Recovery> Updater::recover() {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  Recovery out;
+  if (s->phase == Phase::idle || s->phase == Phase::done) return out;
+  auto vars = env_->read();
+  if (!vars) return vars.error().context("reading the boot environment");
+  auto running = running_part();
+  if (!running) return running.error();
+  auto d = decide(*s, *running, *vars);
+  out.action = d.action;
+  log::info("resuming install of ", s->artifact_name.empty() ? s->source : s->artifact_name, " (",
+            to_string(s->phase), ", running partition ", *running, "): ", to_string(d.action));
+
+  switch (d.action) {
+    case Action::none:
+      return out;
+    case Action::interrupted:
+      out.interrupted = true;
+      return out;
+    case Action::store_switch: {
+      if (auto r = env_->write(vars_for_trial(s->target_part)); !r) return r.error();
+      s->phase = Phase::switched;
+      if (auto r = save(*s); !r) return r.error();
+      out.reboot = true;
+      return out;
+    }
+    case Action::reboot:
+      out.reboot = true;
+      return out;
+    case Action::verify: {
+      if (s->phase != Phase::switched) {
+        s->phase = Phase::switched;
+        if (auto r = save(*s); !r) return r.error();
+      }
+      std::string why;
+      if (auto h = run_health_check(why); !h) {
+        log::warn(why, ": rolling back to partition ", s->previous_part);
+        s->phase = Phase::rolling_back;
+        s->error = why;
+        if (auto r = save(*s); !r) return r.error();
+        if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+        out.reboot = true;
+        return out;
+      }
+      auto c = finish_commit(*s);
+      if (!c) return c.error();
+      out.finished = *c;
+      return out;
+    }
+    case Action::finish_commit: {
+      auto c = finish_commit(*s);
+      if (!c) return c.error();
+      out.finished = *c;
+      return out;
+    }
+    case Action::store_rollback:
+      if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+      out.reboot = true;
+      return out;
+    case Action::fail: {
+      if ((*vars)[bootvar::upgrade_available] == "1" && *running == s->previous_part)
+        if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+      auto f = finish_failure(*s, d.error);
+      if (!f) return f.error();
+      log::warn("install of ", s->artifact_name, " failed: ", d.error);
+      out.finished = *f;
+      return out;
+    }
+  }
+  return out;
+}
+
+Result<InstallState> Updater::commit() {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  auto running = running_part();
+  if (!running) return running.error();
+  if ((s->phase != Phase::switched && s->phase != Phase::committing) || *running != s->target_part)
+    return fail(Errc::invalid_argument, "nothing to commit: no new partition is running on trial");
+  return finish_commit(*s);
+}
+
+Result<bool> Updater::rollback(const std::string& reason) {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  auto running = running_part();
+  if (!running) return running.error();
+  if (s->phase != Phase::switched && s->phase != Phase::switching && s->phase != Phase::rolling_back)
+    return fail(Errc::invalid_argument, "nothing to roll back: no install is waiting for commit");
+  if (*running == s->previous_part) {
+    // Not rebooted yet: point the bootloader back at the running partition; done.
+    if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+    auto f = finish_failure(*s, reason);
+    if (!f) return f.error();
+    return false;
+  }
+  s->phase = Phase::rolling_back;
+  s->error = reason;
+  if (auto r = save(*s); !r) return r.error();
+  if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+  return true;
+}
+
+Result<InstallState> Updater::fail_install(const std::string& reason) {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  return finish_failure(*s, reason);
+}
+
+Result<void> Updater::mark_reported() {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  if (s->phase != Phase::done || s->reported) return {};
+  s->reported = true;
+  auto r = save(*s);
+  if (!r) return r.error();
+  return {};
+}
+
+}  // namespace tern::agent

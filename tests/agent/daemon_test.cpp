@@ -1,0 +1,224 @@
+// tern-agent daemon on simulated devices with the real broker (TLS, client certificates, ACLs),
+// nginx serving artifacts, and an operator publishing with mosquitto_pub as in the README.
+#include "tests/agent/sim_agent.hpp"
+#include "tests/support/broker.hpp"
+#include "tests/support/fault_proxy.hpp"
+#include "tests/support/nginx.hpp"
+
+#include <gtest/gtest.h>
+
+
+#include <chrono>
+#include <sstream>
+#include <thread>
+
+namespace tern::test {
+namespace {
+using namespace std::chrono_literals;
+
+class DaemonTest : public ::testing::Test {
+ protected:
+  TempDir tmp;
+  Broker broker;
+  Nginx nginx;
+  std::string image = make_image(8u << 20, 21);
+  fs::path artifact = make_artifact(tmp.path(), "release-2", image, "qemu", "--compression none");
+  std::unique_ptr<Process> watcher;
+
+  void SetUp() override {
+    fs::copy_file(artifact, nginx.root() / "release-2.mender");
+    // Every device topic, as `mosquitto_sub -v` shows it (with the bridge identity: operators share
+    // one client id, so a second operator connection would take this one over).
+    watcher = std::make_unique<Process>(
+        std::vector<std::string>{"sh", "-c", "exec mosquitto_sub " + broker.client_args("bridge") +
+                                                 " -v -t 'tern/devices/#'"},
+        tmp / "watch.log");
+  }
+
+  std::unique_ptr<SimAgent> device(const std::string& id, boost::json::object extra = {}) {
+    auto c = certs();
+    boost::json::object cfg{{"BrokerURI", broker.uri()},
+                            {"ServerCertificate", (c / "ca.crt").string()},
+                            {"ClientCertificate", (c / (id + ".crt")).string()},
+                            {"ClientKey", (c / (id + ".key")).string()},
+                            {"ProgressIntervalSeconds", 1},
+                            {"RetryMinMilliseconds", 200},
+                            {"RetryMaxSeconds", 2},
+                            {"DownloadReadTimeoutSeconds", 5}};
+    for (const auto& [k, v] : extra) cfg[k] = v;
+    return std::make_unique<SimAgent>(tmp / id, cfg);
+  }
+
+  std::string deployment(const std::string& id, const std::string& url) {
+    return R"({"deployment_id":")" + id + R"(","artifact_name":"release-2","url":")" + url +
+           R"(","size":)" + std::to_string(fs::file_size(artifact)) + R"(,"sha256":")" +
+           sha256_hex(read_file(artifact)) + R"("})";
+  }
+
+  void publish(const std::string& device, const std::string& payload, bool retained = true) {
+    auto r = run("mosquitto_pub " + broker.client_args("operator") + " -q 1 " + (retained ? "-r " : "") + "-t " +
+                 shell_quote("tern/devices/" + device + "/deployment") + " -m " + shell_quote(payload));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+
+  /// Status words seen for `deployment` on `device`, in arrival order.
+  std::vector<std::string> statuses(const std::string& device, const std::string& dep) {
+    std::vector<std::string> out;
+    std::istringstream in(read_file(tmp / "watch.log"));
+    for (std::string line; std::getline(in, line);) {
+      if (!line.starts_with("tern/devices/" + device + "/status ")) continue;
+      if (line.find("\"deployment_id\":\"" + dep + "\"") == std::string::npos) continue;
+      auto k = line.find("\"status\":\"");
+      if (k == std::string::npos) continue;
+      k += 10;
+      out.push_back(line.substr(k, line.find('"', k) - k));
+    }
+    return out;
+  }
+  static bool has(const std::vector<std::string>& v, const std::string& s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+  }
+
+  /// Waits (pumping reboots) until `pred` holds.
+  template <class Pred>
+  bool wait_until(SimDaemon& d, Pred pred, std::chrono::seconds timeout = 60s) {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      d.pump();
+      if (pred()) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  void TearDown() override {
+    if (HasFailure()) std::cerr << "--- watch.log\n" << read_file(tmp / "watch.log") << "\n";
+  }
+};
+
+TEST_F(DaemonTest, ADeploymentPublishedWhileOfflineInstallsRebootsCommitsAndReportsSuccess) {
+  fs::create_directories(tmp / "inventory.d");
+  write_file(tmp / "inventory.d/mender-inventory-network", "#!/bin/sh\necho mac=00:11:22:33:44:55\necho ipv4=10.0.0.2\necho ipv4=10.0.0.3\n");
+  write_file(tmp / "inventory.d/mender-inventory-broken", "#!/bin/sh\necho half=way\nexit 1\n");
+  fs::permissions(tmp / "inventory.d/mender-inventory-network", fs::perms::owner_all);
+  fs::permissions(tmp / "inventory.d/mender-inventory-broken", fs::perms::owner_all);
+  boost::json::object extra{{"InventoryScriptsDir", (tmp / "inventory.d").string()}};
+  auto dev = device("device-1", extra);
+  // Published before the device ever connected: retained, it is delivered when it comes up.
+  publish("device-1", deployment("dep-1", nginx.url("release-2.mender")));
+  SimDaemon d(*dev);
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-1", "dep-1"), "success"); })) << d.log();
+  auto s = statuses("device-1", "dep-1");
+  std::vector<std::string> order{"downloading", "installing", "rebooting", "success"};
+  std::size_t at = 0;
+  for (const auto& w : s)
+    if (at < order.size() && w == order[at]) ++at;
+  EXPECT_EQ(at, order.size()) << "steps in order";
+  EXPECT_EQ(std::count(s.begin(), s.end(), "success"), 1);
+  EXPECT_EQ(dev->installed(), "release-2");
+  EXPECT_EQ(dev->env()["mender_boot_part"], "3");
+  EXPECT_EQ(dev->env()["upgrade_available"], "0");
+  EXPECT_EQ(d.reboots(), 1);
+  // Inventory (retained) reflects the new artifact; presence says online.
+  EXPECT_TRUE(wait_until(d, [&] {
+    auto inv = run("mosquitto_sub " + broker.client_args("operator") +
+                   " -C 1 -W 3 -t tern/devices/device-1/inventory");
+    return inv.output.find("\"artifact_name\":\"release-2\"") != std::string::npos;
+  }));
+  auto inv = run("mosquitto_sub " + broker.client_args("operator") + " -C 1 -W 3 -t tern/devices/device-1/inventory");
+  EXPECT_NE(inv.output.find("\"ipv4\":\"10.0.0.2,10.0.0.3\""), std::string::npos) << inv.output;
+  EXPECT_NE(inv.output.find("\"mac\":\"00:11:22:33:44:55\""), std::string::npos) << inv.output;
+  EXPECT_EQ(inv.output.find("half"), std::string::npos) << "a failing script is skipped: " << inv.output;
+  EXPECT_NE(inv.output.find("\"device_type\":\"qemu\""), std::string::npos) << inv.output;
+  auto presence = run("mosquitto_sub " + broker.client_args("operator") + " -C 1 -W 3 -t tern/devices/device-1/presence");
+  EXPECT_NE(presence.output.find("\"state\":\"online\""), std::string::npos) << presence.output;
+
+  // The same deployment again (retained replay after a restart) is not run twice.
+  auto before = statuses("device-1", "dep-1").size();
+  d.kill();
+  d.start();
+  std::this_thread::sleep_for(2s);
+  d.pump();
+  EXPECT_EQ(statuses("device-1", "dep-1").size(), before) << "no second run of dep-1";
+  EXPECT_EQ(d.reboots(), 1) << "no second install";
+  // A deployment of the running artifact reports already-installed.
+  publish("device-1", deployment("dep-2", nginx.url("release-2.mender")));
+  EXPECT_TRUE(wait_until(d, [&] { return has(statuses("device-1", "dep-2"), "already-installed"); })) << d.log();
+}
+
+TEST_F(DaemonTest, BrokerRestartDuringTheDownloadLosesNoStatus) {
+  FaultProxy slow(static_cast<std::uint16_t>(nginx.port()));
+  slow.set_rate(1u << 20);  // about 8 s for the artifact
+  auto dev = device("device-2");
+  SimDaemon d(*dev);
+  auto url = "https://127.0.0.1:" + std::to_string(slow.port()) + "/artifacts/release-2.mender";
+  publish("device-2", deployment("dep-b", url));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-2", "dep-b"), "downloading"); }));
+  broker.stop();
+  std::this_thread::sleep_for(3s);
+  broker.start();
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-2", "dep-b"), "success"); }, 90s)) << d.log();
+  auto s = statuses("device-2", "dep-b");
+  for (auto w : {"downloading", "installing", "rebooting", "success"}) EXPECT_TRUE(has(s, w)) << w;
+  EXPECT_EQ(dev->installed(), "release-2");
+}
+
+TEST_F(DaemonTest, AgentKilledDuringTheDownloadResumesOnRestart) {
+  FaultProxy slow(static_cast<std::uint16_t>(nginx.port()));
+  slow.set_rate(2u << 20);
+  auto dev = device("device-3");
+  SimDaemon d(*dev);
+  auto url = "https://127.0.0.1:" + std::to_string(slow.port()) + "/artifacts/release-2.mender";
+  publish("device-3", deployment("dep-k", url));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-3", "dep-k"), "downloading"); }));
+  std::this_thread::sleep_for(1s);
+  d.kill();  // power cut in the middle of the download
+  d.start();
+  ASSERT_TRUE(wait_until(d, [&] {
+    auto s = statuses("device-3", "dep-k");
+    return has(s, "success") || has(s, "failure");
+  }, 90s)) << d.log();
+  EXPECT_TRUE(has(statuses("device-3", "dep-k"), "success")) << d.log();
+  EXPECT_NE(read_file(tmp / "watch.log").find("\"attempt\":2"), std::string::npos) << "the second attempt is reported";
+  EXPECT_EQ(dev->installed(), "release-2");
+}
+
+TEST_F(DaemonTest, AFailingHealthCheckReportsFailureAfterTheRollback) {
+  boost::json::object extra{{"HealthCheckCommand", "echo app refused to start; exit 1"}};
+  auto dev = device("device-4", extra);
+  SimDaemon d(*dev);
+  publish("device-4", deployment("dep-h", nginx.url("release-2.mender")));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-4", "dep-h"), "failure"); })) << d.log();
+  EXPECT_NE(read_file(tmp / "watch.log").find("app refused to start"), std::string::npos);
+  EXPECT_EQ(dev->installed(), "factory-image");
+  EXPECT_EQ(dev->env()["mender_boot_part"], "2");
+  EXPECT_EQ(d.reboots(), 2) << "into the new partition, and back";
+}
+
+TEST_F(DaemonTest, MalformedOversizedAndCancelledDeploymentsAreHandled) {
+  FaultProxy slow(static_cast<std::uint16_t>(nginx.port()));
+  slow.set_rate(512u << 10);
+  auto dev = device("device-5");
+  SimDaemon d(*dev);
+  publish("device-5", "{not json", false);
+  publish("device-5", R"({"deployment_id":"x"})", false);
+  publish("device-5", std::string(100 * 1024, 'x'), false);
+  std::this_thread::sleep_for(1s);
+  d.pump();
+  ASSERT_TRUE(d.running()) << d.log();
+  auto log = d.log();
+  EXPECT_NE(log.find("malformed deployment"), std::string::npos) << log;
+  EXPECT_NE(log.find("oversized"), std::string::npos) << log;
+
+  auto url = "https://127.0.0.1:" + std::to_string(slow.port()) + "/artifacts/release-2.mender";
+  publish("device-5", deployment("dep-c", url));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-5", "dep-c"), "downloading"); }));
+  publish("device-5", "");  // the operator withdraws it
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-5", "dep-c"), "aborted"); })) << d.log();
+  EXPECT_EQ(dev->env()["upgrade_available"], "0");
+  EXPECT_EQ(dev->installed(), "factory-image");
+  EXPECT_TRUE(d.running());
+}
+
+}  // namespace
+}  // namespace tern::test

@@ -1,0 +1,266 @@
+// tern-agent install/resume/commit/rollback on simulated devices: disk images made with sfdisk,
+// file-backed U-Boot environments, the simulator's U-Boot logic, and real HTTPS servers.
+#include "tests/agent/sim_agent.hpp"
+#include "tests/support/fault_proxy.hpp"
+#include "tests/support/nginx.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+namespace tern::test {
+namespace {
+
+class Install : public ::testing::Test {
+ protected:
+  TempDir tmp;
+  std::string image = make_image(6 * 1024 * 1024 + 12345, 11);
+  fs::path artifact = make_artifact(tmp.path(), "release-2", image);
+
+  bool partition_holds(SimAgent& d, int n, const std::string& bytes) { return d.read_partition(n, bytes.size()) == bytes; }
+
+  /// Power-cycles and resumes until the agent settles (no more reboots asked). Returns the last
+  /// resume's result and the partition finally booted.
+  std::pair<CommandResult, int> settle(SimAgent& d) {
+    CommandResult r{0, ""};
+    int part = 0;
+    for (int i = 0; i < 6; ++i) {
+      part = d.boot();
+      r = d.agent("resume");
+      if (r.exit_code != 4) break;
+    }
+    return {r, part};
+  }
+};
+
+TEST_F(Install, FromAFileThenRebootAndCommit) {
+  SimAgent dev(tmp / "device-1");
+  auto a_before = dev.partition_sha(2);
+  auto r = dev.agent("install " + q(artifact));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Reboot"), std::string::npos);
+  auto env = dev.env();
+  EXPECT_EQ(env["mender_boot_part"], "3");
+  EXPECT_EQ(env["mender_boot_part_hex"], "3");
+  EXPECT_EQ(env["upgrade_available"], "1");
+  EXPECT_EQ(env["bootcount"], "0");
+  EXPECT_TRUE(partition_holds(dev, 3, image)) << "partition 3 holds the image";
+  EXPECT_EQ(dev.partition_sha(2), a_before) << "the running partition is untouched";
+  EXPECT_EQ(dev.installed(), "factory-image") << "nothing is committed before the reboot";
+
+  // A second install before the reboot is refused.
+  auto again = dev.agent("install " + q(artifact));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_NE(again.output.find("in progress"), std::string::npos) << again.output;
+
+  EXPECT_EQ(dev.boot(), 3);
+  auto c = dev.agent("commit");
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  env = dev.env();
+  EXPECT_EQ(env["upgrade_available"], "0");
+  EXPECT_EQ(env["bootcount"], "0");
+  EXPECT_EQ(dev.installed(), "release-2");
+  auto p = dev.agent("show-provides");
+  EXPECT_NE(p.output.find("artifact_name=release-2"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("rootfs-image.checksum=" + sha256_hex(image)), std::string::npos) << p.output;
+  EXPECT_EQ(dev.boot(), 3) << "committed: the new partition stays";
+  EXPECT_EQ(dev.boot(), 3);
+
+  // The same artifact again is a no-op.
+  auto same = dev.agent("install " + q(artifact));
+  EXPECT_EQ(same.exit_code, 0) << same.output;
+  EXPECT_NE(same.output.find("already installed"), std::string::npos) << same.output;
+  EXPECT_EQ(dev.env()["upgrade_available"], "0");
+}
+
+TEST_F(Install, ResumeRunsTheHealthCheckAndCommits) {
+  boost::json::object cfg;
+  cfg["HealthCheckCommand"] = "test -f " + (tmp / "healthy").string();
+  SimAgent dev(tmp / "device-1", cfg);
+  write_file(tmp / "healthy", "");
+  ASSERT_EQ(dev.agent("install " + q(artifact)).exit_code, 0);
+  auto [r, part] = settle(dev);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(part, 3);
+  EXPECT_NE(r.output.find("success"), std::string::npos) << r.output;
+  EXPECT_EQ(dev.installed(), "release-2");
+}
+
+TEST_F(Install, AFailingHealthCheckRollsBackToTheOldPartition) {
+  SimAgent dev(tmp / "device-1", {{"HealthCheckCommand", "echo database did not start; exit 3"}});
+  ASSERT_EQ(dev.agent("install " + q(artifact)).exit_code, 0);
+  EXPECT_EQ(dev.boot(), 3);
+  auto r = dev.agent("resume");
+  EXPECT_EQ(r.exit_code, 4) << "asks for a reboot to roll back: " << r.output;
+  EXPECT_EQ(dev.env()["mender_boot_part"], "2");
+  EXPECT_EQ(dev.boot(), 2);
+  auto f = dev.agent("resume");
+  EXPECT_EQ(f.exit_code, 1) << f.output;
+  EXPECT_NE(f.output.find("database did not start"), std::string::npos) << f.output;
+  EXPECT_EQ(dev.installed(), "factory-image");
+  EXPECT_EQ(dev.env()["upgrade_available"], "0");
+}
+
+TEST_F(Install, ANewImageThatNeverCommitsIsRolledBackByTheBootloader) {
+  SimAgent dev(tmp / "device-1");
+  ASSERT_EQ(dev.agent("install " + q(artifact)).exit_code, 0);
+  EXPECT_EQ(dev.boot(), 3);  // the agent "hangs": no resume, no commit
+  EXPECT_EQ(dev.boot(), 2) << "bootcount passed bootlimit: altbootcmd";
+  auto r = dev.agent("resume");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("rolled back"), std::string::npos) << r.output;
+  EXPECT_EQ(dev.installed(), "factory-image");
+}
+
+TEST_F(Install, RollbackCommandBeforeAndAfterTheReboot) {
+  SimAgent dev(tmp / "device-1");
+  ASSERT_EQ(dev.agent("install " + q(artifact)).exit_code, 0);
+  auto before = dev.agent("rollback");
+  EXPECT_EQ(before.exit_code, 0) << before.output;
+  EXPECT_EQ(dev.env()["mender_boot_part"], "2");
+  EXPECT_EQ(dev.boot(), 2);
+
+  auto art3 = make_artifact(tmp.path(), "release-3", make_image(1 << 20, 3));
+  ASSERT_EQ(dev.agent("install " + q(art3)).exit_code, 0);
+  EXPECT_EQ(dev.boot(), 3);
+  auto after = dev.agent("rollback");
+  EXPECT_EQ(after.exit_code, 4) << after.output;
+  auto [r, part] = settle(dev);
+  EXPECT_EQ(part, 2);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(dev.installed(), "factory-image");
+  EXPECT_EQ(dev.agent("rollback").exit_code, 1) << "nothing left to roll back";
+}
+
+TEST_F(Install, BadArtifactsAreRefusedAndNothingChanges) {
+  SimAgent dev(tmp / "device-1");
+  auto env_before = dev.env();
+  auto a_before = dev.partition_sha(2);
+  auto bytes = read_file(artifact);
+
+  struct Case {
+    std::string name;
+    fs::path file;
+    std::string expect;
+    std::string config_key;
+  };
+  std::vector<Case> cases;
+  auto corrupt = bytes;
+  corrupt[corrupt.size() / 2] ^= 0x5a;
+  write_file(tmp / "corrupt.mender", corrupt);
+  cases.push_back({"corrupt", tmp / "corrupt.mender", "", ""});
+  write_file(tmp / "truncated.mender", bytes.substr(0, bytes.size() * 2 / 3));
+  cases.push_back({"truncated", tmp / "truncated.mender", "", ""});
+  cases.push_back({"wrong type", make_artifact(tmp.path(), "other-board", image, "rpi4"), "rpi4", ""});
+  cases.push_back({"oversize", make_artifact(tmp.path(), "huge", std::string(17u << 20, '\0')), "does not fit", ""});
+  cases.push_back({"unsigned", artifact, "sign", "key"});
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    if (!c.config_key.empty()) {
+      auto keys = tmp / "keys";
+      fs::create_directories(keys);
+      ASSERT_EQ(run("openssl ecparam -genkey -name prime256v1 -noout -out " + q(keys / "k.pem") +
+                    " && openssl ec -in " + q(keys / "k.pem") + " -pubout -out " + q(keys / "k.pub"))
+                    .exit_code,
+                0);
+      dev.set("ArtifactVerifyKey", boost::json::string((keys / "k.pub").string()));
+    }
+    auto r = dev.agent("install " + q(c.file));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    if (!c.expect.empty()) {
+      EXPECT_NE(r.output.find(c.expect), std::string::npos) << r.output;
+    }
+    EXPECT_EQ(dev.env(), env_before);
+    EXPECT_EQ(dev.partition_sha(2), a_before);
+    EXPECT_EQ(dev.boot(), 2);
+    EXPECT_EQ(dev.installed(), "factory-image");
+  }
+}
+
+TEST_F(Install, OverHttpsFromNginxAndThroughALinkCutEveryFewMiB) {
+  auto big_image = make_image(24u << 20, 5);
+  auto big = make_artifact(tmp.path(), "release-big", big_image, "qemu", "--compression none");
+  Nginx nginx;
+  fs::copy_file(big, nginx.root() / "release-big.mender");
+  auto size = fs::file_size(big);
+
+  boost::json::object cfg;
+  cfg["ServerCertificate"] = (certs() / "ca.crt").string();
+  SimAgent dev(tmp / "device-1", cfg, DeviceSimOptions{.rootfs_mib = 32});
+  auto direct = dev.agent("install " + nginx.url("release-big.mender"));
+  ASSERT_EQ(direct.exit_code, 0) << direct.output;
+  EXPECT_TRUE(partition_holds(dev, 3, big_image));
+  ASSERT_EQ(dev.agent("rollback").exit_code, 0);
+
+  FaultProxy proxy(static_cast<std::uint16_t>(nginx.port()));
+  proxy.set_cut(1u << 20, 3u << 20);
+  dev.set("RetryMinMilliseconds", 50);
+  auto url = "https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/release-big.mender";
+  auto cut = dev.agent("install " + url);
+  ASSERT_EQ(cut.exit_code, 0) << cut.output;
+  EXPECT_TRUE(partition_holds(dev, 3, big_image));
+  EXPECT_GE(proxy.cuts(), 5u);
+  EXPECT_LE(double(proxy.bytes_downstream()), 1.05 * double(size))
+      << "served " << proxy.bytes_downstream() << " for an artifact of " << size;
+}
+
+TEST_F(Install, APowerCutInEveryPersistedStateEndsOnAGoodPartition) {
+  // Kill -9 right after each state reaches the disk, then power-cycle until the agent settles.
+  for (std::string phase : {"downloading", "switching", "switched", "committing", "rolling-back", "done"}) {
+    for (bool healthy : {true, false}) {
+      SCOPED_TRACE(phase + (healthy ? " healthy" : " unhealthy"));
+      auto dir = tmp / ("dev-" + phase + (healthy ? "-h" : "-u"));
+      boost::json::object cfg;
+      cfg["HealthCheckCommand"] = healthy ? "true" : "false";
+      SimAgent dev(dir, cfg);
+      auto a_before = dev.partition_sha(2);
+      auto kill_env = "TERN_TEST_KILL_AT=" + phase;
+      auto r = dev.agent("install " + q(artifact), kill_env);
+      if (r.exit_code == 0) {  // the phase comes later: kill during the first resume instead
+        dev.boot();
+        (void)dev.agent("resume", kill_env);
+      }
+      auto [res, part] = settle(dev);
+      auto env = dev.env();
+      EXPECT_EQ(env["upgrade_available"], "0") << res.output;
+      if (part == 3) {
+        EXPECT_TRUE(healthy);
+        EXPECT_TRUE(partition_holds(dev, 3, image));
+        EXPECT_EQ(dev.installed(), "release-2");
+      } else {
+        EXPECT_EQ(part, 2);
+        EXPECT_EQ(dev.partition_sha(2), a_before);
+        EXPECT_EQ(dev.installed(), "factory-image");
+        auto state = read_file(dir / "state/install.json");
+        EXPECT_NE(state.find("\"phase\":\"done\""), std::string::npos) << state;
+        EXPECT_NE(state.find("\"success\":false"), std::string::npos) << state;
+      }
+    }
+  }
+}
+
+TEST_F(Install, KilledAtRandomMomentsTheDeviceAlwaysBootsAGoodPartition) {
+  // Time-based kills land in the download, the sync or the switch; each ends bootable.
+  for (int i = 0; i < 6; ++i) {
+    SCOPED_TRACE("kill " + std::to_string(i));
+    auto dir = tmp / ("dev-kill-" + std::to_string(i));
+    SimAgent dev(dir, {{"HealthCheckCommand", "true"}});
+    auto a_before = dev.partition_sha(2);
+    Process p({agent_bin(), "--config", dev.config_path().string(), "install", artifact.string()}, dir / "agent.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(15 * i * i));
+    p.kill();
+    auto [res, part] = settle(dev);
+    if (part == 3) {
+      EXPECT_TRUE(partition_holds(dev, 3, image));
+      EXPECT_EQ(dev.installed(), "release-2");
+    } else {
+      EXPECT_EQ(dev.partition_sha(2), a_before);
+      EXPECT_EQ(dev.installed(), "factory-image");
+    }
+    EXPECT_EQ(dev.env()["upgrade_available"], "0");
+  }
+}
+
+}  // namespace
+}  // namespace tern::test
