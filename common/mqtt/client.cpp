@@ -19,8 +19,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -154,6 +157,33 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
   std::mutex mutex;                                  // guards subscriptions
   std::vector<std::pair<std::string, int>> subscriptions;
 
+  // enqueue() hands messages to this thread: paho->publish() can block for seconds while Paho's
+  // own threads hold its lock (a reconnect in progress, a full inbox), and the io_context thread
+  // must never block.
+  std::mutex out_mutex;
+  std::condition_variable out_ready;
+  std::deque<::mqtt::message_ptr> outgoing;
+  bool out_stop = false;
+  std::thread publisher;
+
+  void publisher_loop() {
+    for (;;) {
+      ::mqtt::message_ptr m;
+      {
+        std::unique_lock lock(out_mutex);
+        out_ready.wait(lock, [&] { return out_stop || !outgoing.empty(); });
+        if (outgoing.empty()) return;  // stopping, and everything handed to Paho
+        m = outgoing.front();
+        outgoing.pop_front();
+      }
+      try {
+        paho->publish(m);
+      } catch (const ::mqtt::exception& e) {
+        log::warn("mqtt ", options.client_id, ": queueing a message to ", m->get_topic(), ": ", e.what());
+      }
+    }
+  }
+
   // --- Paho's threads ---------------------------------------------------------------------------
 
   void connected(const std::string& cause) override {
@@ -267,11 +297,20 @@ Result<std::unique_ptr<Client>> Client::create(asio::any_io_executor ex, Options
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {
+  impl_->publisher = std::thread([impl = impl_.get()] { impl->publisher_loop(); });
+}
 
 Client::~Client() {
   impl_->closing = true;
   impl_->inbox.close();  // releases a Paho thread blocked on a full inbox
+  {
+    // Hand what is still queued to Paho (and so to its persistence) before it goes.
+    std::lock_guard lock(impl_->out_mutex);
+    impl_->out_stop = true;
+    impl_->out_ready.notify_all();
+  }
+  if (impl_->publisher.joinable()) impl_->publisher.join();
   try {
     impl_->paho->disable_callbacks();
   } catch (...) {
@@ -321,11 +360,13 @@ asio::awaitable<Result<void>> Client::publish(const Message& msg) {
 }
 
 Result<void> Client::enqueue(const Message& msg) {
-  try {
-    impl_->paho->publish(to_paho(msg));
-  } catch (const ::mqtt::exception& e) {
-    return fail(Errc::io, "queueing a message to " + msg.topic + ": " + e.what());
-  }
+  auto& impl = *impl_;
+  std::lock_guard lock(impl.out_mutex);
+  if (impl.outgoing.size() >= static_cast<std::size_t>(std::max(impl.options.max_buffered, 1)))
+    return fail(Errc::io, "queueing a message to " + msg.topic + ": " + std::to_string(impl.outgoing.size()) +
+                              " messages wait already");
+  impl.outgoing.push_back(to_paho(msg));
+  impl.out_ready.notify_one();
   return {};
 }
 

@@ -94,8 +94,9 @@ class Client {
   /// Errors: refused by the broker (e.g. reason code 135, not authorized), buffer full.
   boost::asio::awaitable<Result<void>> publish(const Message& msg);
 
-  /// Hands the message to Paho and returns at once; it is delivered (and persisted meanwhile,
-  /// for QoS 1) whenever a connection exists. Errors: rejected before queueing (buffer full).
+  /// Queues the message for Paho and returns at once (a publisher thread hands it over, because
+  /// Paho's publish can block while Paho reconnects); it is delivered (and persisted by Paho, for
+  /// QoS 1) whenever a connection exists. Errors: max_buffered messages are waiting already.
   Result<void> enqueue(const Message& msg);
 
   /// Subscribes and remembers the filter, so it is renewed after reconnects.
