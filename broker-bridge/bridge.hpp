@@ -47,7 +47,9 @@ struct BridgeOptions {
   mqtt::Options mqtt;
   std::filesystem::path db_path;
   FleetOptions fleet;
-  std::string shared_group = "tern-bridge";  ///< empty: plain (non-shared) subscriptions
+  /// Empty (the default): plain subscriptions, kept by Mosquitto over a restart. "tern-bridge":
+  /// shared between bridges, but Mosquitto 2.0.11 drops them on a restart until resubscribed.
+  std::string shared_group;
   bool retained_device_state = true;         ///< see the header comment
   std::chrono::milliseconds tick{200};       ///< rollout evaluation and summary coalescing period
 };

@@ -18,7 +18,10 @@
 //                         (checked against ca_file) to download
 //   public_url            what devices are told, default "https://127.0.0.1:<port>"; the files
 //                         are at <public_url>/artifacts/<file>
-//   shared_group          default "tern-bridge" ("" for plain subscriptions)
+//   shared_group          default "" (plain subscriptions, one bridge); "tern-bridge" splits device
+//                         traffic between bridges with $share/tern-bridge/... But Mosquitto 2.0.11
+//                         does not keep shared subscriptions over a broker restart: messages
+//                         published before the bridge resubscribes are lost (tests/system showed it)
 //   retained_device_state default true (see bridge.hpp)
 //   inbox_capacity        incoming messages buffered ahead of the store, default 131072
 //   log_level             debug | info | warn | error
@@ -91,7 +94,7 @@ int run(const std::string& config_path) {
     o.mqtt.max_retry = std::chrono::seconds(30);
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
     o.mqtt.persistence_dir = get(cfg->string("mqtt_persistence_dir", ""));
-    o.shared_group = get(cfg->string("shared_group", "tern-bridge"));
+    o.shared_group = get(cfg->string("shared_group", ""));
     o.retained_device_state = get(cfg->boolean("retained_device_state", true));
     o.fleet.artifact_dir = get(cfg->string("artifact_dir", ""));
     auto key_path = get(cfg->string("verify_key", ""));
@@ -166,6 +169,8 @@ int run(const std::string& config_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A peer closing a TLS connection while we write must not kill the process (OpenSSL uses write()).
+  std::signal(SIGPIPE, SIG_IGN);
   log::set_program("tern-bridge");
   if (argc != 3 || std::string_view(argv[1]) != "--config") return usage();
   return run(argv[2]);
