@@ -200,10 +200,13 @@ TEST_F(DaemonTest, MalformedOversizedAndCancelledDeploymentsAreHandled) {
   slow.set_rate(512u << 10);
   auto dev = device("device-5");
   SimDaemon d(*dev);
+  // Not retained: they only reach a device that is connected and subscribed.
+  ASSERT_TRUE(wait_until(d, [&] { return d.log().find("connected to") != std::string::npos; })) << d.log();
+  std::this_thread::sleep_for(500ms);
   publish("device-5", "{not json", false);
   publish("device-5", R"({"deployment_id":"x"})", false);
   publish("device-5", std::string(100 * 1024, 'x'), false);
-  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(wait_until(d, [&] { return d.log().find("oversized") != std::string::npos; }, 20s)) << d.log();
   d.pump();
   ASSERT_TRUE(d.running()) << d.log();
   auto log = d.log();

@@ -154,6 +154,10 @@ class SimDaemon {
     } else {
       exited_ = *st;
       proc_.reset();
+      std::ofstream(dev_.dir() / "daemon.log", std::ios::app)
+          << "--- the daemon ended: " << (WIFEXITED(*st) ? "exit status " + std::to_string(WEXITSTATUS(*st))
+                                                         : "signal " + std::to_string(WTERMSIG(*st)))
+          << "\n";
     }
   }
   void kill() {
