@@ -144,7 +144,7 @@ TEST_F(Fleet, TwentyDevicesOnFlakyLinksThroughABridgeCrashAllSucceed) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // Mid-rollout: the bridge crashes and comes back.
   // (A broker restart at this point, with 20 devices flushing statuses as they reconnect, sometimes
-  // loses a few statuses on their way to the bridge; that is an open bug, see the README's notes.
+  // loses a few statuses on their way to the bridge; that is an open bug, see "Known issues" in the README.
   // tests/agent DaemonTest.BrokerRestartDuringTheDownloadLosesNoStatus covers one device.)
   ASSERT_TRUE(wait_until([&] { return server_link->bytes_downstream() > (4u << 20); }, 120s));
   bridge->kill();
