@@ -6,6 +6,7 @@
 #include "broker-bridge/artifact_server.hpp"
 
 #include "common/log.hpp"
+#include "common/text.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -109,13 +110,6 @@ struct ByteRange {
 };
 enum class RangeResult { none, ok, unsatisfiable };
 
-std::optional<std::uint64_t> parse_u64(std::string_view s) {
-  std::uint64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 
 /// A single "bytes=a-b | a- | -n" against a file of `size` bytes. Several ranges are answered with
 /// the whole file (RFC 9110 lets a server ignore Range); anything malformed is unsatisfiable.

@@ -8,6 +8,8 @@
 // changed: start again from 0 at once) or fatal.
 #include "agent/download/https_download.hpp"
 
+#include "common/text.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -95,13 +97,6 @@ struct ContentRange {
   std::uint64_t first = 0, last = 0;
   std::optional<std::uint64_t> complete;
 };
-std::optional<std::uint64_t> parse_u64(std::string_view s) {
-  std::uint64_t v = 0;
-  if (s.empty()) return std::nullopt;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
-  return v;
-}
 std::optional<ContentRange> parse_content_range(std::string_view v) {
   if (!v.starts_with("bytes ")) return std::nullopt;
   v.remove_prefix(6);
