@@ -1,5 +1,6 @@
 #include "agent/daemon.hpp"
 
+#include "agent/boot/run_program.hpp"
 #include "agent/cli.hpp"
 #include "agent/inventory.hpp"
 #include "agent/update/updater.hpp"
@@ -113,7 +114,8 @@ class Daemon {
       co_return;
     }
     log::info("rebooting: ", config_.reboot_command);
-    int rc = run_shell(config_.reboot_command);
+    auto run = run_program({"sh", "-c", config_.reboot_command});
+    int rc = run ? run->exit_code : -1;
     if (rc != 0) log::error("RebootCommand '", config_.reboot_command, "' failed with status ", rc);
     exit_code_ = rc == 0 ? 0 : 1;
     stop();

@@ -1,16 +1,15 @@
 #include "agent/update/updater.hpp"
 
+#include "agent/boot/run_program.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/this_coro.hpp>
 
 #include <csignal>
-#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <sstream>
-#include <sys/wait.h>
 
 namespace tern::agent {
 namespace asio = boost::asio;
@@ -31,20 +30,6 @@ std::map<std::string, std::string> provides_of(const artifacts::Header& h) {
 constexpr std::string_view already_installed_marker = "artifact already installed";
 
 }  // namespace
-
-int run_shell(const std::string& command, std::string* output) {
-  std::string cmd = command + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return -1;
-  char buf[4096];
-  std::string out;
-  while (auto n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  int status = ::pclose(p);
-  if (output) *output = out;
-  if (status == -1) return -1;
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
 
 Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store)
     : config_(std::move(config)), slots_(std::move(slots)), env_(std::move(env)), store_(std::move(store)) {}
@@ -220,9 +205,10 @@ Result<InstallState> Updater::finish_commit(InstallState s) {
 
 Result<void> Updater::run_health_check(std::string& why) {
   if (config_.health_check_command.empty()) return {};
-  std::string output;
-  int rc = run_shell(config_.health_check_command, &output);
+  auto run = run_program({"sh", "-c", config_.health_check_command});
+  int rc = run ? run->exit_code : -1;
   if (rc == 0) return {};
+  std::string output = run ? run->output : run.error().message();
   while (!output.empty() && (output.back() == '\n' || output.back() == '\r')) output.pop_back();
   why = "health check '" + config_.health_check_command + "' failed with status " + std::to_string(rc) +
         (output.empty() ? "" : ": " + output.substr(0, 400));

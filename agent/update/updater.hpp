@@ -91,7 +91,4 @@ class Updater {
   StateStore store_;
 };
 
-/// Runs a shell command (sh -c), returns its exit status (or -1 if it could not start) and output.
-int run_shell(const std::string& command, std::string* output = nullptr);
-
 }  // namespace tern::agent
