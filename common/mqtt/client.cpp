@@ -235,9 +235,10 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
                 .private_key(o.key_file)
                 .enable_server_cert_auth(true)
                 .verify(true)
-                .error_handler([id = o.client_id](const std::string& msg) {
-                  log::debug("mqtt ", id, ": TLS: ", msg);
-                })
+                // No error_handler: Paho C keeps a pointer to the ssl_options that registered it,
+                // which paho.mqtt.cpp 1.2 does not update when it copies the options, so a TLS error
+                // after connect() returned called into a destroyed object (a crash when the broker
+                // went away mid-handshake).
                 .finalize());
     }
     if (o.will) b.will(::mqtt::will_options(*to_paho(*o.will)));

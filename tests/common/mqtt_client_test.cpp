@@ -6,6 +6,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <random>
 #include <set>
 
 #include "common/mqtt/client.hpp"
@@ -172,6 +175,80 @@ TEST(MqttClient, QueuedMessagesSurviveAClientProcessRestart) {
         EXPECT_TRUE(fst && WIFEXITED(*fst) && WEXITSTATUS(*fst) == 0) << flush.log();
       },
       120s);
+}
+
+// A broker that goes away while a client is in the middle of connecting (TCP accepted, TLS or
+// CONNECT under way) must not leave the client waiting forever: Paho 1.3 sometimes never reports
+// the outcome of such an attempt. Every round stops the broker a few milliseconds after connect()
+// starts, so some rounds hit the handshake.
+TEST(MqttClient, ConnectSurvivesTheBrokerStoppingMidHandshake) {
+  Broker broker;
+  std::mt19937 rng(7);
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        for (int round = 0; round < 12; ++round) {
+          auto o = broker.client_options("device-1");
+          o.connect_attempts = 0;  // keep trying, as the agent and the bridge do
+          o.connect_timeout = 2s;
+          o.min_retry = 200ms;
+          o.max_retry = 1s;
+          auto c = mqtt::Client::create(ex, o).value();
+          std::optional<Result<void>> outcome;
+          asio::co_spawn(ex, [&]() -> asio::awaitable<void> { outcome = co_await c->connect(); }, asio::detached);
+          co_await sleep_for(std::chrono::milliseconds(rng() % 12));
+          broker.stop();
+          co_await sleep_for(300ms);
+          broker.start();
+          for (int i = 0; i < 300 && !outcome; ++i) co_await sleep_for(50ms);
+          CO_ASSERT_TRUE(outcome, "round " << round << ": connect() still waiting 15 s after the broker came back");
+          EXPECT_TRUE(*outcome) << "round " << round << ": " << outcome->error().message();
+          // And the session works: a QoS 1 publish is acknowledged.
+          const mqtt::Message event{"tern/devices/device-1/status", "round-" + std::to_string(round)};
+          auto pub = co_await c->publish(event);
+          EXPECT_TRUE(pub) << "round " << round << ": " << (pub ? "" : pub.error().message());
+          co_await c->disconnect();
+        }
+      },
+      300s);
+}
+
+// The same for a connected client that Paho reconnects by itself: the broker restarts at random
+// moments, some of them during Paho's reconnect attempts; afterwards the client is connected and
+// its subscription delivers.
+TEST(MqttClient, ReconnectSurvivesRepeatedBrokerRestarts) {
+  Broker broker;
+  std::mt19937 rng(11);
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto o = broker.client_options("bridge");
+        o.connect_timeout = 2s;
+        o.min_retry = 100ms;
+        o.max_retry = 1s;
+        auto c = co_await connected(o);
+        {
+          auto r_ = co_await c->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        for (int round = 0; round < 12; ++round) {
+          broker.stop();
+          co_await sleep_for(std::chrono::milliseconds(800 + rng() % 400));  // Paho retries every 1 s
+          broker.start();
+          co_await sleep_for(std::chrono::milliseconds(rng() % 30));
+        }
+        auto dev = co_await connected(broker.client_options("device-2"));
+        for (int i = 0; i < 300 && !c->connected(); ++i) co_await sleep_for(50ms);
+        EXPECT_TRUE(c->connected()) << "not reconnected 15 s after the last broker restart";
+        {
+          const mqtt::Message event{"tern/devices/device-2/status", "after-restarts"};
+          auto r_ = co_await dev->publish(event);
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto m = co_await next_message(*c, 15s);
+        CO_ASSERT_TRUE(m, "the status published after the restarts never arrived");
+        EXPECT_EQ(m->payload, "after-restarts");
+      },
+      300s);
 }
 
 TEST(MqttClient, LastWillIsPublishedWhenTheClientDies) {
