@@ -88,6 +88,24 @@ void Fleet::publish_device(const DeviceRecord& d, Outgoing& out) {
   out.push_back(retained(protocol::topics::fleet_device(d.id), std::move(text)));
 }
 
+Outgoing Fleet::update_device(const std::string& device, std::string_view what, const DeviceChange& change) {
+  Outgoing out;
+  auto r = store_.transaction([&]() -> Result<void> {
+    bool created = false;
+    auto d = seen_device(device, created);
+    if (!d) return d.error();
+    auto store = change(*d, created, out);
+    if (!store) return store.error();
+    if (!*store) return {};
+    return store_.put_device(*d);
+  });
+  if (!r) {
+    log::error(what, " of ", device, ": ", r.error().message());
+    return {};
+  }
+  return out;
+}
+
 Outgoing Fleet::handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
   if (msg.payload.empty()) return {};  // a cleared retained inventory: nothing to learn
   auto inv = protocol::parse_inventory(msg.payload);
@@ -95,27 +113,17 @@ Outgoing Fleet::handle_inventory(const std::string& device, const mqtt::Message&
     log::warn("dropping inventory of ", device, ": ", inv.error().message());
     return {};
   }
-  Outgoing out;
-  auto r = store_.transaction([&]() -> Result<void> {
-    bool created = false;
-    auto d = seen_device(device, created);
-    if (!d) return d.error();
-    DeviceRecord before = *d;
-    d->inventory = protocol::serialize(*inv);
-    if (auto it = inv->find("device_type"); it != inv->end()) d->device_type = it->second;
-    if (auto it = inv->find("artifact_name"); it != inv->end()) d->artifact_name = it->second;
-    if (!msg.retained) d->last_seen = now;  // a retained copy may be old
-    if (auto w = store_.put_device(*d); !w) return w;
-    if (created || before.inventory != d->inventory || before.device_type != d->device_type ||
-        before.artifact_name != d->artifact_name)
-      publish_device(*d, out);
-    return {};
+  return update_device(device, "inventory", [&](DeviceRecord& d, bool created, Outgoing& out) -> Result<bool> {
+    DeviceRecord before = d;
+    d.inventory = protocol::serialize(*inv);
+    if (auto it = inv->find("device_type"); it != inv->end()) d.device_type = it->second;
+    if (auto it = inv->find("artifact_name"); it != inv->end()) d.artifact_name = it->second;
+    if (!msg.retained) d.last_seen = now;  // a retained copy may be old
+    if (created || before.inventory != d.inventory || before.device_type != d.device_type ||
+        before.artifact_name != d.artifact_name)
+      publish_device(d, out);
+    return true;
   });
-  if (!r) {
-    log::error("inventory of ", device, ": ", r.error().message());
-    return {};
-  }
-  return out;
 }
 
 Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
@@ -125,35 +133,25 @@ Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& 
     log::warn("dropping presence of ", device, ": ", p.error().message());
     return {};
   }
-  Outgoing out;
-  auto r = store_.transaction([&]() -> Result<void> {
-    bool created = false;
-    auto d = seen_device(device, created);
-    if (!d) return d.error();
+  return update_device(device, "presence", [&](DeviceRecord& d, bool created, Outgoing& out) -> Result<bool> {
     const std::string state = p->online ? "online" : "offline";
     // Ordered by seq: an older one is stale (a late last will). With the same seq, offline wins:
     // a session's will carries the seq of its own online message and is published after it.
-    bool newer = p->seq > d->presence_seq || d->presence == "unknown" ||
-                 (p->seq == d->presence_seq && !p->online && d->presence == "online");
+    bool newer = p->seq > d.presence_seq || d.presence == "unknown" ||
+                 (p->seq == d.presence_seq && !p->online && d.presence == "online");
     if (!newer && !created) {
-      log::debug("presence of ", device, ": ignoring ", state, " seq ", p->seq, " (have seq ", d->presence_seq, ")");
-      return {};
+      log::debug("presence of ", device, ": ignoring ", state, " seq ", p->seq, " (have seq ", d.presence_seq, ")");
+      return false;
     }
-    bool changed = created || d->presence != state;
+    bool changed = created || d.presence != state;
     if (newer) {
-      d->presence = state;
-      d->presence_seq = p->seq;
+      d.presence = state;
+      d.presence_seq = p->seq;
     }
-    if (!msg.retained) d->last_seen = now;
-    if (auto w = store_.put_device(*d); !w) return w;
-    if (changed) publish_device(*d, out);
-    return {};
+    if (!msg.retained) d.last_seen = now;
+    if (changed) publish_device(d, out);
+    return true;
   });
-  if (!r) {
-    log::error("presence of ", device, ": ", r.error().message());
-    return {};
-  }
-  return out;
 }
 
 // --- status ingest ----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -98,6 +99,12 @@ class Fleet {
 
   /// Loads or creates (pending) a device seen on the wire; `created` tells which.
   Result<DeviceRecord> seen_device(const std::string& id, bool& created);
+  /// How a handler changes a device record; returns whether to store it. `created`: first sight.
+  using DeviceChange = std::function<Result<bool>(DeviceRecord& d, bool created, Outgoing& out)>;
+  /// In one transaction: loads (or creates) the device, applies `change`, stores it. On an error
+  /// the transaction is rolled back, the error is logged as "`what` of DEVICE: ...", and nothing is
+  /// published.
+  Outgoing update_device(const std::string& device, std::string_view what, const DeviceChange& change);
   void publish_device(const DeviceRecord& d, Outgoing& out);
   Result<boost::json::object> summary(const DeploymentRecord& d);
   Result<void> publish_summary(const DeploymentRecord& d, Outgoing& out);
