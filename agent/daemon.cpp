@@ -38,7 +38,8 @@ std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)
 class Daemon {
  public:
   Daemon(asio::io_context& io, AgentConfig config, std::unique_ptr<Updater> updater)
-      : io_(io), config_(std::move(config)), updater_(std::move(updater)), cancel_timer_(io) {}
+      : io_(io), config_(std::move(config)), updater_(std::move(updater)), cancel_timer_(io),
+        install_ended_(io, asio::steady_timer::time_point::max()) {}
 
   asio::awaitable<int> run();
 
@@ -172,10 +173,8 @@ class Daemon {
   asio::awaitable<void> cancel_install() {
     if (!current_ || !cancel_signal_) co_return;
     cancel_signal_->emit(asio::cancellation_type::terminal);
-    while (current_) {
-      asio::steady_timer t(io_, 20ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    // install() fires install_ended_ (never expiring: only cancel() wakes its waiters) as it ends.
+    while (current_) co_await install_ended_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
 
   asio::awaitable<void> install(Deployment d, std::uint32_t attempt, std::uint64_t generation) {
@@ -195,7 +194,10 @@ class Daemon {
                        .attempt = attempt};
     auto result = co_await updater_->install(req, progress);
     bool cancelled = !result && result.error().code() == make_error_code(Errc::cancelled);
-    if (generation == install_generation_) current_.reset();
+    if (generation == install_generation_) {
+      current_.reset();
+      install_ended_.cancel();
+    }
 
     if (cancelled && stopping_) co_return;  // SIGTERM: retried on the next start
     if (cancelled) {
@@ -316,6 +318,7 @@ class Daemon {
   std::unique_ptr<Updater> updater_;
   std::unique_ptr<mqtt::Client> client_;
   asio::steady_timer cancel_timer_;  // run() waits on it; stop() fires it
+  asio::steady_timer install_ended_;  // cancel_install() waits on it; install() fires it
   std::optional<Deployment> current_;
   std::optional<asio::cancellation_signal> cancel_signal_;
   std::uint64_t install_generation_ = 0;
