@@ -142,6 +142,20 @@ class ZstdDecompressor final : public Decompressor {
     return {};
   }
   bool at_frame_boundary() const override { return last_ == 0; }
+  Result<std::size_t> feed_to_frame_end(std::span<const std::uint8_t> in, const Output& out) override {
+    // ZSTD_decompressStream returns 0 once a frame is decoded and flushed, with the input position
+    // right after the frame's last byte; it never reads into the next frame in that call.
+    ZSTD_inBuffer ib{in.data(), in.size(), 0};
+    for (;;) {
+      ZSTD_outBuffer ob{buf_.data(), buf_.size(), 0};
+      std::size_t rc = ZSTD_decompressStream(ctx_, &ob, &ib);
+      if (ZSTD_isError(rc)) return corrupt("zstd", ZSTD_getErrorName(rc));
+      last_ = rc;
+      if (ob.pos)
+        if (auto r = out({buf_.data(), ob.pos}); !r) return r.error();
+      if (rc == 0 || (ib.pos == ib.size && ob.pos < ob.size)) return ib.pos;
+    }
+  }
 
  private:
   ZSTD_DCtx* ctx_;

@@ -36,6 +36,13 @@ class Decompressor {
   /// True when the input so far ends exactly at the end of a zstd frame (always false for the
   /// other formats): a point an interrupted install can resume from.
   virtual bool at_frame_boundary() const { return false; }
+  /// Like feed(), but a zstd decoder stops right after the end of a frame, so the caller knows
+  /// the exact input offset of the boundary (at_frame_boundary() is then true). Returns how many
+  /// bytes of `in` were consumed; the other formats consume all of it.
+  virtual Result<std::size_t> feed_to_frame_end(std::span<const std::uint8_t> in, const Output& out) {
+    if (auto r = feed(in, out); !r) return r.error();
+    return in.size();
+  }
 };
 
 std::unique_ptr<Decompressor> make_decompressor(Compression c);

@@ -5,6 +5,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/sha.h>
 
 #include <vector>
 
@@ -73,30 +74,116 @@ Result<std::vector<unsigned char>> unbase64(std::string_view b64) {
 
 }  // namespace
 
+// SHA256_CTX rather than EVP: its state is plain data that can be saved and restored; EVP's is
+// opaque. The low-level calls are deprecated in OpenSSL 3.0 but present, and run the same
+// assembly (SHA-NI where the CPU has it).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
 struct Sha256::Impl {
-  Ptr<EVP_MD_CTX> ctx{EVP_MD_CTX_new()};
+  SHA256_CTX ctx;
+  Impl() { SHA256_Init(&ctx); }
 };
 
-Sha256::Sha256() : impl_(std::make_unique<Impl>()) { EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr); }
+Sha256::Sha256() : impl_(std::make_unique<Impl>()) {}
 Sha256::~Sha256() = default;
+Sha256::Sha256(const Sha256& o) : impl_(std::make_unique<Impl>(*o.impl_)) {}
+Sha256& Sha256::operator=(const Sha256& o) {
+  if (this != &o) impl_ = std::make_unique<Impl>(*o.impl_);
+  return *this;
+}
 Sha256::Sha256(Sha256&&) noexcept = default;
 Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
-void Sha256::update(std::span<const std::uint8_t> d) { EVP_DigestUpdate(impl_->ctx.get(), d.data(), d.size()); }
+void Sha256::update(std::span<const std::uint8_t> d) { SHA256_Update(&impl_->ctx, d.data(), d.size()); }
+
+namespace {
+constexpr char hex_digits[] = "0123456789abcdef";
+
+void put_hex(std::string& out, std::uint64_t v, int digits) {
+  for (int i = digits - 1; i >= 0; --i) out += hex_digits[(v >> (4 * i)) & 15];
+}
+
+// Parses exactly `digits` hex digits at `pos`.
+bool get_hex(std::string_view s, std::size_t pos, int digits, std::uint64_t& v) {
+  if (pos + static_cast<std::size_t>(digits) > s.size()) return false;
+  v = 0;
+  for (int i = 0; i < digits; ++i) {
+    char c = s[pos + static_cast<std::size_t>(i)];
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return false;
+    v = v << 4 | static_cast<unsigned>(d);
+  }
+  return true;
+}
+
+constexpr std::string_view state_prefix = "sha256-state:";
+}  // namespace
 
 std::string Sha256::hex_final() {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(impl_->ctx.get(), md, &len);
-  EVP_DigestInit_ex(impl_->ctx.get(), EVP_sha256(), nullptr);
-  static constexpr char digits[] = "0123456789abcdef";
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256_Final(md, &impl_->ctx);
+  SHA256_Init(&impl_->ctx);
   std::string out;
-  for (unsigned i = 0; i < len; ++i) {
-    out += digits[md[i] >> 4];
-    out += digits[md[i] & 15];
-  }
+  for (unsigned char c : md) put_hex(out, c, 2);
   return out;
 }
+
+std::uint64_t Sha256::size() const {
+  const auto& c = impl_->ctx;
+  return ((std::uint64_t{c.Nh} << 32) | c.Nl) / 8;
+}
+
+std::string Sha256::save_state() const {
+  const auto& c = impl_->ctx;
+  std::string out(state_prefix);
+  for (auto w : c.h) put_hex(out, w, 8);
+  out += ':';
+  put_hex(out, size(), 16);
+  out += ':';
+  // md32_common keeps the unfinished block as bytes in `data`.
+  const auto* block = reinterpret_cast<const unsigned char*>(c.data);
+  for (unsigned i = 0; i < c.num; ++i) put_hex(out, block[i], 2);
+  return out;
+}
+
+Result<Sha256> Sha256::restore_state(std::string_view s) {
+  auto bad = [](std::string why) { return fail(Errc::invalid_argument, "SHA-256 state: " + std::move(why)); };
+  if (!s.starts_with(state_prefix)) return bad("does not start with '" + std::string(state_prefix) + "'");
+  std::size_t pos = state_prefix.size();
+  Sha256 h;
+  auto& c = h.impl_->ctx;
+  for (auto& w : c.h) {
+    std::uint64_t v = 0;
+    if (!get_hex(s, pos, 8, v)) return bad("the chaining words are not 64 hex digits");
+    w = static_cast<SHA_LONG>(v);
+    pos += 8;
+  }
+  std::uint64_t count = 0;
+  if (pos >= s.size() || s[pos] != ':' || !get_hex(s, pos + 1, 16, count))
+    return bad("the byte count is not 16 hex digits after ':'");
+  pos += 17;
+  if (count >> 61) return bad("byte count " + std::to_string(count) + " is out of range");
+  if (pos >= s.size() || s[pos] != ':') return bad("no ':' before the pending bytes");
+  ++pos;
+  const std::size_t pending = static_cast<std::size_t>(count % SHA256_CBLOCK);
+  if (s.size() - pos != 2 * pending)
+    return bad(std::to_string((s.size() - pos) / 2) + " pending bytes for a byte count of " + std::to_string(count) +
+               " (expected " + std::to_string(pending) + ")");
+  auto* block = reinterpret_cast<unsigned char*>(c.data);
+  for (std::size_t i = 0; i < pending; ++i, pos += 2) {
+    std::uint64_t v = 0;
+    if (!get_hex(s, pos, 2, v)) return bad("the pending bytes are not hex");
+    block[i] = static_cast<unsigned char>(v);
+  }
+  const std::uint64_t bits = count * 8;
+  c.Nl = static_cast<SHA_LONG>(bits & 0xffffffffu);
+  c.Nh = static_cast<SHA_LONG>(bits >> 32);
+  c.num = static_cast<unsigned>(pending);
+  return h;
+}
+
+#pragma GCC diagnostic pop
 
 std::string Sha256::hex(std::string_view data) {
   Sha256 h;

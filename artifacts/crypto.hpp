@@ -13,10 +13,14 @@
 
 namespace tern::artifacts {
 
+/// Incremental SHA-256 whose running state can be saved and restored (an interrupted install
+/// resumes its hashes from a checkpoint, see reader.hpp). Copyable: a copy is a snapshot.
 class Sha256 {
  public:
   Sha256();
   ~Sha256();
+  Sha256(const Sha256&);
+  Sha256& operator=(const Sha256&);
   Sha256(Sha256&&) noexcept;
   Sha256& operator=(Sha256&&) noexcept;
   void update(std::span<const std::uint8_t> data);
@@ -26,6 +30,15 @@ class Sha256 {
   /// Lowercase hex digest; the object is reset for reuse.
   std::string hex_final();
   static std::string hex(std::string_view data);
+
+  /// Bytes hashed since the start (or the last hex_final()).
+  std::uint64_t size() const;
+  /// The running state as text: "sha256-state:" + the eight chaining words, the byte count and the
+  /// bytes of the unfinished block, all hex. Independent of OpenSSL's struct layout.
+  std::string save_state() const;
+  /// Rebuilds a hash from save_state()'s text. Errors: Errc::invalid_argument naming what is
+  /// malformed (prefix, length, hex digit, a byte count that disagrees with the pending block).
+  static Result<Sha256> restore_state(std::string_view state);
 
  private:
   struct Impl;

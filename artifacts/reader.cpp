@@ -24,6 +24,8 @@ constexpr std::size_t max_signature = 16 * 1024;
 constexpr std::size_t max_header_compressed = 16 * 1024 * 1024;
 constexpr std::size_t max_header_uncompressed = 16 * 1024 * 1024;
 constexpr std::size_t max_pax = 64 * 1024;
+// A prefix this large (a huge header.tar) is not worth saving: no checkpoints then.
+constexpr std::size_t max_prefix = 4 * 1024 * 1024;
 
 Error malformed(std::string m) { return artifact_error(ArtifactErrc::malformed, std::move(m)); }
 
@@ -102,6 +104,23 @@ struct Reader::Impl {
   bool payload_done = false;
   Sha256 payload_hash;
 
+  // ---- checkpoints and the whole-artifact hash -------------------------------------------------
+  std::uint64_t ckpt_every = 0;   // 0: no checkpoints
+  PrefixHandler on_prefix;
+  CheckpointHandler on_checkpoint;
+  bool recording = false;         // collecting the prefix
+  std::string prefix;
+  std::string prefix_sha256;      // set once the prefix is complete (and usable)
+  bool data_starting = false;     // outer_header just read the data member's header
+  std::uint64_t data_start = 0;   // artifact offset of the data member's content
+  std::uint64_t data_in = 0;      // data member bytes consumed by the decompressor
+  std::uint64_t last_ckpt_payload = 0;
+  Sha256 artifact_hash;
+  std::uint64_t hashed_to = 0;    // artifact bytes hashed so far
+  std::uint64_t cur_base = 0;     // artifact offset of cur_in, the span being fed
+  std::span<const std::uint8_t> cur_in;
+  std::string artifact_digest;
+
   Impl(ReaderOptions o, HeaderHandler h, PayloadSink p)
       : opt(std::move(o)), on_header(std::move(h)), on_payload(std::move(p)) {}
 
@@ -121,44 +140,90 @@ struct Reader::Impl {
 
   Result<void> feed(std::span<const std::uint8_t> in) {
     while (!in.empty()) {
-      switch (state) {
-        case State::header:
-          if (blk.take(in)) {
-            blk.fill = 0;
-            if (auto r = outer_header(); !r) return r;
-          }
-          break;
-        case State::content: {
-          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, in.size()));
-          if (auto r = member_bytes(in.first(n)); !r) return r;
-          in = in.subspan(n);
-          remaining -= n;
-          if (remaining == 0)
-            if (auto r = member_end(); !r) return r;
-          break;
-        }
-        case State::padding: {
-          auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, in.size()));
-          in = in.subspan(n);
-          pad -= n;
-          if (pad == 0) state = stage == Stage::done ? State::end : State::header;
-          break;
-        }
-        case State::end:
-          if (blk.take(in)) {
-            blk.fill = 0;
-            if (!tar::is_zero_block(blk.block())) {
-              auto h = tar::parse_header(blk.block());
-              if (h && h->name.starts_with("data/"))
-                return artifact_error(ArtifactErrc::unsupported,
-                                      "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
-              return malformed("trailing garbage after the end of the artifact");
-            }
-          }
-          break;
-      }
+      const auto before = in;
+      auto r = step(in);
+      if (recording || data_starting)
+        if (auto p = after_step(before.first(before.size() - in.size()), in); !p) return p;
+      if (!r) return r;
     }
     return {};
+  }
+
+  // One state's worth of `in` (advancing it).
+  Result<void> step(std::span<const std::uint8_t>& in) {
+    switch (state) {
+      case State::header:
+        if (blk.take(in)) {
+          blk.fill = 0;
+          return outer_header();
+        }
+        return {};
+      case State::content: {
+        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(remaining, in.size()));
+        if (auto r = member_bytes(in.first(n)); !r) return r;
+        in = in.subspan(n);
+        remaining -= n;
+        if (remaining == 0) return member_end();
+        return {};
+      }
+      case State::padding: {
+        auto n = static_cast<std::size_t>(std::min<std::uint64_t>(pad, in.size()));
+        in = in.subspan(n);
+        pad -= n;
+        if (pad == 0) state = stage == Stage::done ? State::end : State::header;
+        return {};
+      }
+      case State::end:
+        if (blk.take(in)) {
+          blk.fill = 0;
+          if (!tar::is_zero_block(blk.block())) {
+            auto h = tar::parse_header(blk.block());
+            if (h && h->name.starts_with("data/"))
+              return artifact_error(ArtifactErrc::unsupported,
+                                    "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
+            return malformed("trailing garbage after the end of the artifact");
+          }
+        }
+        return {};
+    }
+    return {};
+  }
+
+  // Collects the prefix and notes where the data member's content starts.
+  Result<void> after_step(std::span<const std::uint8_t> consumed_now, std::span<const std::uint8_t> rest) {
+    if (recording) {
+      prefix.append(sv(consumed_now));
+      if (prefix.size() > max_prefix) stop_checkpoints();
+    }
+    if (!data_starting) return {};
+    data_starting = false;
+    data_start = cur_base + static_cast<std::uint64_t>(rest.data() - cur_in.data());
+    if (!recording) return {};
+    recording = false;
+    // Only a zstd data member can have frame boundaries to resume from.
+    if (by_name(member_name) != Compression::zstd || header.compression != Compression::zstd) {
+      stop_checkpoints();
+      return {};
+    }
+    prefix_sha256 = Sha256::hex(prefix);
+    auto r = on_prefix ? on_prefix({reinterpret_cast<const std::uint8_t*>(prefix.data()), prefix.size()})
+                       : Result<void>{};
+    std::string().swap(prefix);
+    return r;
+  }
+
+  void stop_checkpoints() {
+    recording = false;
+    ckpt_every = 0;
+    std::string().swap(prefix);
+  }
+
+  // Hashes the artifact bytes of the current feed up to absolute offset `to`.
+  void hash_upto(std::uint64_t to) {
+    if (!opt.hash_artifact || to <= hashed_to) return;
+    auto from = static_cast<std::size_t>(hashed_to - cur_base);
+    artifact_hash.update(cur_in.subspan(from, static_cast<std::size_t>(to - hashed_to)));
+    hashed_to = to;
   }
 
   Result<void> start_member(Member m, std::size_t limit) {
@@ -208,6 +273,7 @@ struct Reader::Impl {
       r = start_member(Member::header, max_header_compressed);
     } else if (stage == Stage::data && is_data_name(h->name)) {
       r = start_member(Member::data, 0);
+      data_starting = true;
     } else if (stage == Stage::done && h->name.starts_with("data/")) {
       return artifact_error(ArtifactErrc::unsupported,
                             "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
@@ -331,16 +397,111 @@ struct Reader::Impl {
   }
 
   Result<void> decompress(std::span<const std::uint8_t> b) {
-    if (b.empty()) return {};
     // Errors of the tar parser, the handler and the sink pass through; the codec's get a prefix.
     bool downstream = false;
-    auto r = dec->feed(b, [this, &downstream](std::span<const std::uint8_t> out) {
-      auto x = inner_feed(out);
+    Output out = [this, &downstream](std::span<const std::uint8_t> o) {
+      auto x = inner_feed(o);
       downstream = !x;
       return x;
-    });
-    if (!r && !downstream) return malformed("data/0000.tar: " + r.error().message());
-    return r;
+    };
+    auto codec = [&](const Error& e) -> Error { return downstream ? e : malformed("data/0000.tar: " + e.message()); };
+    while (!b.empty()) {
+      std::size_t n = b.size();
+      if (ckpt_every) {
+        // Frame by frame, so a checkpoint's offset is the exact start of the next frame.
+        auto r = dec->feed_to_frame_end(b, out);
+        if (!r) return codec(r.error());
+        n = *r;
+      } else if (auto r = dec->feed(b, out); !r) {
+        return codec(r.error());
+      }
+      data_in += n;
+      b = b.subspan(n);
+      if (ckpt_every && dec->at_frame_boundary())
+        if (auto r = maybe_checkpoint(); !r) return r;
+      if (n == 0 && !b.empty()) return malformed("data/0000.tar: the zstd decoder consumed no input");
+    }
+    return {};
+  }
+
+  Result<void> maybe_checkpoint() {
+    if (prefix_sha256.empty() || inner != InnerState::content || inner_member != InnerMember::payload ||
+        iremaining == 0 || payload_count - last_ckpt_payload < ckpt_every ||
+        header.payload_name.find('\n') != std::string::npos)
+      return {};
+    last_ckpt_payload = payload_count;
+    Checkpoint c;
+    c.offset = data_start + data_in;
+    c.prefix_size = data_start;
+    c.prefix_sha256 = prefix_sha256;
+    c.payload_name = header.payload_name;
+    c.payload_size = header.payload_size;
+    c.payload_bytes = payload_count;
+    c.payload_hash = payload_hash.save_state();
+    if (opt.hash_artifact) {
+      hash_upto(c.offset);
+      c.artifact_hash = artifact_hash.save_state();
+    }
+    return on_checkpoint ? on_checkpoint(c) : Result<void>{};
+  }
+
+  Result<void> resume(std::span<const std::uint8_t> bytes, const Checkpoint& c) {
+    auto bad = [](const std::string& m) { return malformed("resuming from a checkpoint: " + m); };
+    if (bytes.size() != c.prefix_size)
+      return bad("the saved prefix is " + std::to_string(bytes.size()) + " bytes, the checkpoint says " +
+                 std::to_string(c.prefix_size));
+    auto digest = Sha256::hex(sv(bytes));
+    if (digest != c.prefix_sha256) return bad("the saved prefix's SHA-256 is not the checkpoint's");
+    // The prefix goes through the normal checks: signature, manifest, header, compatibility.
+    recording = false;  // the prefix is already saved: no new one is collected
+    cur_base = 0;
+    cur_in = bytes;
+    if (auto r = feed(bytes); !r) return r;
+    if (state != State::content || member != Member::data || data_start != bytes.size())
+      return bad("the prefix does not end at the start of the data member's content");
+    if (by_name(member_name) != Compression::zstd || header.compression != Compression::zstd)
+      return bad("the data member '" + member_name + "' is not zstd");
+    const std::uint64_t data_size = remaining;
+    if (c.offset <= data_start || c.offset >= data_start + data_size)
+      return bad("offset " + std::to_string(c.offset) + " is outside the data member (bytes " +
+                 std::to_string(data_start) + " to " + std::to_string(data_start + data_size) + ")");
+    if (c.payload_bytes == 0 || c.payload_bytes >= c.payload_size)
+      return bad(std::to_string(c.payload_bytes) + " payload bytes done of " + std::to_string(c.payload_size));
+    auto ph = Sha256::restore_state(c.payload_hash);
+    if (!ph) return bad("payload hash: " + ph.error().message());
+    if (ph->size() != c.payload_bytes)
+      return bad("the payload hash covers " + std::to_string(ph->size()) + " bytes, the checkpoint says " +
+                 std::to_string(c.payload_bytes));
+    Sha256 ah;
+    if (opt.hash_artifact) {
+      auto a = Sha256::restore_state(c.artifact_hash);
+      if (!a) return bad("artifact hash: " + a.error().message());
+      if (a->size() != c.offset)
+        return bad("the artifact hash covers " + std::to_string(a->size()) + " bytes, the checkpoint says " +
+                   std::to_string(c.offset));
+      ah = std::move(*a);
+    }
+    // The payload's tar header was in the first frame: present it again (manifest entry, size
+    // limit and the HeaderHandler all apply).
+    tar::Header h;
+    h.name = c.payload_name;
+    h.size = c.payload_size;
+    if (auto r = payload_start(h); !r) return r;
+    data_in = c.offset - data_start;
+    remaining = data_size - data_in;
+    data_head = "zstd";
+    dec = make_decompressor(Compression::zstd);
+    inner = InnerState::content;
+    inner_member = InnerMember::payload;
+    iremaining = c.payload_size - c.payload_bytes;
+    ipad = tar::padding(c.payload_size);
+    payload_count = c.payload_bytes;
+    last_ckpt_payload = c.payload_bytes;
+    payload_hash = std::move(*ph);
+    artifact_hash = std::move(ah);
+    hashed_to = c.offset;
+    prefix_sha256 = digest;
+    return {};
   }
 
   Result<void> data_end() {
@@ -490,6 +651,7 @@ struct Reader::Impl {
       // Any zero padding may follow; a partial block of zeros is fine too.
       for (std::size_t i = 0; i < blk.fill; ++i)
         if (blk.data[i] != 0) return malformed("trailing garbage after the end of the artifact");
+      if (opt.hash_artifact) artifact_digest = artifact_hash.hex_final();
       return {};
     }
     if (state == State::content)
@@ -504,10 +666,33 @@ Reader::~Reader() = default;
 Reader::Reader(Reader&&) noexcept = default;
 Reader& Reader::operator=(Reader&&) noexcept = default;
 
+void Reader::enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint) {
+  impl_->ckpt_every = every;
+  impl_->on_prefix = std::move(on_prefix);
+  impl_->on_checkpoint = std::move(on_checkpoint);
+  impl_->recording = every > 0 && impl_->consumed == 0;
+}
+
+Result<void> Reader::resume(std::span<const std::uint8_t> prefix, const Checkpoint& checkpoint) {
+  if (impl_->error) return *impl_->error;
+  auto r = impl_->consumed == 0 ? impl_->resume(prefix, checkpoint)
+                                : Result<void>(malformed("resuming from a checkpoint: the reader has already read bytes"));
+  if (!r) {
+    impl_->error = r.error();
+    return r;
+  }
+  impl_->consumed = checkpoint.offset;
+  return r;
+}
+
 Result<void> Reader::feed(std::span<const std::uint8_t> bytes) {
   if (impl_->error) return *impl_->error;
+  impl_->cur_base = impl_->consumed;
+  impl_->cur_in = bytes;
   auto r = impl_->feed(bytes);
   impl_->consumed += bytes.size();
+  if (r) impl_->hash_upto(impl_->consumed);
+  impl_->cur_in = {};
   if (!r) impl_->error = r.error();
   return r;
 }
@@ -522,6 +707,80 @@ Result<void> Reader::finish() {
 const Header* Reader::header() const { return impl_->header_reported ? &impl_->header : nullptr; }
 std::uint64_t Reader::bytes_consumed() const { return impl_->consumed; }
 std::uint64_t Reader::payload_bytes() const { return impl_->payload_count; }
+std::string Reader::artifact_sha256() const { return impl_->artifact_digest; }
+
+// ---- Checkpoint text ------------------------------------------------------------------------------
+
+namespace {
+constexpr std::string_view checkpoint_magic = "tern-checkpoint 1";
+}
+
+std::string Checkpoint::serialize() const {
+  std::string body = std::string(checkpoint_magic) + "\n";
+  body += "offset " + std::to_string(offset) + "\n";
+  body += "prefix_size " + std::to_string(prefix_size) + "\n";
+  body += "prefix_sha256 " + prefix_sha256 + "\n";
+  body += "payload_name " + payload_name + "\n";
+  body += "payload_size " + std::to_string(payload_size) + "\n";
+  body += "payload_bytes " + std::to_string(payload_bytes) + "\n";
+  body += "payload_hash " + payload_hash + "\n";
+  body += "artifact_hash " + artifact_hash + "\n";
+  return body + "check " + Sha256::hex(body) + "\n";
+}
+
+Result<Checkpoint> Checkpoint::parse(std::string_view text) {
+  auto bad = [](const std::string& m) { return malformed("checkpoint: " + m); };
+  auto check_at = text.rfind("check ");
+  if (!text.starts_with(checkpoint_magic) || check_at == std::string_view::npos || check_at == 0 ||
+      text[check_at - 1] != '\n')
+    return bad("not a checkpoint (no '" + std::string(checkpoint_magic) + "' header or 'check' line)");
+  std::string_view body = text.substr(0, check_at);
+  std::string_view check = text.substr(check_at + 6);
+  if (check.ends_with('\n')) check.remove_suffix(1);
+  if (check != Sha256::hex(body)) return bad("the check line does not match its content (torn or edited)");
+
+  Checkpoint c;
+  std::map<std::string, std::string_view> seen;
+  std::size_t pos = checkpoint_magic.size() + 1;
+  while (pos < body.size()) {
+    auto eol = body.find('\n', pos);
+    std::string_view line = body.substr(pos, eol - pos);
+    pos = eol + 1;
+    auto sp = line.find(' ');
+    if (sp == std::string_view::npos) return bad("line '" + std::string(line) + "' has no value");
+    std::string key(line.substr(0, sp));
+    if (!seen.emplace(key, line.substr(sp + 1)).second) return bad("'" + key + "' appears twice");
+  }
+  auto text_of = [&](const char* key) -> Result<std::string> {
+    auto it = seen.find(key);
+    if (it == seen.end()) return bad(std::string("no '") + key + "' line");
+    return std::string(it->second);
+  };
+  auto number = [&](const char* key) -> Result<std::uint64_t> {
+    auto t = text_of(key);
+    if (!t) return t.error();
+    if (t->empty() || t->size() > 19 || t->find_first_not_of("0123456789") != std::string::npos)
+      return bad(std::string("'") + key + "' is not a number: '" + *t + "'");
+    return std::stoull(*t);
+  };
+#define TERN_CKPT(field, getter)                 \
+  {                                              \
+    auto v = getter(#field);                     \
+    if (!v) return v.error();                    \
+    c.field = std::move(*v);                     \
+  }
+  TERN_CKPT(offset, number)
+  TERN_CKPT(prefix_size, number)
+  TERN_CKPT(prefix_sha256, text_of)
+  TERN_CKPT(payload_name, text_of)
+  TERN_CKPT(payload_size, number)
+  TERN_CKPT(payload_bytes, number)
+  TERN_CKPT(payload_hash, text_of)
+  TERN_CKPT(artifact_hash, text_of)
+#undef TERN_CKPT
+  if (seen.size() != 8) return bad("unknown keys (expected exactly 8)");
+  return c;
+}
 
 Result<Header> read_file(const std::filesystem::path& path, ReaderOptions options, Reader::PayloadSink sink) {
   std::ifstream in(path, std::ios::binary);

@@ -71,6 +71,27 @@ struct Header {
   bool signature_verified = false;                   ///< and verified with the configured key
 };
 
+/// A point an interrupted read can resume from: the data member's zstd decoder is exactly at a
+/// frame boundary, inside the payload file. Saved by the agent with the artifact's prefix (the bytes
+/// before the data member's content); a Reader rebuilt with resume() from both accepts the artifact
+/// bytes from `offset` on and ends with the same checks and hashes as a straight read.
+struct Checkpoint {
+  std::uint64_t offset = 0;          ///< artifact byte where the next frame starts: feed from here
+  std::uint64_t prefix_size = 0;     ///< bytes of the prefix (where the data member's content starts)
+  std::string prefix_sha256;         ///< hex SHA-256 of the prefix
+  std::string payload_name;          ///< the payload file inside data/0000.tar
+  std::uint64_t payload_size = 0;    ///< its size
+  std::uint64_t payload_bytes = 0;   ///< payload bytes emitted before `offset` (written by the sink)
+  std::string payload_hash;          ///< Sha256::save_state() of those bytes
+  std::string artifact_hash;         ///< Sha256::save_state() of artifact bytes [0, offset), or empty
+
+  /// Line-based text ending with a SHA-256 over the lines before it, so a torn or edited file is
+  /// refused by parse().
+  std::string serialize() const;
+  /// Errors: ArtifactErrc::malformed naming the bad line, key or value, or the check mismatch.
+  static Result<Checkpoint> parse(std::string_view text);
+};
+
 struct ReaderOptions {
   /// PEM public key; when set, an artifact without a valid manifest.sig is refused.
   std::optional<std::string> verify_key_pem;
@@ -81,6 +102,8 @@ struct ReaderOptions {
   std::optional<std::map<std::string, std::string>> device_provides;
   /// Largest uncompressed payload accepted.
   std::uint64_t max_payload_size = UINT64_MAX;
+  /// Also hash every artifact byte (artifact_sha256(), and Checkpoint::artifact_hash).
+  bool hash_artifact = false;
 };
 
 class Reader {
@@ -93,6 +116,26 @@ class Reader {
   Reader(Reader&&) noexcept;
   Reader& operator=(Reader&&) noexcept;
 
+  /// Called once with the artifact's prefix: every byte before the data member's content
+  /// (version, manifest, manifest.sig, header.tar.*, the data member's tar header), when it ends.
+  using PrefixHandler = std::function<Result<void>(std::span<const std::uint8_t>)>;
+  /// Called at a zstd frame boundary inside the payload, after the payload bytes before it went
+  /// to the PayloadSink. Errors stop the reader like the sink's.
+  using CheckpointHandler = std::function<Result<void>(const Checkpoint&)>;
+
+  /// Asks for checkpoints at most every `every` payload bytes (at the first frame boundary past
+  /// that). Call before the first feed(). Only zstd data members with several frames produce them;
+  /// a prefix over 4 MiB (a huge header) disables them.
+  void enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint);
+
+  /// Rebuilds the state of `checkpoint` instead of reading from byte 0: feeds `prefix` (which
+  /// verifies version, manifest, signature and header again, and calls the HeaderHandler), then
+  /// restores the decoder, tar and hash state. The next feed() takes the artifact from
+  /// checkpoint.offset. Call on a fresh Reader. Errors (the Reader is then unusable):
+  /// ArtifactErrc::malformed when the prefix or checkpoint do not fit together or are
+  /// inconsistent, and any error the prefix itself raises.
+  Result<void> resume(std::span<const std::uint8_t> prefix, const Checkpoint& checkpoint);
+
   /// Consumes `bytes`. Errors as listed above; sticky.
   Result<void> feed(std::span<const std::uint8_t> bytes);
   /// End of input: the artifact must be complete and the payload's SHA-256 must match.
@@ -102,6 +145,9 @@ class Reader {
   const Header* header() const;
   std::uint64_t bytes_consumed() const;
   std::uint64_t payload_bytes() const;
+  /// With ReaderOptions::hash_artifact, after a successful finish(): hex SHA-256 of the whole
+  /// artifact (including bytes before a resume's checkpoint). Else empty.
+  std::string artifact_sha256() const;
 
  private:
   struct Impl;
