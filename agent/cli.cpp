@@ -24,7 +24,8 @@ constexpr const char* usage_text =
     "  daemon                  run as a fleet member (MQTT deployments, status, inventory)\n"
     "  install FILE|URL [--reboot-exit-code]\n"
     "                          install an artifact into the standby partition and switch to it\n"
-    "  resume                  after a reboot: health check, then commit or roll back\n"
+    "  resume                  after a reboot or power loss: continue an interrupted download,\n"
+    "                          or run the health check, then commit or roll back\n"
     "  commit                  commit the running trial partition\n"
     "  rollback                give up on the new partition (reboot to finish)\n"
     "  show-artifact           print the installed artifact's name\n"
@@ -50,7 +51,7 @@ std::string human_bytes(std::uint64_t n) {
   return buf;
 }
 
-int cmd_install(const AgentConfig& cfg, const std::string& source, bool reboot_exit_code) {
+int cmd_install(const AgentConfig& cfg, const InstallRequest& request, bool reboot_exit_code) {
   auto updater = Updater::open(cfg);
   if (!updater) return failed(updater.error());
   const bool tty = ::isatty(STDERR_FILENO);
@@ -62,7 +63,6 @@ int cmd_install(const AgentConfig& cfg, const std::string& source, bool reboot_e
     std::fflush(stderr);
   };
   asio::io_context io;
-  InstallRequest request{.source = source};
   auto fut = asio::co_spawn(io, (*updater)->install(request, progress), asio::use_future);
   io.run();
   auto r = fut.get();
@@ -83,10 +83,18 @@ int cmd_resume(const AgentConfig& cfg) {
   auto rec = (*updater)->recover();
   if (!rec) return failed(rec.error());
   if (rec->interrupted) {
-    auto f = (*updater)->fail_install("the install was interrupted; run it again");
-    if (!f) return failed(f.error());
-    std::cout << "failure: " << f->error << "\n";
-    return 1;
+    // A download cut by a power loss or a kill: run it again, from its last checkpoint when it
+    // has one (see Updater::install), as the next attempt.
+    auto st = (*updater)->state();
+    if (!st || st->source.empty()) return failed(fail(Errc::internal, "an interrupted install without a source"));
+    std::cout << "Continuing the interrupted install of " << st->source << ".\n";
+    InstallRequest request{.source = st->source,
+                           .deployment_id = st->deployment_id,
+                           .expected_size = st->total,
+                           .expected_sha256 = st->sha256,
+                           .attempt = st->attempt + 1};
+    updater->reset();  // cmd_install opens the state store again
+    return cmd_install(cfg, request, true);
   }
   if (rec->reboot) {
     std::cout << "Reboot needed to continue.\n";
@@ -189,7 +197,7 @@ int cli_main(int argc, char** argv) {
       else return usage("install takes one FILE or URL");
     }
     if (source.empty()) return usage("install needs a FILE or URL");
-    return cmd_install(*cfg, source, reboot_code);
+    return cmd_install(*cfg, InstallRequest{.source = source}, reboot_code);
   }
   if (args.size() != 1) return usage("'" + cmd + "' takes no arguments");
   if (cmd == "daemon") return run_daemon(*cfg);

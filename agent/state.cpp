@@ -247,6 +247,60 @@ Result<std::uint64_t> StateStore::next_seq() {
   return seq;
 }
 
+Result<std::optional<ResumeRecord>> StateStore::load_resume() const {
+  auto path = dir_ / "resume.json";
+  if (!std::filesystem::exists(path)) return std::optional<ResumeRecord>{};
+  auto text = read_text(path);
+  if (!text) return text.error();
+  auto doc = json::Document::parse(*text, path.string());
+  if (!doc) return doc.error();
+  auto root = doc->root();
+  if (!root) return root.error();
+  auto bad = [&](const Error& e) { return e.context("reading " + path.string()); };
+  ResumeRecord r;
+#define TERN_GET(field, getter, key)  \
+  {                                   \
+    auto v = root->getter(key);       \
+    if (!v) return bad(v.error());    \
+    r.field = *v;                     \
+  }
+  TERN_GET(deployment_id, string, "deployment_id")
+  TERN_GET(source, string, "source")
+  TERN_GET(checkpoint, string, "checkpoint")
+  TERN_GET(etag, string, "etag")
+  TERN_GET(last_modified, string, "last_modified")
+  TERN_GET(total, u64, "total")
+#undef TERN_GET
+  return std::optional<ResumeRecord>(std::move(r));
+}
+
+Result<void> StateStore::save_resume(const ResumeRecord& r) const {
+  boost::json::object o;
+  o["deployment_id"] = r.deployment_id;
+  o["source"] = r.source;
+  o["checkpoint"] = r.checkpoint;
+  o["etag"] = r.etag;
+  o["last_modified"] = r.last_modified;
+  o["total"] = r.total;
+  return write_file_atomic(dir_ / "resume.json", serialize_pretty(o));
+}
+
+Result<std::string> StateStore::load_resume_prefix() const { return read_text(dir_ / "resume-prefix.bin"); }
+
+Result<void> StateStore::save_resume_prefix(std::string_view prefix) const {
+  return write_file_atomic(dir_ / "resume-prefix.bin", prefix);
+}
+
+Result<void> StateStore::clear_resume() {
+  // The record first: a prefix without a record is ignored, a record without its prefix is refused.
+  for (const char* name : {"resume.json", "resume-prefix.bin"}) {
+    std::error_code ec;
+    std::filesystem::remove(dir_ / name, ec);
+    if (ec) return Error(Errc::io, "removing " + (dir_ / name).string() + ": " + ec.message());
+  }
+  return {};
+}
+
 Result<std::vector<std::string>> StateStore::finished_deployments() const {
   auto path = dir_ / "finished";
   std::vector<std::string> out;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,6 +53,17 @@ struct InstallState {
   std::int64_t updated = 0;   ///< Unix time of the last transition
 };
 
+/// Where an interrupted download can go on from (resume.json; the artifact's prefix is kept beside
+/// it in resume-prefix.bin). Written only after the partition holds, synced, every payload byte
+/// before the checkpoint.
+struct ResumeRecord {
+  std::string deployment_id;  ///< of the install it belongs to (empty from the command line)
+  std::string source;         ///< file path or URL
+  std::string checkpoint;     ///< artifacts::Checkpoint::serialize()
+  std::string etag, last_modified;  ///< download validators at the checkpoint (If-Range)
+  std::uint64_t total = 0;    ///< artifact size, when the server said it
+};
+
 /// What the running system is: the artifact committed last and its provides.
 struct Installed {
   std::string artifact_name;
@@ -84,6 +96,17 @@ class StateStore {
 
   /// Allocates the next status sequence number (persisted before it is returned).
   Result<std::uint64_t> next_seq();
+
+  /// The saved resume point, or nothing when none is saved. Errors: an unreadable or malformed file.
+  Result<std::optional<ResumeRecord>> load_resume() const;
+  /// May be called from another thread than the other members (the install pipeline's writer).
+  Result<void> save_resume(const ResumeRecord& r) const;
+  /// The artifact's prefix for resume.json. Errors: missing or unreadable file.
+  Result<std::string> load_resume_prefix() const;
+  /// May be called from another thread than the other members (the install pipeline's reader).
+  Result<void> save_resume_prefix(std::string_view prefix) const;
+  /// Removes resume.json and resume-prefix.bin (no error if they do not exist).
+  Result<void> clear_resume();
 
   /// Deployments this device has finished (most recent last, bounded).
   Result<std::vector<std::string>> finished_deployments() const;

@@ -489,6 +489,12 @@ Result<void> PartitionWriter::finish() {
   return {};
 }
 
+Result<void> PartitionWriter::sync_written() const {
+  if (fd_ < 0) return fail(Errc::internal, "syncing " + part_.describe() + ": writer is closed");
+  if (::fdatasync(fd_) != 0) return io_error("syncing " + part_.describe(), errno);
+  return {};
+}
+
 Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length) {
   const std::string what = "hashing " + part.describe();
   int fd = ::open(part.path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -99,6 +99,11 @@ class PartitionWriter {
   Result<void> write(std::span<const std::uint8_t> data);
   /// Flushes everything written to stable storage (fdatasync). Call before the boot switch.
   Result<void> finish();
+  /// Makes every byte written before the call durable (fdatasync) without touching the writer's
+  /// state: the one call that may run on another thread while write() runs (resume checkpoints
+  /// are synced beside the writer, so the pipeline never stalls on the disk cache flush).
+  /// Errors: Errc::io naming the partition.
+  Result<void> sync_written() const;
 
   /// Bytes written through this writer (not counting start_at).
   std::uint64_t bytes_written() const { return written_; }

@@ -2,14 +2,16 @@
 // (decompression, SHA-256, signature and manifest checks), into the standby partition.
 //
 //   source (io_context: file reads or Beast download)
-//     → bounded channel of fixed chunks →
+//     → pool of `depth` fixed blocks of `chunk_size` bytes →
 //   reader (its own thread: tar, decompression, hashing)
-//     → bounded queue of fixed chunks →
-//   writer (its own thread: pwrite, periodic flush)
+//     → a second such pool →
+//   writer (its own thread: pwrite, periodic flush; resume checkpoints synced beside it)
 //
 // Three stages on three threads, so decompression and hashing overlap the network and the disk on
-// two cores. The queues' capacities are the memory budget: about depth × chunk per queue, whatever
-// the image size.
+// two cores. Each link is a pool of blocks allocated once and recycled: a stage waits for an empty
+// block when all are in flight, so the pools are the memory budget (2 × depth × chunk_size),
+// whatever the image size, and nothing is allocated per chunk. The io_context thread never
+// blocks: it awaits empty blocks on a channel.
 //
 // The header check runs on the reader thread after the artifact's header is verified and before the
 // first payload byte is written: a payload larger than the partition is refused there, and the
@@ -29,20 +31,51 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 
 namespace tern::agent {
+
+/// Where an interrupted install goes on from (artifacts::Checkpoint): the reader is rebuilt from
+/// `prefix` and `checkpoint` (which re-verifies signature and header), the source starts at
+/// checkpoint.offset (a seek for files; Range with If-Range on the validators for URLs, and a
+/// changed artifact is the usual "changed on the server" error). The caller opens the writer with
+/// start_at = checkpoint.payload_bytes.
+struct PipelineResume {
+  std::string prefix;
+  artifacts::Checkpoint checkpoint;
+  std::string etag, last_modified;  ///< validators of the interrupted download
+  std::uint64_t total = 0;          ///< artifact size it announced (0: unknown)
+};
 
 struct PipelineSource {
   std::string location;       ///< a file path, or an http:// or https:// URL
   DownloadOptions download;   ///< for URLs
   std::uint64_t expected_size = 0;  ///< artifact size in bytes when known (0: unchecked)
   std::string expected_sha256;      ///< hex SHA-256 of the whole artifact when known (empty: unchecked)
+  std::optional<PipelineResume> resume;  ///< continue from a checkpoint instead of byte 0
+};
+
+/// A checkpoint that is safe to persist: every payload byte before it is written and synced.
+struct PipelineCheckpoint {
+  artifacts::Checkpoint checkpoint;
+  std::string etag, last_modified;  ///< download validators (empty for files)
+  std::uint64_t total = 0;
 };
 
 struct PipelineOptions {
-  std::size_t chunk_size = 128 * 1024;  ///< bytes per buffer
-  std::size_t depth = 16;               ///< buffers per queue
+  std::size_t chunk_size = 128 * 1024;  ///< bytes per block
+  std::size_t depth = 16;               ///< blocks per pool (two pools)
+  /// Payload bytes between resume checkpoints (0: none); each costs an fdatasync of the partition.
+  std::uint64_t checkpoint_every = 0;
+  /// Called once on the reader thread with the artifact's prefix (see artifacts::Reader).
+  std::function<Result<void>(std::span<const std::uint8_t>)> on_prefix;
+  /// Called on a thread beside the writer after the partition is synced up to the checkpoint (the
+  /// writer goes on meanwhile; a checkpoint overtaken by a newer one before its sync started is
+  /// skipped). An error is logged and the install goes on (it only loses the chance to resume
+  /// from there). Never called after run_pipeline returns.
+  std::function<Result<void>(const PipelineCheckpoint&)> on_checkpoint;
 };
 
 struct PipelineProgress {

@@ -29,6 +29,36 @@ std::map<std::string, std::string> provides_of(const artifacts::Header& h) {
 // Sentinel for the header check: the artifact is the one already running.
 constexpr std::string_view already_installed_marker = "artifact already installed";
 
+// Payload bytes between resume checkpoints: each costs an fdatasync of the partition and a small
+// state file write; a power cut re-downloads at most about this much (compressed).
+constexpr std::uint64_t checkpoint_every = 8u << 20;
+
+// The saved checkpoint of an interrupted install of `request`, checked as far as it can be before
+// the download: same install, well-formed, and a prefix that verifies and fits the checkpoint.
+Result<PipelineResume> saved_resume_point(const StateStore& store, const InstallRequest& request,
+                                          const artifacts::ReaderOptions& ro) {
+  auto rec = store.load_resume();
+  if (!rec) return rec.error();
+  if (!*rec) return fail(Errc::not_found, "no checkpoint was saved");
+  if ((*rec)->deployment_id != request.deployment_id || (*rec)->source != request.source)
+    return fail(Errc::invalid_argument, "the checkpoint belongs to another install (" + (*rec)->source + ")");
+  auto checkpoint = artifacts::Checkpoint::parse((*rec)->checkpoint);
+  if (!checkpoint) return checkpoint.error();
+  auto prefix = store.load_resume_prefix();
+  if (!prefix) return prefix.error().context("reading the saved artifact prefix");
+  // A dry run of the resume: signature, manifest, header and the checkpoint's consistency.
+  auto probe_options = ro;
+  probe_options.hash_artifact = true;
+  artifacts::Reader probe(probe_options, nullptr, nullptr);
+  if (auto r = probe.resume({reinterpret_cast<const std::uint8_t*>(prefix->data()), prefix->size()}, *checkpoint); !r)
+    return r.error();
+  return PipelineResume{.prefix = std::move(*prefix),
+                        .checkpoint = std::move(*checkpoint),
+                        .etag = (*rec)->etag,
+                        .last_modified = (*rec)->last_modified,
+                        .total = (*rec)->total};
+}
+
 }  // namespace
 
 Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store)
@@ -59,6 +89,9 @@ Result<InstallState> Updater::save(InstallState s) {
   s.updated = now_seconds();
   if (auto r = store_.save_install(s); !r) return r.error().context("saving the install state");
   log::debug("install state: ", to_string(s.phase));
+  // Out of the download, its checkpoint is of no use any more.
+  if (s.phase != Phase::downloading)
+    if (auto r = store_.clear_resume(); !r) log::warn("clearing the resume checkpoint: ", r.error().message());
   // Test hook for the power-cut tests: die right after this state reached the disk, as a power
   // cut would, so every persisted state can be resumed from. Never set outside tests.
   if (const char* kill_at = std::getenv("TERN_TEST_KILL_AT"); kill_at && to_string(s.phase) == kill_at)
@@ -115,6 +148,23 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
     return {};
   };
 
+  // An interrupted install of the same artifact goes on from its last checkpoint when it can.
+  std::optional<PipelineResume> resume;
+  if (current->phase == Phase::downloading) {
+    auto point = current->deployment_id == request.deployment_id && current->source == request.source
+                     ? saved_resume_point(store_, request, ro)
+                     : Result<PipelineResume>(fail(Errc::invalid_argument, "another artifact was being installed"));
+    if (point) {
+      log::info("resuming the interrupted download of ", request.source, " at byte ", point->checkpoint.offset,
+                " (", point->checkpoint.payload_bytes, " payload bytes already written)");
+      resume = std::move(*point);
+    } else {
+      log::info("the interrupted download of ", request.source, " starts again from byte 0: ", point.error().message());
+    }
+  }
+  if (!resume)
+    if (auto r = store_.clear_resume(); !r) co_return r.error();
+
   PipelineSource source{.location = request.source,
                         .expected_size = request.expected_size,
                         .expected_sha256 = request.expected_sha256};
@@ -129,15 +179,35 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
 
   Result<PipelineResult> result = fail(Errc::internal, "not run");
   for (int restart = 0; restart < 3; ++restart) {
-    auto writer = PartitionWriter::open(partition_of(target));
+    PartitionWriterOptions writer_options;
+    if (resume) writer_options.start_at = resume->checkpoint.payload_bytes;
+    auto writer = PartitionWriter::open(partition_of(target), writer_options);
     if (!writer) {
       result = writer.error();
       break;
     }
     PipelineOptions options;
+    options.checkpoint_every = checkpoint_every;
+    options.on_prefix = [this](std::span<const std::uint8_t> prefix) {
+      return store_.save_resume_prefix({reinterpret_cast<const char*>(prefix.data()), prefix.size()});
+    };
+    options.on_checkpoint = [this, &request](const PipelineCheckpoint& c) {
+      return store_.save_resume(ResumeRecord{.deployment_id = request.deployment_id,
+                                             .source = request.source,
+                                             .checkpoint = c.checkpoint.serialize(),
+                                             .etag = c.etag,
+                                             .last_modified = c.last_modified,
+                                             .total = c.total});
+    };
+    source.resume = resume;
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
     if (result || result.error().message().find("changed on the server") == std::string::npos) break;
-    log::warn(result.error().message(), ": starting over");
+    log::warn(result.error().message(), resume ? ": discarding the checkpoint, starting over from byte 0" : ": starting over");
+    resume.reset();
+    if (auto r = store_.clear_resume(); !r) {
+      result = r.error();
+      break;
+    }
   }
 
   if (!result && result.error().message() == already_installed_marker) {

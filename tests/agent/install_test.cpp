@@ -205,6 +205,121 @@ TEST_F(Install, OverHttpsFromNginxAndThroughALinkCutEveryFewMiB) {
       << "served " << proxy.bytes_downstream() << " for an artifact of " << size;
 }
 
+// The resume checkpoint's artifact offset in state/resume.json, or 0 when there is none yet.
+std::uint64_t saved_checkpoint_offset(const fs::path& state_dir) {
+  std::error_code ec;
+  if (!fs::exists(state_dir / "resume.json", ec)) return 0;
+  auto doc = boost::json::parse(read_file(state_dir / "resume.json"), ec);
+  if (ec || !doc.is_object() || !doc.as_object().contains("checkpoint")) return 0;
+  std::string text(doc.as_object().at("checkpoint").as_string());
+  auto at = text.find("\noffset ");
+  return at == std::string::npos ? 0 : std::stoull(text.substr(at + 8));
+}
+
+// Starts `tern-agent install url` and kills it (-9) once a checkpoint past `past` bytes is saved.
+// Returns the checkpoint's offset (0: the install ended or stalled first).
+std::uint64_t kill_after_checkpoint(SimAgent& dev, const std::string& url, std::uint64_t past) {
+  Process p({agent_bin(), "--config", dev.config_path().string(), "install", url}, dev.dir() / "agent.log");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::uint64_t offset = 0;
+  while (p.running() && std::chrono::steady_clock::now() < deadline) {
+    offset = saved_checkpoint_offset(dev.dir() / "state");
+    if (offset > past) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  p.kill();
+  return offset > past ? offset : 0;
+}
+
+class ResumeInstall : public ::testing::Test {
+ protected:
+  TempDir tmp;
+  // 48 MiB of payload in 1 MiB zstd frames; the agent saves a checkpoint every 8 MiB of it.
+  std::string big_image = make_image(48u << 20, 9);
+  fs::path big = make_artifact(tmp.path(), "release-big", big_image, "qemu", "--frame-size 1048576");
+  std::uint64_t size = fs::file_size(big);
+  Nginx nginx;
+  FaultProxy proxy{static_cast<std::uint16_t>(nginx.port())};
+  std::string url = "https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/release-big.mender";
+
+  void SetUp() override {
+    fs::copy_file(big, nginx.root() / "release-big.mender");
+    proxy.set_rate(24u << 20);  // slow enough that the kill lands in the middle
+  }
+  static bool holds(SimAgent& d, const std::string& bytes) { return d.read_partition(3, bytes.size()) == bytes; }
+  SimAgent device() {
+    boost::json::object cfg;
+    cfg["ServerCertificate"] = (certs() / "ca.crt").string();
+    return SimAgent(tmp / "device-1", cfg, DeviceSimOptions{.rootfs_mib = 64});
+  }
+};
+
+TEST_F(ResumeInstall, KilledDuringAnHttpsDownloadGoesOnFromTheLastCheckpoint) {
+  auto dev = device();
+  auto offset = kill_after_checkpoint(dev, url, size / 3);
+  ASSERT_GT(offset, 0u) << "no checkpoint past a third was saved before the install ended";
+  const auto served_before = proxy.bytes_downstream();
+  EXPECT_LT(served_before, size) << "killed before the whole artifact was served";
+  EXPECT_TRUE(fs::exists(dev.dir() / "state/resume-prefix.bin"));
+
+  proxy.clear_faults();
+  // After the power comes back, `resume` goes on with the interrupted install.
+  auto r = dev.agent("resume");
+  ASSERT_EQ(r.exit_code, 4) << r.output;  // installed: reboot to go on
+  EXPECT_NE(r.output.find("Continuing the interrupted install of " + url), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("resuming the interrupted download"), std::string::npos) << r.output;
+  EXPECT_TRUE(holds(dev, big_image)) << "partition 3 holds the image";
+  EXPECT_LT(double(proxy.bytes_downstream()), 1.1 * double(size))
+      << "served " << proxy.bytes_downstream() << " bytes in all (" << served_before << " before the kill, checkpoint at "
+      << offset << ") for an artifact of " << size;
+  RecordProperty("artifact_bytes", std::to_string(size));
+  RecordProperty("served_bytes", std::to_string(proxy.bytes_downstream()));
+  RecordProperty("checkpoint_offset", std::to_string(offset));
+  EXPECT_FALSE(fs::exists(dev.dir() / "state/resume.json")) << "the checkpoint is cleared after the download";
+  EXPECT_FALSE(fs::exists(dev.dir() / "state/resume-prefix.bin"));
+  EXPECT_EQ(dev.boot(), 3);
+  ASSERT_EQ(dev.agent("commit").exit_code, 0);
+  EXPECT_EQ(dev.installed(), "release-big");
+}
+
+TEST_F(ResumeInstall, AnArtifactReplacedOnTheServerOrACorruptCheckpointStartsFromByteZero) {
+  auto dev = device();
+  ASSERT_GT(kill_after_checkpoint(dev, url, size / 4), 0u);
+
+  // A corrupt checkpoint: refused before the download, which starts from 0 and succeeds.
+  auto json = read_file(dev.dir() / "state/resume.json");
+  auto at = json.find("payload_bytes ");
+  ASSERT_NE(at, std::string::npos);
+  json[at + 14] = json[at + 14] == '1' ? '2' : '1';
+  write_file(dev.dir() / "state/resume.json", json);
+  proxy.clear_faults();
+  const auto before = proxy.bytes_downstream();
+  auto r = dev.agent("install " + url);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("starts again from byte 0: checkpoint: the check line does not match"), std::string::npos)
+      << r.output;
+  EXPECT_GE(proxy.bytes_downstream() - before, size);
+  EXPECT_TRUE(holds(dev, big_image));
+  ASSERT_EQ(dev.agent("rollback").exit_code, 0);
+
+  // The artifact changes on the server after the kill (another size: another ETag): If-Range
+  // fails, the checkpoint is dropped and the new artifact is installed from byte 0.
+  proxy.set_rate(24u << 20);
+  ASSERT_GT(kill_after_checkpoint(dev, url, size / 4), 0u);
+  auto new_image = make_image((48u << 20) - 4096, 10);
+  auto replacement = make_artifact(tmp.path(), "release-new", new_image, "qemu", "--frame-size 1048576");
+  fs::copy_file(replacement, nginx.root() / "release-big.mender", fs::copy_options::overwrite_existing);
+  proxy.clear_faults();
+  auto again = dev.agent("install " + url);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("resuming the interrupted download"), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("starting over from byte 0"), std::string::npos) << again.output;
+  EXPECT_TRUE(holds(dev, new_image));
+  EXPECT_EQ(dev.boot(), 3);
+  ASSERT_EQ(dev.agent("commit").exit_code, 0);
+  EXPECT_EQ(dev.installed(), "release-new");
+}
+
 TEST_F(Install, APowerCutInEveryPersistedStateEndsOnAGoodPartition) {
   // Kill -9 right after each state reaches the disk, then power-cycle until the agent settles.
   for (std::string phase : {"downloading", "switching", "switched", "committing", "rolling-back", "done"}) {
