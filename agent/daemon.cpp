@@ -4,6 +4,7 @@
 #include "agent/cli.hpp"
 #include "agent/inventory.hpp"
 #include "agent/update/updater.hpp"
+#include "common/clock.hpp"
 #include "common/log.hpp"
 #include "common/mqtt/client.hpp"
 #include "common/protocol.hpp"
@@ -21,7 +22,6 @@
 
 #include <unistd.h>
 
-#include <ctime>
 #include <fstream>
 #include <optional>
 
@@ -32,8 +32,6 @@ using namespace std::chrono_literals;
 using namespace tern::protocol;
 
 namespace {
-
-std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
 class Daemon {
  public:
@@ -59,7 +57,7 @@ class Daemon {
                    .total = total,
                    .attempt = attempt,
                    .error = error,
-                   .time = now_seconds(),
+                   .time = unix_now(),
                    .seq = *seq};
     log::info("status ", deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
@@ -95,7 +93,7 @@ class Daemon {
   }
 
   void publish_presence(bool online) {
-    Presence p{.online = online, .seq = presence_seq_, .time = now_seconds()};
+    Presence p{.online = online, .seq = presence_seq_, .time = unix_now()};
     if (auto r = client_->enqueue(
             {.topic = topics::presence(config_.device_id), .payload = serialize(p), .retained = true});
         !r)
@@ -350,7 +348,7 @@ asio::awaitable<int> Daemon::run() {
                   .session_expiry = config_.session_expiry,
                   .keepalive = config_.keepalive};
   o.will = mqtt::Message{.topic = topics::presence(config_.device_id),
-                         .payload = serialize(Presence{.online = false, .seq = presence_seq_, .time = now_seconds()}),
+                         .payload = serialize(Presence{.online = false, .seq = presence_seq_, .time = unix_now()}),
                          .retained = true};
   o.persistence_dir = config_.data_dir / "mqtt";
   o.min_retry = config_.retry_min;

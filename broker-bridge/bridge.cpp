@@ -1,5 +1,6 @@
 #include "broker-bridge/bridge.hpp"
 
+#include "common/clock.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -15,15 +16,6 @@ namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
 
 namespace tern::bridge {
-
-namespace {
-
-std::int64_t unix_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 std::vector<std::string> subscription_filters(const BridgeOptions& o) {
   const std::string share = o.shared_group.empty() ? "" : "$share/" + o.shared_group + "/";

@@ -1,13 +1,13 @@
 #include "agent/update/updater.hpp"
 
 #include "agent/boot/run_program.hpp"
+#include "common/clock.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/this_coro.hpp>
 
 #include <csignal>
 #include <cstdlib>
-#include <ctime>
 #include <fstream>
 #include <sstream>
 
@@ -15,8 +15,6 @@ namespace tern::agent {
 namespace asio = boost::asio;
 
 namespace {
-
-std::int64_t now_seconds() { return static_cast<std::int64_t>(std::time(nullptr)); }
 
 
 /// The artifact's provides as Mender records them: type-info provides plus artifact_group.
@@ -86,7 +84,7 @@ const PartitionRef& Updater::partition_of(int part) const {
 }
 
 Result<InstallState> Updater::save(InstallState s) {
-  s.updated = now_seconds();
+  s.updated = unix_now();
   if (auto r = store_.save_install(s); !r) return r.error().context("saving the install state");
   log::debug("install state: ", to_string(s.phase));
   // Out of the download, its checkpoint is of no use any more.
