@@ -26,7 +26,6 @@ constexpr std::array<std::pair<Phase, std::string_view>, 7> phase_words{{
 
 constexpr std::size_t max_finished = 64;
 
-
 boost::json::object to_json(const std::map<std::string, std::string>& m) {
   boost::json::object o;
   for (const auto& [k, v] : m) o[k] = v;
@@ -40,6 +39,21 @@ boost::json::array to_json(const std::vector<std::string>& v) {
 }
 
 std::string serialize_pretty(const boost::json::value& v) { return boost::json::serialize(v) + "\n"; }
+
+// Reads the JSON state file `path` and hands its root object to `read` (the object lives only as
+// long as its document, hence the callback). Errors name the file.
+template <class T, class Read>
+Result<T> read_json_file(const std::filesystem::path& path, Read read) {
+  auto text = read_text(path);
+  if (!text) return text.error();
+  auto doc = json::Document::parse(*text, path.string());
+  if (!doc) return doc.error();
+  auto root = doc->root();
+  if (!root) return root.error();
+  Result<T> r = read(*root);
+  if (!r) return r.error().context("reading " + path.string());
+  return r;
+}
 
 }  // namespace
 
@@ -143,44 +157,39 @@ Result<StateStore> StateStore::open(const std::filesystem::path& dir) {
 Result<InstallState> StateStore::load_install() const {
   auto path = dir_ / "install.json";
   if (!std::filesystem::exists(path)) return InstallState{};
-  auto text = read_text(path);
-  if (!text) return text.error();
-  auto doc = json::Document::parse(*text, path.string());
-  if (!doc) return doc.error();
-  auto root = doc->root();
-  if (!root) return root.error();
-  auto bad = [&](const Error& e) { return e.context("reading " + path.string()); };
-  InstallState s;
-  auto phase = root->string("phase");
-  if (!phase) return bad(phase.error());
-  auto ph = parse_phase(*phase);
-  if (!ph) return bad(ph.error());
-  s.phase = *ph;
-#define TERN_GET(field, getter, key, fallback)  \
-  {                                             \
-    auto v = root->getter(key, fallback);       \
-    if (!v) return bad(v.error());              \
-    s.field = *v;                               \
+  return read_json_file<InstallState>(path, [](const json::Object& root) -> Result<InstallState> {
+    InstallState s;
+    auto phase = root.string("phase");
+    if (!phase) return phase.error();
+    auto ph = parse_phase(*phase);
+    if (!ph) return ph.error();
+    s.phase = *ph;
+#define TERN_GET(field, getter, key, fallback) \
+  {                                            \
+    auto v = root.getter(key, fallback);       \
+    if (!v) return v.error();                  \
+    s.field = *v;                              \
   }
-  TERN_GET(deployment_id, string_or, "deployment_id", "")
-  TERN_GET(source, string_or, "source", "")
-  TERN_GET(artifact_name, string_or, "artifact_name", "")
-  TERN_GET(clears_provides, strings_or, "clears_provides", {})
-  TERN_GET(target_part, i64_or, "target_part", 0)
-  TERN_GET(previous_part, i64_or, "previous_part", 0)
-  TERN_GET(attempt, u64_or, "attempt", 0)
-  TERN_GET(total, u64_or, "total", 0)
-  TERN_GET(sha256, string_or, "sha256", "")
-  TERN_GET(success, boolean_or, "success", false)
-  TERN_GET(already_installed, boolean_or, "already_installed", false)
-  TERN_GET(error, string_or, "error", "")
-  TERN_GET(reported, boolean_or, "reported", true)
-  TERN_GET(updated, i64_or, "updated", 0)
+    TERN_GET(deployment_id, string_or, "deployment_id", "")
+    TERN_GET(source, string_or, "source", "")
+    TERN_GET(artifact_name, string_or, "artifact_name", "")
+    TERN_GET(clears_provides, strings_or, "clears_provides", {})
+    TERN_GET(target_part, i64_or, "target_part", 0)
+    TERN_GET(previous_part, i64_or, "previous_part", 0)
+    TERN_GET(attempt, u64_or, "attempt", 0)
+    TERN_GET(total, u64_or, "total", 0)
+    TERN_GET(sha256, string_or, "sha256", "")
+    TERN_GET(success, boolean_or, "success", false)
+    TERN_GET(already_installed, boolean_or, "already_installed", false)
+    TERN_GET(error, string_or, "error", "")
+    TERN_GET(reported, boolean_or, "reported", true)
+    TERN_GET(updated, i64_or, "updated", 0)
 #undef TERN_GET
-  auto provides = root->string_map_or_empty("provides");
-  if (!provides) return bad(provides.error());
-  s.provides = *provides;
-  return s;
+    auto provides = root.string_map_or_empty("provides");
+    if (!provides) return provides.error();
+    s.provides = *provides;
+    return s;
+  });
 }
 
 Result<void> StateStore::save_install(const InstallState& s) {
@@ -207,20 +216,16 @@ Result<void> StateStore::save_install(const InstallState& s) {
 Result<Installed> StateStore::load_installed(const std::string& fallback_name) const {
   auto path = dir_ / "installed.json";
   if (!std::filesystem::exists(path)) return Installed{fallback_name, {}};
-  auto text = read_text(path);
-  if (!text) return text.error();
-  auto doc = json::Document::parse(*text, path.string());
-  if (!doc) return doc.error();
-  auto root = doc->root();
-  if (!root) return root.error();
-  Installed i;
-  auto name = root->string("artifact_name");
-  if (!name) return name.error().context("reading " + path.string());
-  i.artifact_name = *name;
-  auto provides = root->string_map_or_empty("provides");
-  if (!provides) return provides.error().context("reading " + path.string());
-  i.provides = *provides;
-  return i;
+  return read_json_file<Installed>(path, [](const json::Object& root) -> Result<Installed> {
+    Installed i;
+    auto name = root.string("artifact_name");
+    if (!name) return name.error();
+    i.artifact_name = *name;
+    auto provides = root.string_map_or_empty("provides");
+    if (!provides) return provides.error();
+    i.provides = *provides;
+    return i;
+  });
 }
 
 Result<void> StateStore::save_installed(const Installed& i) {
@@ -250,28 +255,24 @@ Result<std::uint64_t> StateStore::next_seq() {
 Result<std::optional<ResumeRecord>> StateStore::load_resume() const {
   auto path = dir_ / "resume.json";
   if (!std::filesystem::exists(path)) return std::optional<ResumeRecord>{};
-  auto text = read_text(path);
-  if (!text) return text.error();
-  auto doc = json::Document::parse(*text, path.string());
-  if (!doc) return doc.error();
-  auto root = doc->root();
-  if (!root) return root.error();
-  auto bad = [&](const Error& e) { return e.context("reading " + path.string()); };
-  ResumeRecord r;
-#define TERN_GET(field, getter, key)  \
-  {                                   \
-    auto v = root->getter(key);       \
-    if (!v) return bad(v.error());    \
-    r.field = *v;                     \
+  return read_json_file<std::optional<ResumeRecord>>(
+      path, [](const json::Object& root) -> Result<std::optional<ResumeRecord>> {
+        ResumeRecord r;
+#define TERN_GET(field, getter, key) \
+  {                                  \
+    auto v = root.getter(key);       \
+    if (!v) return v.error();        \
+    r.field = *v;                    \
   }
-  TERN_GET(deployment_id, string, "deployment_id")
-  TERN_GET(source, string, "source")
-  TERN_GET(checkpoint, string, "checkpoint")
-  TERN_GET(etag, string, "etag")
-  TERN_GET(last_modified, string, "last_modified")
-  TERN_GET(total, u64, "total")
+        TERN_GET(deployment_id, string, "deployment_id")
+        TERN_GET(source, string, "source")
+        TERN_GET(checkpoint, string, "checkpoint")
+        TERN_GET(etag, string, "etag")
+        TERN_GET(last_modified, string, "last_modified")
+        TERN_GET(total, u64, "total")
 #undef TERN_GET
-  return std::optional<ResumeRecord>(std::move(r));
+        return std::optional<ResumeRecord>(std::move(r));
+      });
 }
 
 Result<void> StateStore::save_resume(const ResumeRecord& r) const {
