@@ -87,6 +87,13 @@ int cmd_resume(const AgentConfig& cfg) {
     // has one (see Updater::install), as the next attempt.
     auto st = (*updater)->state();
     if (!st || st->source.empty()) return failed(fail(Errc::internal, "an interrupted install without a source"));
+    if (st->attempt >= cfg.install_attempts) {  // the same limit as the daemon's
+      auto f = (*updater)->fail_install("the install was interrupted " + std::to_string(st->attempt) +
+                                        " time(s) (agent restart or power loss)");
+      if (!f) return failed(f.error());
+      std::cout << "failure: " << f->error << "\n";
+      return 1;
+    }
     std::cout << "Continuing the interrupted install of " << st->source << ".\n";
     InstallRequest request{.source = st->source,
                            .deployment_id = st->deployment_id,

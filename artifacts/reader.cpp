@@ -206,10 +206,11 @@ struct Reader::Impl {
       return {};
     }
     prefix_sha256 = Sha256::hex(prefix);
-    auto r = on_prefix ? on_prefix({reinterpret_cast<const std::uint8_t*>(prefix.data()), prefix.size()})
-                       : Result<void>{};
+    auto saved = on_prefix ? on_prefix({reinterpret_cast<const std::uint8_t*>(prefix.data()), prefix.size()})
+                           : Result<void>{};
     std::string().swap(prefix);
-    return r;
+    if (!saved) stop_checkpoints();  // without its prefix no checkpoint could be resumed from
+    return {};
   }
 
   void stop_checkpoints() {

@@ -118,6 +118,8 @@ class Reader {
 
   /// Called once with the artifact's prefix: every byte before the data member's content
   /// (version, manifest, manifest.sig, header.tar.*, the data member's tar header), when it ends.
+  /// An error from it only turns the checkpoints off (they are an optimisation; the caller logs
+  /// why): the read goes on.
   using PrefixHandler = std::function<Result<void>(std::span<const std::uint8_t>)>;
   /// Called at a zstd frame boundary inside the payload, after the payload bytes before it went
   /// to the PayloadSink. Errors stop the reader like the sink's.

@@ -3,6 +3,7 @@
 #include "common/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -20,6 +21,7 @@
 
 namespace tern::agent {
 namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
 
 namespace {
 
@@ -100,7 +102,8 @@ class BlockQueue {
 /// Empty raw blocks back to the io_context thread, which awaits them without blocking. The reader
 /// thread only calls try_send (it always succeeds: the capacity is the pool's size).
 using FreeChannel = asio::experimental::concurrent_channel<void(boost::system::error_code, Block)>;
-/// Tells the io_context thread that the reader and writer threads have returned.
+/// Tells the io_context thread that the reader and writer threads have returned, or (Links::aborted)
+/// that a stage has failed.
 using DoneChannel = asio::experimental::concurrent_channel<void(boost::system::error_code)>;
 
 /// The links between the stages: source → raw_full → reader → payload_full → writer, and the
@@ -109,7 +112,7 @@ struct Links {
   Links(const asio::any_io_executor& ex, const PipelineOptions& o)
       : raw_pool(std::max<std::size_t>(o.depth, 2), std::max<std::size_t>(o.chunk_size, 4096)),
         payload_pool(std::max<std::size_t>(o.depth, 2), std::max<std::size_t>(o.chunk_size, 4096)),
-        raw_free(ex, raw_pool.count()) {
+        raw_free(ex, raw_pool.count()), aborted(ex, 1) {
     for (std::size_t i = 0; i < raw_pool.count(); ++i)
       raw_free.try_send(boost::system::error_code{}, Block{i, 0});
     for (std::size_t i = 0; i < payload_pool.count(); ++i) payload_free.push(Block{i, 0});
@@ -120,6 +123,7 @@ struct Links {
     payload_full.abort();
     payload_free.abort();
     raw_free.close();
+    aborted.try_send(boost::system::error_code{});  // stops a download waiting in its backoff
   }
 
   BlockPool raw_pool, payload_pool;
@@ -127,6 +131,7 @@ struct Links {
   FreeChannel raw_free;     // reader → source
   BlockQueue payload_full;  // reader → writer: payload bytes
   BlockQueue payload_free;  // writer → reader
+  DoneChannel aborted;      // abort() → the source
 };
 
 /// What the stages share: the first error wins.
@@ -308,9 +313,15 @@ asio::awaitable<void> source_stage(const PipelineSource& source, Links& links, S
         shared.total = st.total.value_or(0);
       }
     };
-    auto r = co_await download(source.download, state, sink, on_restart, on_progress);
+    // Raced with abort(): after a reader or writer error the download must not go on retrying a
+    // dead link for hours before the pipeline can report it.
+    auto transfer = download(source.download, state, sink, on_restart, on_progress);
+    auto stopped = links.aborted.async_receive(asio::use_awaitable);
+    auto outcome = co_await (std::move(transfer) || std::move(stopped));
     progress.network_bytes = state.bytes_received;
     progress.attempt = std::max(1, state.attempts);
+    if (outcome.index() == 1) co_return;  // the failing stage recorded its error
+    auto& r = std::get<0>(outcome);
     if (!r) {
       stop(r.error());
       co_return;
@@ -521,7 +532,8 @@ void writer_stage(PartitionWriter& writer, Links& links, Shared& shared) {
 /// destruction) it stops the links and joins them.
 class Workers {
  public:
-  Workers(Links& links, DoneChannel& done) : links_(links), done_(done) {}
+  /// `count`: how many start() calls follow; `done` fires once that many bodies have returned.
+  Workers(Links& links, DoneChannel& done, int count) : links_(links), done_(done), running_(count) {}
   ~Workers() {
     links_.abort();
     for (auto& t : threads_)
@@ -533,7 +545,6 @@ class Workers {
   /// Runs `body` on a new thread; an exception becomes the pipeline's error.
   template <class F>
   void start(Shared& shared, F body) {
-    ++running_;
     threads_.emplace_back([this, &shared, body = std::move(body)] {
       try {
         body();
@@ -575,7 +586,7 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
   if (options.checkpoint_every && options.on_checkpoint) shared.on_checkpoint = options.on_checkpoint;
 
   {
-    Workers workers(links, done);
+    Workers workers(links, done, 2);
     workers.start(shared,
                   [&] { reader_stage(reader_options, check, writer, options, source.resume, links, shared); });
     workers.start(shared, [&] { writer_stage(writer, links, shared); });

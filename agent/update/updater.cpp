@@ -1,6 +1,7 @@
 #include "agent/update/updater.hpp"
 
 #include "agent/boot/run_program.hpp"
+#include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
 #include "common/log.hpp"
 
@@ -42,6 +43,17 @@ Result<PipelineResume> saved_resume_point(const StateStore& store, const Install
     return fail(Errc::invalid_argument, "the checkpoint belongs to another install (" + (*rec)->source + ")");
   auto checkpoint = artifacts::Checkpoint::parse((*rec)->checkpoint);
   if (!checkpoint) return checkpoint.error();
+  // The source must still be the artifact the checkpoint was taken from.
+  if (is_url(request.source)) {
+    if ((*rec)->etag.empty() && (*rec)->last_modified.empty())
+      return fail(Errc::invalid_argument, "the server sent no ETag or Last-Modified to resume against");
+  } else {
+    std::ifstream in(request.source, std::ios::binary);
+    std::string head(static_cast<std::size_t>(std::min<std::uint64_t>(checkpoint->prefix_size, 64u << 20)), '\0');
+    if (!in.read(head.data(), static_cast<std::streamsize>(head.size())) ||
+        artifacts::Sha256::hex(head) != checkpoint->prefix_sha256)
+      return fail(Errc::invalid_argument, request.source + " is not the file the checkpoint was taken from");
+  }
   auto prefix = store.load_resume_prefix();
   if (!prefix) return prefix.error().context("reading the saved artifact prefix");
   // A dry run of the resume: signature, manifest, header and the checkpoint's consistency.
@@ -149,9 +161,13 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
   // An interrupted install of the same artifact goes on from its last checkpoint when it can.
   std::optional<PipelineResume> resume;
   if (current->phase == Phase::downloading) {
-    auto point = current->deployment_id == request.deployment_id && current->source == request.source
-                     ? saved_resume_point(store_, request, ro)
-                     : Result<PipelineResume>(fail(Errc::invalid_argument, "another artifact was being installed"));
+    auto point = current->deployment_id != request.deployment_id || current->source != request.source
+                     ? Result<PipelineResume>(fail(Errc::invalid_argument, "another artifact was being installed"))
+                 : current->target_part != target
+                     ? Result<PipelineResume>(fail(Errc::invalid_argument,
+                                                   "it was writing partition " + std::to_string(current->target_part) +
+                                                       ", the standby partition is now " + std::to_string(target)))
+                     : saved_resume_point(store_, request, ro);
     if (point) {
       log::info("resuming the interrupted download of ", request.source, " at byte ", point->checkpoint.offset,
                 " (", point->checkpoint.payload_bytes, " payload bytes already written)");
@@ -186,8 +202,10 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
     }
     PipelineOptions options;
     options.checkpoint_every = checkpoint_every;
-    options.on_prefix = [this](std::span<const std::uint8_t> prefix) {
-      return store_.save_resume_prefix({reinterpret_cast<const char*>(prefix.data()), prefix.size()});
+    options.on_prefix = [this](std::span<const std::uint8_t> prefix) -> Result<void> {
+      auto r = store_.save_resume_prefix({reinterpret_cast<const char*>(prefix.data()), prefix.size()});
+      if (!r) log::warn("no resume checkpoints for this install: ", r.error().message());
+      return r;  // an error turns the checkpoints off; the install goes on
     };
     options.on_checkpoint = [this, &request](const PipelineCheckpoint& c) {
       return store_.save_resume(ResumeRecord{.deployment_id = request.deployment_id,
@@ -199,6 +217,24 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
     };
     source.resume = resume;
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
+    if (result && resume) {
+      // The bytes before the checkpoint were written by the interrupted run and only its hash
+      // state vouches for them: read the whole payload back from the partition before trusting it.
+      auto on_disk = sha256_of(partition_of(target), result->header.payload_size);
+      if (!on_disk) {
+        result = on_disk.error().context("verifying the resumed install");
+        break;
+      }
+      if (*on_disk == result->header.payload_sha256) break;
+      log::warn("partition ", target, " does not hold the payload after the resumed download (SHA-256 ", *on_disk,
+                ", the manifest says ", result->header.payload_sha256, "): starting over from byte 0");
+      resume.reset();
+      if (auto r = store_.clear_resume(); !r) {
+        result = r.error();
+        break;
+      }
+      continue;
+    }
     if (result || result.error().message().find("changed on the server") == std::string::npos) break;
     log::warn(result.error().message(), resume ? ": discarding the checkpoint, starting over from byte 0" : ": starting over");
     resume.reset();
@@ -217,6 +253,12 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
     InstallReport report;
     report.already_installed = true;
     co_return report;
+  }
+  if (!result && result.error().code() == make_error_code(Errc::cancelled)) {
+    // Stopped from outside (SIGTERM, a newer or withdrawn deployment): the state stays in
+    // downloading with its checkpoint, so the next run resumes; a caller that gives the install
+    // up calls fail_install().
+    co_return result.error().context("installing " + request.source);
   }
   if (!result) {
     auto err = result.error().context("installing " + request.source);

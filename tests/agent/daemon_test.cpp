@@ -35,7 +35,7 @@ class DaemonTest : public ::testing::Test {
         tmp / "watch.log");
   }
 
-  std::unique_ptr<SimAgent> device(const std::string& id, boost::json::object extra = {}) {
+  std::unique_ptr<SimAgent> device(const std::string& id, boost::json::object extra = {}, DeviceSimOptions sim = {}) {
     auto c = certs();
     boost::json::object cfg{{"BrokerURI", broker.uri()},
                             {"ServerCertificate", (c / "ca.crt").string()},
@@ -46,7 +46,7 @@ class DaemonTest : public ::testing::Test {
                             {"RetryMaxSeconds", 2},
                             {"DownloadReadTimeoutSeconds", 5}};
     for (const auto& [k, v] : extra) cfg[k] = v;
-    return std::make_unique<SimAgent>(tmp / id, cfg);
+    return std::make_unique<SimAgent>(tmp / id, cfg, sim);
   }
 
   std::string deployment(const std::string& id, const std::string& url) {
@@ -181,6 +181,39 @@ TEST_F(DaemonTest, AgentKilledDuringTheDownloadResumesOnRestart) {
   EXPECT_TRUE(has(statuses("device-3", "dep-k"), "success")) << d.log();
   EXPECT_NE(read_file(tmp / "watch.log").find("\"attempt\":2"), std::string::npos) << "the second attempt is reported";
   EXPECT_EQ(dev->installed(), "release-2");
+}
+
+TEST_F(DaemonTest, StoppedWithSigtermMidDownloadItGoesOnFromTheCheckpointAfterTheRestart) {
+  // 32 MiB in 1 MiB zstd frames: checkpoints every 8 MiB of payload.
+  auto big_image = make_image(32u << 20, 23);
+  auto big = make_artifact(tmp.path(), "release-big", big_image, "qemu", "--frame-size 1048576");
+  fs::copy_file(big, nginx.root() / "release-big.mender");
+  const auto size = fs::file_size(big);
+  FaultProxy slow(static_cast<std::uint16_t>(nginx.port()));
+  slow.set_rate(8u << 20);
+  auto dev = device("device-1", {}, DeviceSimOptions{.rootfs_mib = 48});
+  SimDaemon d(*dev);
+  auto url = "https://127.0.0.1:" + std::to_string(slow.port()) + "/artifacts/release-big.mender";
+  publish("device-1", R"({"deployment_id":"dep-t","artifact_name":"release-big","url":")" + url + R"(","size":)" +
+                          std::to_string(size) + R"(,"sha256":")" + sha256_hex(read_file(big)) + R"("})");
+  ASSERT_TRUE(wait_until(d, [&] { return fs::exists(dev->dir() / "state/resume.json"); }, 60s)) << d.log();
+  d.stop();  // systemd stopping the agent for a reboot, in the middle of the download
+  const auto served_before = slow.bytes_downstream();
+  EXPECT_LT(served_before, size) << "stopped after the download ended";
+  EXPECT_NE(read_file(dev->dir() / "state/install.json").find("\"phase\":\"downloading\""), std::string::npos)
+      << "a stopped install is not a failed one";
+  d.start();
+  ASSERT_TRUE(wait_until(d, [&] {
+    auto s = statuses("device-1", "dep-t");
+    return has(s, "success") || has(s, "failure");
+  }, 120s)) << d.log();
+  auto s = statuses("device-1", "dep-t");
+  EXPECT_TRUE(has(s, "success")) << d.log();
+  EXPECT_FALSE(has(s, "failure"));
+  EXPECT_NE(d.log().find("resuming the interrupted download"), std::string::npos) << d.log();
+  EXPECT_LT(double(slow.bytes_downstream()), 1.3 * double(size))
+      << "served " << slow.bytes_downstream() << " (" << served_before << " before the stop) for " << size;
+  EXPECT_EQ(dev->installed(), "release-big");
 }
 
 TEST_F(DaemonTest, AFailingHealthCheckReportsFailureAfterTheRollback) {

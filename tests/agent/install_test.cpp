@@ -178,6 +178,28 @@ TEST_F(Install, BadArtifactsAreRefusedAndNothingChanges) {
   }
 }
 
+TEST_F(Install, ARefusedArtifactStopsADownloadStuckOnAStalledLink) {
+  // The reader refuses the artifact (another device type) while the download waits on a link that
+  // went silent: the install must end then, not after the read timeout and a reconnect.
+  auto other = make_artifact(tmp.path(), "other-board-release", make_image(4u << 20, 6), "other-board",
+                             "--compression none");
+  Nginx nginx;
+  fs::copy_file(other, nginx.root() / "other.mender");
+  FaultProxy proxy(static_cast<std::uint16_t>(nginx.port()));
+  proxy.set_stall_after(700u << 10);  // enough for the header to reach the reader
+  boost::json::object cfg;
+  cfg["ServerCertificate"] = (certs() / "ca.crt").string();
+  cfg["DownloadReadTimeoutSeconds"] = 30;
+  SimAgent dev(tmp / "device-1", cfg);
+  auto a_before = dev.partition_sha(2);
+  auto r = dev.agent("install https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/other.mender");
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("other-board"), std::string::npos) << r.output;
+  EXPECT_EQ(proxy.connections(), 1u) << "the download went on after the artifact was refused:\n" << r.output;
+  EXPECT_EQ(dev.partition_sha(2), a_before);
+  EXPECT_EQ(dev.env()["upgrade_available"], "0");
+}
+
 TEST_F(Install, OverHttpsFromNginxAndThroughALinkCutEveryFewMiB) {
   auto big_image = make_image(24u << 20, 5);
   auto big = make_artifact(tmp.path(), "release-big", big_image, "qemu", "--compression none");
@@ -280,6 +302,22 @@ TEST_F(ResumeInstall, KilledDuringAnHttpsDownloadGoesOnFromTheLastCheckpoint) {
   EXPECT_EQ(dev.boot(), 3);
   ASSERT_EQ(dev.agent("commit").exit_code, 0);
   EXPECT_EQ(dev.installed(), "release-big");
+}
+
+TEST_F(ResumeInstall, PartitionBytesChangedBeforeTheCheckpointAreCaughtAndRewritten) {
+  auto dev = device();
+  ASSERT_GT(kill_after_checkpoint(dev, url, size / 3), 0u);
+  // Something scribbles on the standby partition while the agent is down, before the checkpoint:
+  // the restored hash state alone would vouch for these bytes.
+  dev.write_partition(3, 4096, "not the image");
+  proxy.clear_faults();
+  auto r = dev.agent("resume");
+  ASSERT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("resuming the interrupted download"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("does not hold the payload after the resumed download"), std::string::npos) << r.output;
+  EXPECT_TRUE(holds(dev, big_image)) << "rewritten from byte 0";
+  EXPECT_EQ(dev.boot(), 3);
+  ASSERT_EQ(dev.agent("commit").exit_code, 0);
 }
 
 TEST_F(ResumeInstall, AnArtifactReplacedOnTheServerOrACorruptCheckpointStartsFromByteZero) {

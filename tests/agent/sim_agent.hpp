@@ -101,6 +101,14 @@ class SimAgent {
     s.resize(static_cast<std::size_t>(in.gcount()));
     return s;
   }
+  /// Overwrites bytes of partition N at `at` (something else touching the standby partition).
+  void write_partition(int n, std::uint64_t at, const std::string& bytes) {
+    auto p = sim_->partition(n);
+    if (!p) throw std::runtime_error(p.error().message());
+    std::fstream f(p->path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(static_cast<std::streamoff>(p->offset + at));
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
   std::string partition_sha(int n) {
     auto p = sim_->partition(n);
     if (!p) throw std::runtime_error(p.error().message());
@@ -163,6 +171,12 @@ class SimDaemon {
   void kill() {
     proc_->kill();
     proc_.reset();
+  }
+  /// SIGTERM, as systemd stops it for a reboot; returns the exit status.
+  int stop() {
+    auto st = proc_->stop(SIGTERM, std::chrono::seconds(20));
+    proc_.reset();
+    return st;
   }
   bool running() { return proc_ != nullptr; }
   int reboots() const { return reboots_; }
