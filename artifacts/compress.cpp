@@ -122,19 +122,8 @@ class ZstdDecompressor final : public Decompressor {
   ZstdDecompressor() : ctx_(ZSTD_createDCtx()) {}
   ~ZstdDecompressor() override { ZSTD_freeDCtx(ctx_); }
   Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
-    ZSTD_inBuffer ib{in.data(), in.size(), 0};
-    for (;;) {
-      ZSTD_outBuffer ob{buf_.data(), buf_.size(), 0};
-      std::size_t rc = ZSTD_decompressStream(ctx_, &ob, &ib);
-      if (ZSTD_isError(rc)) return corrupt("zstd", ZSTD_getErrorName(rc));
-      last_ = rc;
-      if (ob.pos)
-        if (auto r = out({buf_.data(), ob.pos}); !r) return r;
-      // Go on while input remains, or while a full output buffer may hide more of the current
-      // frame. After a frame ends (rc == 0) another call with no input would return the next
-      // frame's header-size hint, which must not count as "inside a frame".
-      if (ib.pos == ib.size && (ob.pos < ob.size || rc == 0)) return {};
-    }
+    if (auto r = decode(in, out, false); !r) return r.error();
+    return {};
   }
   Result<void> finish() override {
     // ZSTD_decompressStream returns 0 exactly when a frame is complete and flushed.
@@ -143,8 +132,16 @@ class ZstdDecompressor final : public Decompressor {
   }
   bool at_frame_boundary() const override { return last_ == 0; }
   Result<std::size_t> feed_to_frame_end(std::span<const std::uint8_t> in, const Output& out) override {
-    // ZSTD_decompressStream returns 0 once a frame is decoded and flushed, with the input position
-    // right after the frame's last byte; it never reads into the next frame in that call.
+    return decode(in, out, true);
+  }
+
+ private:
+  // Decodes `in` into `out`; returns how many bytes of `in` it consumed. Goes on while input
+  // remains, or while a full output buffer may hide more of the current frame. After a frame ends
+  // (rc == 0) another call with no input would return the next frame's header-size hint, which must
+  // not count as "inside a frame". stop_at_frame_end: return right after a frame's last byte
+  // (ZSTD_decompressStream returns 0 there and never reads into the next frame in that call).
+  Result<std::size_t> decode(std::span<const std::uint8_t> in, const Output& out, bool stop_at_frame_end) {
     ZSTD_inBuffer ib{in.data(), in.size(), 0};
     for (;;) {
       ZSTD_outBuffer ob{buf_.data(), buf_.size(), 0};
@@ -153,11 +150,11 @@ class ZstdDecompressor final : public Decompressor {
       last_ = rc;
       if (ob.pos)
         if (auto r = out({buf_.data(), ob.pos}); !r) return r.error();
-      if (rc == 0 || (ib.pos == ib.size && ob.pos < ob.size)) return ib.pos;
+      const bool drained = ib.pos == ib.size && (ob.pos < ob.size || rc == 0);
+      if (drained || (stop_at_frame_end && rc == 0)) return ib.pos;
     }
   }
 
- private:
   ZSTD_DCtx* ctx_;
   std::array<std::uint8_t, chunk> buf_;
   std::size_t last_ = 1;  // nothing decoded yet: an empty stream is truncated
