@@ -94,7 +94,7 @@ int cmd_resume(const AgentConfig& cfg) {
       std::cout << "failure: " << f->error << "\n";
       return 1;
     }
-    std::cout << "Continuing the interrupted install of " << st->source << ".\n";
+    std::cout << "Continuing the interrupted install of " << st->source << "." << std::endl;
     InstallRequest request{.source = st->source,
                            .deployment_id = st->deployment_id,
                            .expected_size = st->total,

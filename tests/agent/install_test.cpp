@@ -393,6 +393,25 @@ TEST_F(Install, APowerCutInEveryPersistedStateEndsOnAGoodPartition) {
   }
 }
 
+TEST_F(Install, ResumeGivesUpAfterInstallAttemptsInterruptions) {
+  SimAgent dev(tmp / "device-1", {{"InstallAttempts", 3}});
+  const std::string kill_env = "TERN_TEST_KILL_AT=downloading";  // a power cut in every download
+  auto first = dev.agent("install " + q(artifact), kill_env);
+  EXPECT_NE(first.exit_code, 0) << first.output;
+  for (int attempt = 2; attempt <= 3; ++attempt) {
+    auto r = dev.agent("resume", kill_env);
+    EXPECT_NE(r.output.find("Continuing the interrupted install"), std::string::npos) << r.output;
+    EXPECT_NE(read_file(dev.dir() / "state/install.json").find("\"attempt\":" + std::to_string(attempt)),
+              std::string::npos);
+  }
+  auto last = dev.agent("resume");
+  EXPECT_EQ(last.exit_code, 1) << last.output;
+  EXPECT_NE(last.output.find("interrupted 3 time(s)"), std::string::npos) << last.output;
+  auto state = read_file(dev.dir() / "state/install.json");
+  EXPECT_NE(state.find("\"phase\":\"done\""), std::string::npos) << state;
+  EXPECT_EQ(dev.env()["upgrade_available"], "0");
+}
+
 TEST_F(Install, KilledAtRandomMomentsTheDeviceAlwaysBootsAGoodPartition) {
   // Time-based kills land in the download, the sync or the switch; each ends bootable.
   for (int i = 0; i < 6; ++i) {
