@@ -320,6 +320,41 @@ TEST_F(ResumeInstall, PartitionBytesChangedBeforeTheCheckpointAreCaughtAndRewrit
   ASSERT_EQ(dev.agent("commit").exit_code, 0);
 }
 
+// A file install interrupted after a checkpoint (made here from an interrupted HTTPS install whose
+// saved source is pointed at a local copy of the same artifact: a file install is too fast to kill
+// in the middle reliably).
+TEST_F(ResumeInstall, AFileSourceResumesBySeekingUnlessTheFileChanged) {
+  const auto local = tmp / "local.mender";
+  auto interrupt_into_file = [&](SimAgent& dev) {
+    ASSERT_GT(kill_after_checkpoint(dev, url, size / 3), 0u);
+    for (const char* name : {"state/install.json", "state/resume.json"}) {
+      auto text = read_file(dev.dir() / name);
+      auto at = text.find(url);
+      ASSERT_NE(at, std::string::npos) << name;
+      text.replace(at, url.size(), local.string());
+      write_file(dev.dir() / name, text);
+    }
+  };
+  fs::copy_file(big, local);
+  auto dev = device();
+  interrupt_into_file(dev);
+  auto r = dev.agent("resume");
+  ASSERT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("resuming the interrupted download of " + local.string()), std::string::npos) << r.output;
+  EXPECT_TRUE(holds(dev, big_image));
+  ASSERT_EQ(dev.agent("rollback").exit_code, 0);
+
+  // The same path now holds another artifact: the checkpoint does not apply, it starts from byte 0.
+  interrupt_into_file(dev);
+  auto other_image = make_image((48u << 20) - 8192, 12);
+  auto other = make_artifact(tmp.path(), "release-other", other_image, "qemu", "--frame-size 1048576");
+  fs::copy_file(other, local, fs::copy_options::overwrite_existing);
+  auto again = dev.agent("resume");
+  ASSERT_EQ(again.exit_code, 4) << again.output;
+  EXPECT_NE(again.output.find("is not the file the checkpoint was taken from"), std::string::npos) << again.output;
+  EXPECT_TRUE(holds(dev, other_image));
+}
+
 TEST_F(ResumeInstall, AnArtifactReplacedOnTheServerOrACorruptCheckpointStartsFromByteZero) {
   auto dev = device();
   ASSERT_GT(kill_after_checkpoint(dev, url, size / 4), 0u);
