@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <array>
@@ -145,6 +146,34 @@ Result<void> write_file_atomic(const std::filesystem::path& path, std::string_vi
   ::close(dfd);
   if (rc != 0) return Error::from_errno("syncing " + parent.string(), err);
   return {};
+}
+
+Result<DirLock> DirLock::acquire(const std::filesystem::path& dir) {
+  const auto path = dir / "lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Error::from_errno("opening " + path.string(), errno);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK)
+      return fail(Errc::invalid_argument, "another tern-agent (the daemon?) is using " + dir.string() +
+                                              "; stop it first, or let it do the work");
+    return Error::from_errno("locking " + path.string(), err);
+  }
+  return DirLock(fd);
+}
+
+DirLock& DirLock::operator=(DirLock&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+DirLock::~DirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the flock
 }
 
 Result<StateStore> StateStore::open(const std::filesystem::path& dir) {

@@ -79,6 +79,24 @@ std::map<std::string, std::string> merge_provides(const std::map<std::string, st
 /// `*` matches any run of characters.
 bool glob_match(std::string_view pattern, std::string_view text);
 
+/// An exclusive lock on DIR/lock (flock), held until it is destroyed or the process ends, a kill
+/// or power cut included: one tern-agent at a time drives a data directory, so a command run by
+/// hand cannot race the daemon (or another command) through the same install.
+class DirLock {
+ public:
+  /// Errors: Errc::invalid_argument when another process holds it (the message says so), Errc::io.
+  static Result<DirLock> acquire(const std::filesystem::path& dir);
+  DirLock(DirLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  DirLock& operator=(DirLock&& o) noexcept;
+  DirLock(const DirLock&) = delete;
+  DirLock& operator=(const DirLock&) = delete;
+  ~DirLock();
+
+ private:
+  explicit DirLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
 class StateStore {
  public:
   /// Opens (creating) the data directory. Errors: the directory cannot be created.

@@ -71,8 +71,12 @@ Result<PipelineResume> saved_resume_point(const StateStore& store, const Install
 
 }  // namespace
 
-Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store)
-    : config_(std::move(config)), slots_(std::move(slots)), env_(std::move(env)), store_(std::move(store)) {}
+Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock)
+    : config_(std::move(config)),
+      slots_(std::move(slots)),
+      env_(std::move(env)),
+      store_(std::move(store)),
+      lock_(std::move(lock)) {}
 
 Result<std::unique_ptr<Updater>> Updater::open(const AgentConfig& config) {
   auto slots = resolve_slots(config);
@@ -82,7 +86,10 @@ Result<std::unique_ptr<Updater>> Updater::open(const AgentConfig& config) {
   if (!env) return env.error().context("opening the boot environment");
   auto store = StateStore::open(config.data_dir);
   if (!store) return store.error();
-  return std::unique_ptr<Updater>(new Updater(config, std::move(*slots), std::move(*env), std::move(*store)));
+  auto lock = DirLock::acquire(config.data_dir);
+  if (!lock) return lock.error();
+  return std::unique_ptr<Updater>(
+      new Updater(config, std::move(*slots), std::move(*env), std::move(*store), std::move(*lock)));
 }
 
 Result<int> Updater::running_part() const {

@@ -48,7 +48,8 @@ struct Recovery {
 
 class Updater {
  public:
-  /// Resolves partitions, opens the boot environment and the state directory.
+  /// Resolves partitions, opens the boot environment and the state directory, and locks the latter
+  /// (DirLock) for as long as the Updater lives: a second one on the same data directory fails.
   static Result<std::unique_ptr<Updater>> open(const AgentConfig& config);
 
   /// Streams `request.source` into the standby partition and switches the boot environment to try
@@ -78,7 +79,7 @@ class Updater {
   BootEnv& bootenv() { return *env_; }
 
  private:
-  Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store);
+  Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock);
   Result<InstallState> save(InstallState s);
   Result<InstallState> finish_commit(InstallState s);
   Result<InstallState> finish_failure(InstallState s, const std::string& error);
@@ -89,6 +90,7 @@ class Updater {
   Slots slots_;
   std::unique_ptr<BootEnv> env_;
   StateStore store_;
+  DirLock lock_;  // held while this Updater lives
 };
 
 }  // namespace tern::agent

@@ -304,6 +304,30 @@ TEST_F(ResumeInstall, KilledDuringAnHttpsDownloadGoesOnFromTheLastCheckpoint) {
   EXPECT_EQ(dev.installed(), "release-big");
 }
 
+TEST_F(ResumeInstall, OneAgentAtATimeDrivesADataDirectory) {
+  auto dev = device();
+  Process running({agent_bin(), "--config", dev.config_path().string(), "install", url}, dev.dir() / "agent.log");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (running.running() && saved_checkpoint_offset(dev.dir() / "state") == 0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(running.running()) << "the install ended before the test could race it";
+  for (const char* cmd : {"rollback", "resume", "commit"}) {
+    auto r = dev.agent(cmd);
+    EXPECT_NE(r.exit_code, 0) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("another tern-agent (the daemon?) is using"), std::string::npos) << cmd << ": " << r.output;
+  }
+  EXPECT_EQ(dev.agent("show-artifact").exit_code, 0) << "reading stays possible";
+  auto st = running.wait(std::chrono::seconds(60));
+  ASSERT_TRUE(st && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << read_file(dev.dir() / "agent.log");
+  EXPECT_TRUE(holds(dev, big_image));
+  ASSERT_EQ(dev.agent("rollback").exit_code, 0) << "the lock is released when the install exits";
+  // A lock dies with its process, also with kill -9: the next command gets it.
+  ASSERT_GT(kill_after_checkpoint(dev, url, size / 4), 0u);
+  auto r = dev.agent("resume");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+}
+
 TEST_F(ResumeInstall, PartitionBytesChangedBeforeTheCheckpointAreCaughtAndRewritten) {
   auto dev = device();
   ASSERT_GT(kill_after_checkpoint(dev, url, size / 3), 0u);
