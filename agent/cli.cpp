@@ -85,22 +85,17 @@ int cmd_resume(const AgentConfig& cfg) {
   if (rec->interrupted) {
     // A download cut by a power loss or a kill: run it again, from its last checkpoint when it
     // has one (see Updater::install), as the next attempt.
-    auto st = (*updater)->state();
-    if (!st || st->source.empty()) return failed(fail(Errc::internal, "an interrupted install without a source"));
-    if (st->attempt >= cfg.install_attempts) {  // the same limit as the daemon's
-      auto f = (*updater)->fail_install("the install was interrupted " + std::to_string(st->attempt) +
-                                        " time(s) (agent restart or power loss)");
-      if (!f) return failed(f.error());
-      std::cout << "failure: " << f->error << "\n";
+    auto next = (*updater)->next_attempt();
+    if (!next) return failed(next.error());
+    if (!*next) {  // InstallAttempts used up, as the daemon counts them
+      auto st = (*updater)->state();
+      if (!st) return failed(st.error());
+      std::cout << "failure: " << st->error << "\n";
       return 1;
     }
-    std::cout << "Continuing the interrupted install of " << st->source << "." << std::endl;
-    InstallRequest request{.source = st->source,
-                           .deployment_id = st->deployment_id,
-                           .expected_size = st->total,
-                           .expected_sha256 = st->sha256,
-                           .attempt = st->attempt + 1};
-    updater->reset();  // cmd_install opens the state store again
+    std::cout << "Continuing the interrupted install of " << (*next)->source << "." << std::endl;
+    InstallRequest request = std::move(**next);
+    updater->reset();  // cmd_install opens the state store (and its lock) again
     return cmd_install(cfg, request, true);
   }
   if (rec->reboot) {

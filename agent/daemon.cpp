@@ -130,18 +130,20 @@ class Daemon {
     auto st = updater_->state();
     if (!st) co_return true;
     if (rec->interrupted) {
-      if (st->attempt < config_.install_attempts && !st->deployment_id.empty()) {
-        Deployment d{.deployment_id = st->deployment_id,
+      // An interrupted command-line install (no deployment) is not the daemon's to run again.
+      auto next = updater_->next_attempt(st->deployment_id.empty());
+      if (!next) {
+        log::error("resuming the install: ", next.error().message());
+      } else if (*next) {
+        Deployment d{.deployment_id = (*next)->deployment_id,
                      .artifact_name = st->artifact_name,
-                     .url = st->source,
-                     .size = st->total,
-                     .sha256 = st->sha256};
-        start_install(d, st->attempt + 1);
-        co_return true;
+                     .url = (*next)->source,
+                     .size = (*next)->expected_size,
+                     .sha256 = (*next)->expected_sha256};
+        start_install(d, (*next)->attempt);
+      } else if (auto f = updater_->state(); f) {
+        report_finished(*f);
       }
-      auto f = updater_->fail_install("the install was interrupted " + std::to_string(st->attempt) +
-                                      " time(s) (agent restart or power loss)");
-      if (f) report_finished(*f);
       co_return true;
     }
     if (rec->reboot) {

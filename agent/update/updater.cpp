@@ -442,6 +442,24 @@ Result<InstallState> Updater::fail_install(const std::string& reason) {
   return finish_failure(*s, reason);
 }
 
+Result<std::optional<InstallRequest>> Updater::next_attempt(bool give_up) {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  if (s->phase != Phase::downloading || s->source.empty())
+    return fail(Errc::internal, "there is no interrupted install to run again");
+  if (give_up || s->attempt >= config_.install_attempts) {
+    auto f = finish_failure(*s, "the install was interrupted " + std::to_string(s->attempt) +
+                                    " time(s) (agent restart or power loss)");
+    if (!f) return f.error();
+    return std::optional<InstallRequest>{};
+  }
+  return std::optional<InstallRequest>(InstallRequest{.source = s->source,
+                                                      .deployment_id = s->deployment_id,
+                                                      .expected_size = s->total,
+                                                      .expected_sha256 = s->sha256,
+                                                      .attempt = s->attempt + 1});
+}
+
 Result<void> Updater::mark_reported() {
   auto s = store_.load_install();
   if (!s) return s.error();

@@ -66,6 +66,11 @@ class Updater {
   Result<bool> rollback(const std::string& reason);
   /// Records a failed install (phase done) whose download was interrupted.
   Result<InstallState> fail_install(const std::string& reason);
+  /// After recover() reported `interrupted`: the request that runs the install again as its next
+  /// attempt (install() goes on from its checkpoint when it has one). Nothing once InstallAttempts
+  /// are used up, or at once with `give_up`: the install is then failed ("interrupted N time(s)"),
+  /// to be reported like any other failure (state()).
+  Result<std::optional<InstallRequest>> next_attempt(bool give_up = false);
   /// Marks the finished install as reported to the fleet.
   Result<void> mark_reported();
 
