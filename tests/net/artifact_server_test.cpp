@@ -21,13 +21,7 @@ using bridge::ArtifactServerOptions;
 class ServerTest : public ::testing::Test {
  protected:
   void start(bool tls, bool client_certs = false) {
-    ArtifactServerOptions o{.root = dir.path()};
-    if (tls) {
-      o.cert_file = (certs() / "server.crt").string();
-      o.key_file = (certs() / "server.key").string();
-    }
-    if (client_certs) o.client_ca_file = (certs() / "ca.crt").string();
-    server = std::make_unique<ArtifactServer>(io.get_executor(), o);
+    server = std::make_unique<ArtifactServer>(io.get_executor(), served_options(dir.path(), tls, client_certs));
     auto p = server->start();
     ASSERT_TRUE(p) << p.error().message();
     port = *p;

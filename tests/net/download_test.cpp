@@ -29,7 +29,6 @@ using agent::DownloadState;
 using agent::ProgressHandler;
 using agent::RestartHandler;
 using bridge::ArtifactServer;
-using bridge::ArtifactServerOptions;
 
 constexpr std::size_t MiB = 1024 * 1024;
 
@@ -88,6 +87,17 @@ asio::awaitable<void> fetch(const DownloadOptions& opts, DownloadState& state, F
   out.result = r;
 }
 
+/// Runs one download with fast_options() to its end, on `io` when the test's server runs there.
+void fetch_now(DownloadState& state, Fetched& out, std::chrono::milliseconds deadline,
+               asio::io_context* io = nullptr) {
+  auto body = [&]() -> asio::awaitable<void> {
+    const auto o = fast_options();
+    co_await fetch(o, state, out);
+  };
+  if (io) run_coro(*io, body, deadline);
+  else run_coro(body, deadline);
+}
+
 std::string port_url(const std::string& scheme, std::uint16_t port, const std::string& name) {
   return scheme + "://127.0.0.1:" + std::to_string(port) + "/artifacts/" + name;
 }
@@ -95,13 +105,7 @@ std::string port_url(const std::string& scheme, std::uint16_t port, const std::s
 /// An ArtifactServer on the test's io_context serving a TempDir.
 struct Served {
   explicit Served(asio::io_context& io, bool tls = true, bool client_certs = false) {
-    ArtifactServerOptions o{.root = dir.path()};
-    if (tls) {
-      o.cert_file = (certs() / "server.crt").string();
-      o.key_file = (certs() / "server.key").string();
-    }
-    if (client_certs) o.client_ca_file = (certs() / "ca.crt").string();
-    server = std::make_unique<ArtifactServer>(io.get_executor(), o);
+    server = std::make_unique<ArtifactServer>(io.get_executor(), served_options(dir.path(), tls, client_certs));
     auto p = server->start();
     if (!p) throw std::runtime_error(p.error().message());
     port = *p;
@@ -118,9 +122,7 @@ TEST(Download, PlainHttpFromArtifactServer) {
   write_file(s.dir / "a.bin", data);
   DownloadState st{.url = port_url("http", s.port, "a.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 60s);
+  fetch_now(st, f, 60s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_EQ(st.offset, data.size());
@@ -142,9 +144,7 @@ TEST(Download, HttpsFromArtifactServerIsByteExact) {
   write_file(s.dir / "a.bin", data);
   DownloadState st{.url = port_url("https", s.port, "a.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 60s);
+  fetch_now(st, f, 60s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_EQ(st.attempts, 1);
@@ -156,9 +156,7 @@ TEST(Download, EmptyFile) {
   write_file(s.dir / "empty.bin", "");
   DownloadState st{.url = port_url("https", s.port, "empty.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 30s);
+  fetch_now(st, f, 30s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_TRUE(f.body.empty());
   ASSERT_TRUE(st.total);
@@ -171,9 +169,7 @@ TEST(Download, HttpsFromNginxIsByteExact) {
   write_file(nginx.root() / "a.bin", data);
   DownloadState st{.url = nginx.url("a.bin")};
   Fetched f;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 60s);
+  fetch_now(st, f, 60s);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_EQ(st.attempts, 1);
@@ -186,9 +182,7 @@ void resume_test(const std::string& url, const std::string& data) {
   DownloadState st{.url = url};
   Fetched first;
   first.fail_after = MiB;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, first); }, 60s);
+  fetch_now(st, first, 60s);
   ASSERT_FALSE(first.result);
   EXPECT_NE(first.result.error().message().find("test sink full"), std::string::npos)
       << first.result.error().message();
@@ -200,9 +194,7 @@ void resume_test(const std::string& url, const std::string& data) {
   DownloadState resumed = st;
   resumed.bytes_received = 0;
   Fetched second;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, resumed, second); }, 60s);
+  fetch_now(resumed, second, 60s);
   ASSERT_TRUE(second.result) << second.result.error().message();
   EXPECT_EQ(second.restarts, 0);
   EXPECT_EQ(resumed.bytes_received, data.size() - st.offset) << "fetched bytes it already had";
@@ -263,9 +255,7 @@ TEST(Download, SurvivesACutEveryFewMegabytes) {
   proxy.set_cut(1 * MiB, 3 * MiB);
   DownloadState st{.url = port_url("https", proxy.port(), "big.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 240s);
+  fetch_now(st, f, 240s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(f.body.size(), data.size());
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
@@ -304,9 +294,7 @@ TEST(Download, ThrottledLinkCompletes) {
   proxy.set_rate(4 * MiB);
   DownloadState st{.url = port_url("http", proxy.port(), "a.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 60s);
+  fetch_now(st, f, 60s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(f.body, data);
   EXPECT_EQ(st.attempts, 1);
@@ -328,10 +316,7 @@ TEST(Download, DroppedConnectionsResume) {
       next_drop += MiB / 2;
     }
   };
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f);
-  }, 60s);
+  fetch_now(st, f, 60s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_GE(st.attempts, 2);
@@ -379,10 +364,7 @@ TEST(Download, ThroughTheFaultProxyProcess) {
   ASSERT_GT(port, 0) << proxy.log();
   DownloadState st{.url = port_url("https", static_cast<std::uint16_t>(port), "a.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f);
-  }, 120s);
+  fetch_now(st, f, 120s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_GE(st.attempts, 6);  // at most 900 kB per connection
@@ -408,9 +390,7 @@ TEST(Download, ContentReplacedMidDownloadRestartsWithTheNewFile) {
       replaced = true;
     }
   };
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 60s);
+  fetch_now(st, f, 60s, &io);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_TRUE(replaced);
   EXPECT_EQ(f.restarts, 1);
@@ -468,9 +448,7 @@ TEST(Download, NotFoundIsAClearError) {
   Served s(io);
   DownloadState st{.url = port_url("https", s.port, "missing.bin")};
   Fetched f;
-  run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 30s);
+  fetch_now(st, f, 30s, &io);
   ASSERT_FALSE(f.result);
   const std::string m = f.result.error().message();
   EXPECT_EQ(f.result.error().code(), make_error_code(Errc::protocol));
@@ -495,9 +473,7 @@ TEST(Download, UnreachableServerGivesUpAfterMaxAttempts) {
 TEST(Download, MalformedUrlIsRejected) {
   DownloadState st{.url = "ftp://127.0.0.1/a.bin"};
   Fetched f;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 10s);
+  fetch_now(st, f, 10s);
   ASSERT_FALSE(f.result);
   EXPECT_EQ(f.result.error().code(), make_error_code(Errc::invalid_argument));
   EXPECT_NE(f.result.error().message().find("ftp"), std::string::npos);
@@ -516,9 +492,7 @@ TEST(Download, FollowsRelativeAndAbsoluteRedirectsAndBoundsThem) {
 
   DownloadState st{.url = base + "/absolute"};
   Fetched f;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, st, f); }, 30s);
+  fetch_now(st, f, 30s);
   ASSERT_TRUE(f.result) << f.result.error().message();
   EXPECT_EQ(sha256_hex(f.body), sha256_hex(data));
   EXPECT_EQ(st.attempts, 3);  // /absolute → /relative → /artifacts/a.bin
@@ -526,9 +500,7 @@ TEST(Download, FollowsRelativeAndAbsoluteRedirectsAndBoundsThem) {
 
   DownloadState loop{.url = base + "/loop"};
   Fetched g;
-  run_coro([&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
-    co_await fetch(o, loop, g); }, 30s);
+  fetch_now(loop, g, 30s);
   ASSERT_FALSE(g.result);
   EXPECT_NE(g.result.error().message().find("redirects"), std::string::npos) << g.result.error().message();
 }

@@ -1,6 +1,7 @@
 // Helpers shared by the network tests: deterministic data, hashes, atomic file replacement.
 #pragma once
 
+#include "broker-bridge/artifact_server.hpp"
 #include "tests/support/testenv.hpp"
 
 #include <openssl/evp.h>
@@ -46,6 +47,18 @@ inline void replace_file(const fs::path& p, std::string_view contents) {
   const fs::path tmp = p.string() + ".new";
   write_file(tmp, contents);
   fs::rename(tmp, p);
+}
+
+/// Options of an ArtifactServer serving `root` with the tests' PKI: TLS with its server
+/// certificate (or plain HTTP), and client certificates of its CA required when asked.
+inline bridge::ArtifactServerOptions served_options(const std::filesystem::path& root, bool tls, bool client_certs) {
+  bridge::ArtifactServerOptions o{.root = root};
+  if (tls) {
+    o.cert_file = (certs() / "server.crt").string();
+    o.key_file = (certs() / "server.key").string();
+  }
+  if (client_certs) o.client_ca_file = (certs() / "ca.crt").string();
+  return o;
 }
 
 }  // namespace tern::test
