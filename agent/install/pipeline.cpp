@@ -383,9 +383,7 @@ void reader_stage(const artifacts::ReaderOptions& reader_options, const HeaderCh
     }
     return {};
   };
-  auto ro = reader_options;
-  ro.hash_artifact = true;  // the whole artifact's SHA-256, restorable at a checkpoint
-  artifacts::Reader reader(std::move(ro), on_header, on_payload);
+  artifacts::Reader reader(reader_options, on_header, on_payload);
   if (options.checkpoint_every && options.on_checkpoint) {
     reader.enable_checkpoints(options.checkpoint_every, options.on_prefix, [&](const artifacts::Checkpoint& c) -> Result<void> {
       // Hand the writer every payload byte before the checkpoint now, then let it persist the
@@ -587,8 +585,10 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
 
   {
     Workers workers(links, done, 2);
-    workers.start(shared,
-                  [&] { reader_stage(reader_options, check, writer, options, source.resume, links, shared); });
+    // The whole artifact's SHA-256 (restorable at a checkpoint), when there is one to compare with.
+    auto ro = reader_options;
+    ro.hash_artifact = !source.expected_sha256.empty();
+    workers.start(shared, [&] { reader_stage(ro, check, writer, options, source.resume, links, shared); });
     workers.start(shared, [&] { writer_stage(writer, links, shared); });
 
     try {

@@ -216,6 +216,22 @@ TEST_F(DaemonTest, StoppedWithSigtermMidDownloadItGoesOnFromTheCheckpointAfterTh
   EXPECT_EQ(dev->installed(), "release-big");
 }
 
+TEST_F(DaemonTest, AnArtifactWhoseSha256DiffersFromTheDeploymentFails) {
+  auto dev = device("device-2");
+  SimDaemon d(*dev);
+  const std::string wrong(64, '0');
+  publish("device-2", R"({"deployment_id":"dep-s","artifact_name":"release-2","url":")" +
+                          nginx.url("release-2.mender") + R"(","size":)" + std::to_string(fs::file_size(artifact)) +
+                          R"(,"sha256":")" + wrong + R"("})");
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-2", "dep-s"), "failure"); })) << d.log();
+  auto watch = read_file(tmp / "watch.log");
+  EXPECT_NE(watch.find("has SHA-256 " + sha256_hex(read_file(artifact)) + ", the deployment says " + wrong),
+            std::string::npos)
+      << watch;
+  EXPECT_EQ(dev->installed(), "factory-image");
+  EXPECT_EQ(dev->env()["upgrade_available"], "0");
+}
+
 TEST_F(DaemonTest, AFailingHealthCheckReportsFailureAfterTheRollback) {
   boost::json::object extra{{"HealthCheckCommand", "echo app refused to start; exit 1"}};
   auto dev = device("device-4", extra);
