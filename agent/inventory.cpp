@@ -1,7 +1,7 @@
 #include "agent/inventory.hpp"
 
-#include "agent/boot/run_program.hpp"
 #include "common/log.hpp"
+#include "common/process.hpp"
 
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -30,7 +30,8 @@ void merge_inventory_output(std::string_view output, protocol::Inventory& inv) {
   }
 }
 
-protocol::Inventory collect_inventory(const AgentConfig& config, const Installed& installed, const Slots& slots) {
+protocol::Inventory collect_inventory(const AgentConfig& config, const Installed& installed, const Slots& slots,
+                                      std::stop_token stop) {
   protocol::Inventory inv;
   inv["device_type"] = config.device_type;
   inv["artifact_name"] = installed.artifact_name;
@@ -51,12 +52,14 @@ protocol::Inventory collect_inventory(const AgentConfig& config, const Installed
       if (e.is_regular_file() && ::access(e.path().c_str(), X_OK) == 0) scripts.push_back(e.path());
     if (ec) log::warn("reading InventoryScriptsDir ", config.inventory_scripts.string(), ": ", ec.message());
     std::sort(scripts.begin(), scripts.end());
+    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config.inventory_script_timeout);
     for (const auto& script : scripts) {
-      // Bounded by timeout(1): a hanging script must not stall the daemon's inventory forever.
-      auto out = run_program({"timeout", "30", script.string()});
-      if (!out || out->exit_code != 0) {
+      if (stop.stop_requested()) break;
+      // Bounded: a hanging script (and what it started) is killed at its deadline and skipped.
+      auto out = run_program({script.string()}, {.timeout = timeout, .stop = stop, .max_output = 64 * 1024});
+      if (!out || out->exit_code != 0 || out->timed_out || out->stopped) {
         log::warn("inventory script ", script.string(), " failed (",
-                  out ? "status " + std::to_string(out->exit_code) : out.error().message(), "); skipped");
+                  out ? describe_exit(*out, timeout) : out.error().message(), "); skipped");
         continue;
       }
       merge_inventory_output(out->output, inv);

@@ -7,15 +7,21 @@
 #pragma once
 
 #include "agent/agent_config.hpp"
+#include "agent/boot/slots.hpp"
 #include "agent/state.hpp"
 #include "common/protocol.hpp"
+
+#include <stop_token>
 
 namespace tern::agent {
 
 inline constexpr const char* agent_version = "0.1.0";
 
-/// Collects the inventory now. Runs the inventory scripts (blocking, each bounded to 30 s).
-protocol::Inventory collect_inventory(const AgentConfig& config, const Installed& installed, const Slots& slots);
+/// Collects the inventory now. Runs the inventory scripts, each bounded by
+/// InventoryScriptTimeoutSeconds (killed with its process group when it passes); a stop request
+/// kills the running script and skips the rest. Blocking: the daemon runs it on its pool.
+protocol::Inventory collect_inventory(const AgentConfig& config, const Installed& installed, const Slots& slots,
+                                      std::stop_token stop = {});
 
 /// Parses inventory script output ("key=value" lines; others ignored) into `inv`.
 void merge_inventory_output(std::string_view output, protocol::Inventory& inv);

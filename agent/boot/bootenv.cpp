@@ -12,7 +12,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "agent/boot/run_program.hpp"
+#include "common/process.hpp"
 
 namespace tern::agent {
 
@@ -157,12 +157,15 @@ Result<void> check_exists(const std::string& device, const std::string& descript
   return {};
 }
 
+// grub-editenv rewrites a 1 KiB file: anything near this means a hung file system.
+constexpr std::chrono::seconds grub_editenv_timeout{30};
+
 class GrubEnv final : public BootEnv {
  public:
   explicit GrubEnv(fs::path file) : file_(std::move(file)) {}
 
   Result<std::map<std::string, std::string>> read() override {
-    auto out = run_program({"grub-editenv", file_.string(), "list"});
+    auto out = run_program({"grub-editenv", file_.string(), "list"}, {.timeout = grub_editenv_timeout});
     if (!out) return out.error().context("reading grub env " + file_.string());
     if (out->exit_code != 0)
       return fail(Errc::io, "reading grub env " + file_.string() + ": grub-editenv: " + out->output);
@@ -203,7 +206,7 @@ class GrubEnv final : public BootEnv {
     for (auto* cmd : {&set, &unset}) {
       if (cmd->size() == 3) continue;
       (*cmd)[1] = tmp.string();
-      auto out = run_program(*cmd);
+      auto out = run_program(*cmd, {.timeout = grub_editenv_timeout});
       if (!out || out->exit_code != 0) {
         cleanup();
         return fail(Errc::io, what + ": grub-editenv " + (*cmd)[2] + ": " +

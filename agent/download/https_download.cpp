@@ -8,6 +8,7 @@
 // changed: start again from 0 at once) or fatal.
 #include "agent/download/https_download.hpp"
 
+#include "common/backoff.hpp"
 #include "common/text.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -164,7 +165,7 @@ class Downloader {
   Downloader(const DownloadOptions& o, DownloadState& s, const BodySink& sink,
              const RestartHandler& restart, const ProgressHandler& progress)
       : opts_(o), state_(s), sink_(sink), on_restart_(restart), on_progress_(progress),
-        rng_(o.seed ? o.seed : std::random_device{}()) {}
+        backoff_(o.backoff_initial, o.backoff_max, o.seed) {}
 
   asio::awaitable<Result<void>> run();
 
@@ -190,7 +191,7 @@ class Downloader {
   BodySink sink_;
   RestartHandler on_restart_;
   ProgressHandler on_progress_;
-  std::mt19937_64 rng_;
+  Backoff backoff_;
   std::optional<ssl::context> tls_;
   asio::cancellation_state cancel_;
   std::array<std::uint8_t, kChunk> buf_;
@@ -245,7 +246,6 @@ Result<void> Downloader::restart(const std::string& why) {
 asio::awaitable<Result<void>> Downloader::run() {
   cancel_ = co_await asio::this_coro::cancellation_state;
   const auto start = steady_clock::now();
-  auto backoff = opts_.backoff_initial;
   int redirects = 0;
   std::string url = state_.url;
   std::string last_error = "no attempt made";
@@ -291,11 +291,8 @@ asio::awaitable<Result<void>> Downloader::run() {
     // Start again from the URL as given: a redirect may have been temporary.
     url = state_.url;
     redirects = 0;
-    if (state_.offset > offset_before) backoff = opts_.backoff_initial;  // the link works again
-    // Full jitter on the upper half: wait a random time in [backoff/2, backoff].
-    const auto lo = backoff.count() / 2, hi = std::max<std::int64_t>(backoff.count(), 1);
-    const std::chrono::milliseconds wait{std::uniform_int_distribution<std::int64_t>(lo, hi)(rng_)};
-    backoff = std::min(backoff * 2, opts_.backoff_max);
+    if (state_.offset > offset_before) backoff_.reset();  // the link works again
+    const auto wait = backoff_.next();
     asio::steady_timer timer(co_await asio::this_coro::executor);
     timer.expires_after(wait);
     auto [ec] = co_await timer.async_wait(kAwait);

@@ -3,9 +3,11 @@
 // unit of the project.
 #include "common/mqtt/client.hpp"
 
+#include "common/backoff.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -249,6 +251,15 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
     return opts;
   }
 
+  /// Stops a connect attempt Paho never answered, so the next one can start.
+  void abandon_connect() {
+    try {
+      paho->disconnect(std::chrono::seconds(0));  // not awaited: the next attempt reports a refusal
+    } catch (const ::mqtt::exception& e) {
+      log::debug("mqtt ", options.client_id, ": abandoning a connect attempt: ", e.what());
+    }
+  }
+
   void renew_subscriptions() {
     std::vector<std::pair<std::string, int>> subs;
     {
@@ -322,13 +333,22 @@ Client::~Client() {
 
 asio::awaitable<Result<void>> Client::connect() {
   auto impl = impl_;
-  auto delay = impl->options.min_retry;
+  Backoff backoff(impl->options.min_retry, impl->options.max_retry);
+  // Paho gives up on an attempt after connect_timeout and calls back. The watchdog is for when it
+  // does not (seen with a server that accepts TCP and never answers the TLS handshake): the
+  // attempt is abandoned and made again.
+  const auto watchdog_after = impl->options.connect_timeout + std::chrono::seconds(5);
   Result<void> last = fail(Errc::io, "not attempted");
   for (unsigned attempt = 1;; ++attempt) {
     // Built outside the co_await expression: g++ 12 destroys temporaries of a full-expression
     // containing co_await twice (a lambda capturing a shared_ptr there corrupts its count).
     auto attempt_op = asio::async_initiate<decltype(asio::use_awaitable), void(Result<void>)>(
         [impl](auto handler) {
+          auto slot = asio::get_associated_cancellation_slot(handler);
+          if (slot.is_connected())
+            slot.assign([impl](asio::cancellation_type) {
+              impl->connect_listener.complete(fail(Errc::cancelled, "connecting: cancelled"));
+            });
           impl->connect_listener.arm(ResultHandler(std::move(handler)));
           try {
             impl->paho->connect(impl->make_connect_options(), nullptr, impl->connect_listener);
@@ -337,18 +357,31 @@ asio::awaitable<Result<void>> Client::connect() {
           }
         },
         asio::use_awaitable);
-    last = co_await std::move(attempt_op);
+    asio::steady_timer watchdog(impl->ex, watchdog_after);
+    auto expired = watchdog.async_wait(asio::as_tuple(asio::use_awaitable));
+    auto outcome = co_await (std::move(attempt_op) || std::move(expired));
+    if (outcome.index() == 0) {
+      last = std::move(std::get<0>(outcome));
+    } else {
+      last = fail(Errc::timeout, "connecting: no answer within " +
+                                     std::to_string(std::chrono::duration_cast<std::chrono::seconds>(watchdog_after).count()) +
+                                     " s; abandoned");
+      impl->abandon_connect();
+    }
+    if (!last && last.error().code() == make_error_code(Errc::cancelled)) {
+      impl->abandon_connect();
+      co_return last;
+    }
     if (!last) last = last.error().context(impl->options.server_uri);
     if (last) {
       impl->is_connected = true;
       co_return last;
     }
     if (impl->options.connect_attempts && attempt >= impl->options.connect_attempts) co_return last;
-    log::info("mqtt ", impl->options.client_id, ": ", last.error().message(), "; retrying in ",
-              delay.count(), " ms");
-    asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+    const auto delay = backoff.next();
+    log::info("mqtt ", impl->options.client_id, ": ", last.error().message(), "; retrying in ", delay.count(), " ms");
+    asio::steady_timer timer(impl->ex, delay);
     co_await timer.async_wait(asio::use_awaitable);
-    delay = std::min(delay * 2, impl->options.max_retry);
   }
 }
 

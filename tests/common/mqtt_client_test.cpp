@@ -8,6 +8,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include "tests/support/testenv.hpp"
 #include <random>
 #include <set>
 
@@ -324,6 +327,48 @@ TEST(MqttClient, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
         EXPECT_EQ(rejected, bad.size());
         CO_ASSERT_TRUE(accepted);
         EXPECT_EQ(*accepted, good);
+      },
+      60s);
+}
+
+
+// A broker address that accepts TCP and never says a word (a wedged broker, a captive middlebox):
+// every connect attempt is abandoned by its deadline and made again, and connect() returns.
+TEST(MqttClient, AConnectThatNeverCompletesIsAbandonedAndRetried) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor silent(io, {asio::ip::make_address("127.0.0.1"), 0});
+  std::vector<asio::ip::tcp::socket> held;  // accepted and kept open, never read or written
+  std::function<void()> accept_next = [&] {
+    silent.async_accept([&](boost::system::error_code ec, asio::ip::tcp::socket s) {
+      if (ec) return;
+      held.push_back(std::move(s));
+      accept_next();
+    });
+  };
+  accept_next();
+  mqtt::Options o;
+  o.server_uri = "ssl://127.0.0.1:" + std::to_string(silent.local_endpoint().port());
+  o.client_id = "device-1";
+  o.ca_file = (certs() / "ca.crt").string();
+  o.cert_file = (certs() / "device-1.crt").string();
+  o.key_file = (certs() / "device-1.key").string();
+  o.connect_timeout = 1s;
+  o.connect_attempts = 2;
+  o.min_retry = 100ms;
+  o.max_retry = 200ms;
+  run_coro(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto c = mqtt::Client::create(ex, o).value();
+        auto r = co_await c->connect();
+        EXPECT_FALSE(r) << "nothing answered, yet connect() succeeded";
+        if (!r) {
+          EXPECT_NE(r.error().message().find("127.0.0.1"), std::string::npos) << r.error().message();
+        }
+        EXPECT_GE(held.size(), 2u) << "the first attempt was abandoned and a second one made";
+        EXPECT_FALSE(c->connected());
+        silent.close();
       },
       60s);
 }

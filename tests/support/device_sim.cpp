@@ -7,7 +7,7 @@
 #include <sstream>
 #include <vector>
 
-#include "agent/boot/run_program.hpp"
+#include "common/process.hpp"
 
 namespace tern::test {
 
@@ -36,7 +36,7 @@ Result<void> write_text(const fs::path& p, const std::string& text) {
 
 Result<void> run_checked(const std::vector<std::string>& argv, const std::string& input,
                          const std::string& what) {
-  auto out = agent::run_program(argv, input);
+  auto out = run_program(argv, {.input = input, .timeout = std::chrono::seconds(60)});
   if (!out) return out.error().context(what);
   if (out->exit_code != 0)
     return fail(Errc::io, what + ": " + argv.front() + " exited with " + std::to_string(out->exit_code) +
