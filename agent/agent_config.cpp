@@ -44,6 +44,7 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_STR(grubenv, "GrubEnv")
   TERN_STR(verify_key, "ArtifactVerifyKey")
   TERN_STR(health_check_command, "HealthCheckCommand")
+  TERN_SECS(health_check_timeout, "HealthCheckTimeoutSeconds")
   TERN_STR(reboot_command, "RebootCommand")
   TERN_STR(initial_artifact_name, "ArtifactName")
   TERN_STR(server_ca, "ServerCertificate")
@@ -60,6 +61,7 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_SECS(progress_interval, "ProgressIntervalSeconds")
   TERN_SECS(inventory_interval, "InventoryPollIntervalSeconds")
   TERN_STR(inventory_scripts, "InventoryScriptsDir")
+  TERN_SECS(inventory_script_timeout, "InventoryScriptTimeoutSeconds")
 #undef TERN_STR
 #undef TERN_SECS
 #undef TERN_NUM
@@ -75,7 +77,8 @@ Result<AgentConfig> from_config(const Config& c) {
             "ServerCertificate", "ClientCertificate", "ClientKey", "BrokerURI", "KeepaliveSeconds",
             "SessionExpirySeconds", "RetryMinMilliseconds", "RetryMaxSeconds", "DownloadReadTimeoutSeconds",
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
-            "InventoryPollIntervalSeconds", "InventoryScriptsDir"}))
+            "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
+            "InventoryScriptTimeoutSeconds"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");
@@ -83,6 +86,9 @@ Result<AgentConfig> from_config(const Config& c) {
     return fail(Errc::invalid_argument, c.origin() + ": RootfsPartA and RootfsPartB are required");
   if (a.rootfs_a == a.rootfs_b)
     return fail(Errc::invalid_argument, c.origin() + ": RootfsPartA and RootfsPartB are the same partition");
+  if (a.health_check_timeout.count() == 0 || a.inventory_script_timeout.count() == 0)
+    return fail(Errc::invalid_argument,
+                c.origin() + ": HealthCheckTimeoutSeconds and InventoryScriptTimeoutSeconds must be at least 1");
   if (a.bootloader != "uboot" && a.bootloader != "grub")
     return fail(Errc::invalid_argument,
                 c.origin() + ": Bootloader must be \"uboot\" or \"grub\", not \"" + a.bootloader + "\"");
@@ -101,25 +107,6 @@ Result<AgentConfig> AgentConfig::parse(std::string_view text, const std::string&
   auto cfg = Config::parse(text, origin);
   if (!cfg) return cfg.error();
   return from_config(*cfg);
-}
-
-Result<Slots> resolve_slots(const AgentConfig& cfg) {
-  Slots s;
-  auto resolve = [&](const std::string& spec, const std::string& device_name, SlotIdentity& out) -> Result<void> {
-    auto part = cfg.disk.empty() ? partition_from_path(spec) : partition_on_disk(cfg.disk, spec);
-    if (!part) return part.error().context("resolving root partition '" + spec + "'");
-    out.partition = *part;
-    out.device_name = !device_name.empty() ? device_name : (cfg.disk.empty() ? spec : std::string());
-    return {};
-  };
-  if (auto r = resolve(cfg.rootfs_a, cfg.root_device_a, s.a); !r) return r.error();
-  if (auto r = resolve(cfg.rootfs_b, cfg.root_device_b, s.b); !r) return r.error();
-  s.part_a = cfg.boot_part_a ? cfg.boot_part_a : (s.a.partition.number ? s.a.partition.number : 2);
-  s.part_b = cfg.boot_part_b ? cfg.boot_part_b : (s.b.partition.number ? s.b.partition.number : 3);
-  if (s.part_a == s.part_b)
-    return fail(Errc::invalid_argument, "both root partitions map to mender_boot_part " + std::to_string(s.part_a) +
-                                            ": set BootPartA and BootPartB");
-  return s;
 }
 
 }  // namespace tern::agent

@@ -2,7 +2,6 @@
 // Every key, its meaning and its default are listed in the README ("Agent configuration").
 #pragma once
 
-#include "agent/boot/partitions.hpp"
 #include "common/error.hpp"
 
 #include <chrono>
@@ -36,6 +35,7 @@ struct AgentConfig {
   // Update policy
   std::filesystem::path verify_key;        ///< ArtifactVerifyKey: PEM public key; set: signed only
   std::string health_check_command;        ///< HealthCheckCommand: run before commit; non-zero rolls back
+  std::chrono::seconds health_check_timeout{300};  ///< HealthCheckTimeoutSeconds: past it the check failed
   std::string reboot_command = "reboot";   ///< RebootCommand: empty: exit with status 75 instead
   std::string initial_artifact_name = "unknown";  ///< ArtifactName: before the first commit
 
@@ -57,17 +57,11 @@ struct AgentConfig {
   std::chrono::seconds progress_interval{5};     ///< ProgressIntervalSeconds: downloading events
   std::chrono::seconds inventory_interval{3600};  ///< InventoryPollIntervalSeconds
   std::filesystem::path inventory_scripts;       ///< InventoryScriptsDir
+  std::chrono::seconds inventory_script_timeout{30};  ///< InventoryScriptTimeoutSeconds: per script
 
   /// Loads and validates a configuration file. Errors name the file and the key.
   static Result<AgentConfig> load(const std::filesystem::path& path);
   static Result<AgentConfig> parse(std::string_view text, const std::string& origin);
 };
-
-/// Both root partitions, resolved from the configuration.
-struct Slots {
-  SlotIdentity a, b;
-  int part_a = 0, part_b = 0;  ///< their mender_boot_part values
-};
-Result<Slots> resolve_slots(const AgentConfig& cfg);
 
 }  // namespace tern::agent

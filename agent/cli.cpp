@@ -51,7 +51,7 @@ std::string human_bytes(std::uint64_t n) {
   return buf;
 }
 
-int cmd_install(const AgentConfig& cfg, const InstallRequest& request, bool reboot_exit_code) {
+int cmd_install(const AgentConfig& cfg, const InstallJob& job, bool reboot_exit_code) {
   auto updater = Updater::open(cfg);
   if (!updater) return failed(updater.error());
   const bool tty = ::isatty(STDERR_FILENO);
@@ -63,15 +63,15 @@ int cmd_install(const AgentConfig& cfg, const InstallRequest& request, bool rebo
     std::fflush(stderr);
   };
   asio::io_context io;
-  auto fut = asio::co_spawn(io, (*updater)->install(request, progress), asio::use_future);
+  auto fut = asio::co_spawn(io, (*updater)->install(job, progress), asio::use_future);
   io.run();
   auto r = fut.get();
   if (tty) std::fprintf(stderr, "\n");
-  if (!r) return failed(r.error());
-  if (r->already_installed) {
+  if (!r && is(r.error(), AgentErrc::already_installed)) {
     std::cout << "The artifact is already installed; nothing to do.\n";
     return 0;
   }
+  if (!r) return failed(r.error());
   std::cout << "Installed " << r->header.artifact_name << " (" << human_bytes(r->stats.written)
             << "). Reboot to try the new partition, then run 'tern-agent commit' (or let the daemon do it).\n";
   return reboot_exit_code ? exit_reboot_needed : 0;
@@ -94,9 +94,9 @@ int cmd_resume(const AgentConfig& cfg) {
       return 1;
     }
     std::cout << "Continuing the interrupted install of " << (*next)->source << "." << std::endl;
-    InstallRequest request = std::move(**next);
+    InstallJob job = std::move(**next);
     updater->reset();  // cmd_install opens the state store (and its lock) again
-    return cmd_install(cfg, request, true);
+    return cmd_install(cfg, job, true);
   }
   if (rec->reboot) {
     std::cout << "Reboot needed to continue.\n";
@@ -199,7 +199,7 @@ int cli_main(int argc, char** argv) {
       else return usage("install takes one FILE or URL");
     }
     if (source.empty()) return usage("install needs a FILE or URL");
-    return cmd_install(*cfg, InstallRequest{.source = source}, reboot_code);
+    return cmd_install(*cfg, InstallJob{.source = source}, reboot_code);
   }
   if (args.size() != 1) return usage("'" + cmd + "' takes no arguments");
   if (cmd == "daemon") return run_daemon(*cfg);

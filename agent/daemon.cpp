@@ -1,29 +1,31 @@
 #include "agent/daemon.hpp"
 
-#include "agent/boot/run_program.hpp"
 #include "agent/cli.hpp"
 #include "agent/inventory.hpp"
 #include "agent/update/updater.hpp"
+#include "common/blocking.hpp"
 #include "common/clock.hpp"
+#include "common/file.hpp"
 #include "common/log.hpp"
 #include "common/mqtt/client.hpp"
+#include "common/process.hpp"
 #include "common/protocol.hpp"
+#include "common/supervise.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <unistd.h>
 
-#include <fstream>
+#include <algorithm>
 #include <optional>
+#include <variant>
 
 namespace tern::agent {
 namespace asio = boost::asio;
@@ -33,63 +35,100 @@ using namespace tern::protocol;
 
 namespace {
 
+// RebootCommand gets this long to return (a real reboot kills us sooner).
+constexpr std::chrono::seconds reboot_command_timeout{60};
+
+/// A wake-up between two of the daemon's tasks: ring() never blocks and rings coalesce; the
+/// waiter then looks at the state it cares about (the doorbell carries nothing).
+class Doorbell {
+ public:
+  explicit Doorbell(const asio::any_io_executor& ex) : ch_(ex, 1) {}
+  void ring() { ch_.try_send(boost::system::error_code{}); }
+  /// Forgets a ring not waited for yet (the waiter is about to look at the state anyway).
+  void clear() { ch_.try_receive([](boost::system::error_code) {}); }
+  asio::awaitable<void> wait() { co_await ch_.async_receive(asio::use_awaitable); }
+
+ private:
+  asio::experimental::channel<void(boost::system::error_code)> ch_;
+};
+
+/// The latest message on the deployment topic: a deployment to run, or a withdrawal (empty).
+using DeploymentMessage = std::optional<Deployment>;
+
+/// `op`, with an exception turned into an error value.
+template <class T>
+asio::awaitable<Result<T>> catching(asio::awaitable<Result<T>> op) {
+  try {
+    co_return co_await std::move(op);
+  } catch (const std::exception& e) {
+    co_return fail(Errc::internal, e.what());
+  }
+}
+
+InstallJob job_for(const Deployment& d, std::uint32_t attempt) {
+  return InstallJob{.deployment_id = d.deployment_id,
+                    .artifact_name = d.artifact_name,
+                    .source = d.url,
+                    .size = d.size,
+                    .sha256 = d.sha256,
+                    .attempt = attempt};
+}
+
 class Daemon {
  public:
   Daemon(asio::io_context& io, AgentConfig config, std::unique_ptr<Updater> updater)
-      : io_(io), config_(std::move(config)), updater_(std::move(updater)), cancel_timer_(io),
-        install_ended_(io, asio::steady_timer::time_point::max()) {}
+      : io_(io), config_(std::move(config)), updater_(std::move(updater)), deployment_bell_(io.get_executor()),
+        inventory_bell_(io.get_executor()) {}
 
   asio::awaitable<int> run();
 
  private:
+  // --- blocking work -------------------------------------------------------------------------------
+  /// The state store and the boot environment, one call at a time, off the io thread.
+  template <class F>
+  auto state_op(F f) {
+    return offload(updater_->blocking().serial(), [f = std::move(f)](std::stop_token) mutable { return f(); });
+  }
+
   // --- reporting -------------------------------------------------------------------------------
-  void report(const std::string& deployment_id, Status status, std::uint64_t bytes = 0, std::uint64_t total = 0,
-              std::uint32_t attempt = 0, const std::string& error = {}) {
-    if (deployment_id.empty()) return;  // a command-line install: nobody to tell
+  void report(const InstallJob& job, Status status, std::uint64_t bytes = 0, std::uint64_t total = 0,
+              const std::string& error = {}) {
+    if (job.deployment_id.empty()) return;  // a command-line install: nobody to tell
+    // From memory: the numbers are reserved on disk ahead (reserve_seq), so this never blocks.
     auto seq = updater_->store().next_seq();
     if (!seq) {
       log::error("allocating a status sequence number: ", seq.error().message());
       return;
     }
-    StatusEvent ev{.deployment_id = deployment_id,
+    StatusEvent ev{.deployment_id = job.deployment_id,
                    .status = status,
                    .bytes = bytes,
                    .total = total,
-                   .attempt = attempt,
+                   .attempt = job.attempt,
                    .error = error,
                    .time = unix_now(),
                    .seq = *seq};
-    log::info("status ", deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
+    log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
     if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev)}); !r)
       log::error(r.error().message());
   }
 
   /// Reports a finished install once, and remembers its deployment as done.
-  void report_finished(const InstallState& s) {
-    if (s.reported) return;
-    if (!s.deployment_id.empty()) {
+  asio::awaitable<void> report_finished(const InstallState& s_arg) {
+    const InstallState s = s_arg;
+    if (s.reported) co_return;
+    if (!s.job.deployment_id.empty()) {
       Status st = s.already_installed ? Status::already_installed : s.success ? Status::success : Status::failure;
-      report(s.deployment_id, st, s.total, s.total, s.attempt, s.success ? "" : s.error);
-      if (auto r = updater_->store().add_finished_deployment(s.deployment_id); !r) log::error(r.error().message());
+      report(s.job, st, s.job.size, s.job.size, s.success ? "" : s.error);
     }
-    if (auto r = updater_->mark_reported(); !r) log::error(r.error().message());
-    inventory_dirty_ = true;
-  }
-
-  void publish_inventory(bool force) {
-    auto installed = updater_->installed();
-    if (!installed) {
-      log::error(installed.error().message());
-      return;
-    }
-    auto inv = collect_inventory(config_, *installed, updater_->slots());
-    if (!force && inv == last_inventory_) return;
-    last_inventory_ = inv;
-    if (auto r = client_->enqueue(
-            {.topic = topics::inventory(config_.device_id), .payload = serialize(inv), .retained = true});
-        !r)
-      log::error(r.error().message());
+    auto r = co_await state_op([&]() -> Result<void> {
+      if (!s.job.deployment_id.empty())
+        if (auto a = updater_->store().add_finished_deployment(s.job.deployment_id); !a) return a;
+      return updater_->mark_reported();
+    });
+    if (!r) log::error(r.error().message());
+    inventory_changed();
   }
 
   void publish_presence(bool online) {
@@ -100,233 +139,277 @@ class Daemon {
       log::warn(r.error().message());
   }
 
-  // --- the update --------------------------------------------------------------------------------
-  /// What to do once an install (or the recovery after a reboot) wants a reboot.
-  asio::awaitable<void> reboot(const std::string& deployment_id, std::uint32_t attempt) {
-    report(deployment_id, Status::rebooting, 0, 0, attempt);
-    // Give the broker a moment to take the statuses now; Paho keeps them otherwise.
-    asio::steady_timer t(io_, 500ms);
-    co_await t.async_wait(asio::use_awaitable);
-    if (config_.reboot_command.empty()) {
-      exit_code_ = exit_reboot_requested;
-      stop();
-      co_return;
-    }
-    log::info("rebooting: ", config_.reboot_command);
-    auto run = run_program({"sh", "-c", config_.reboot_command});
-    int rc = run ? run->exit_code : -1;
-    if (rc != 0) log::error("RebootCommand '", config_.reboot_command, "' failed with status ", rc);
-    exit_code_ = rc == 0 ? 0 : 1;
-    stop();
+  /// After a deployment: the inventory is sent again (the artifact and provides changed).
+  void inventory_changed() {
+    inventory_force_ = true;
+    inventory_bell_.ring();
   }
 
-  /// After a start: continue the state machine; returns false when the daemon must stop (reboot).
-  asio::awaitable<bool> recover() {
-    auto rec = updater_->recover();
-    if (!rec) {
-      log::error("resuming the install: ", rec.error().message());
-      co_return true;
-    }
-    auto st = updater_->state();
-    if (!st) co_return true;
-    if (rec->interrupted) {
-      // An interrupted command-line install (no deployment) is not the daemon's to run again.
-      auto next = updater_->next_attempt(st->deployment_id.empty());
-      if (!next) {
-        log::error("resuming the install: ", next.error().message());
-      } else if (*next) {
-        Deployment d{.deployment_id = (*next)->deployment_id,
-                     .artifact_name = st->artifact_name,
-                     .url = (*next)->source,
-                     .size = (*next)->expected_size,
-                     .sha256 = (*next)->expected_sha256};
-        start_install(d, (*next)->attempt);
-      } else if (auto f = updater_->state(); f) {
-        report_finished(*f);
+  // --- the tasks ---------------------------------------------------------------------------------
+  /// SIGTERM/SIGINT end the daemon; SIGUSR2 sends the inventory now.
+  asio::awaitable<TaskExit> signals() {
+    asio::signal_set signals(io_, SIGTERM, SIGINT, SIGUSR2);
+    for (;;) {
+      int sig = co_await signals.async_wait(asio::use_awaitable);
+      if (sig == SIGUSR2) {
+        log::info("SIGUSR2: sending inventory");
+        inventory_changed();
+        continue;
       }
-      co_return true;
+      log::info(sig == SIGTERM ? "SIGTERM" : "SIGINT", ": stopping");
+      co_return TaskExit{0, sig == SIGTERM ? "SIGTERM" : "SIGINT"};
     }
-    if (rec->reboot) {
-      co_await reboot(st->deployment_id, st->attempt);
-      co_return false;
+  }
+
+  /// Messages from the broker. Deployments are checked here (no I/O) and handed to installs() as
+  /// the latest one: the topic is retained, each message replaces the one before.
+  asio::awaitable<TaskExit> deployments() {
+    for (;;) {
+      auto m = co_await client_->receive();
+      if (!m) co_return TaskExit{1, "receiving MQTT messages: " + m.error().message()};
+      if (m->topic != topics::deployment(config_.device_id)) {
+        log::debug("ignoring a message on ", m->topic);
+        continue;
+      }
+      if (m->payload.size() > max_message_size) {
+        log::warn("ignoring an oversized deployment message (", m->payload.size(), " bytes)");
+        continue;
+      }
+      DeploymentMessage latest;
+      if (!m->payload.empty()) {
+        auto d = parse_deployment(m->payload);
+        if (!d) {
+          log::warn("ignoring a malformed deployment on ", m->topic, ": ", d.error().message());
+          continue;
+        }
+        if (current_ && current_->deployment_id == d->deployment_id) continue;  // already running
+        latest = std::move(*d);
+      } else if (!current_) {
+        latest_.reset();  // a withdrawal with nothing running: forget a deployment not started yet
+        continue;
+      }
+      latest_ = std::move(latest);
+      deployment_bell_.ring();
     }
-    if (rec->finished) report_finished(*rec->finished);
-    else if (st->phase == Phase::done) report_finished(*st);
-    co_return true;
   }
 
-  void start_install(const Deployment& d, std::uint32_t attempt) {
-    current_ = d;
-    cancel_signal_.emplace();
-    ++install_generation_;
-    asio::co_spawn(io_, install(d, attempt, install_generation_),
-                   asio::bind_cancellation_slot(cancel_signal_->slot(), [](std::exception_ptr e) {
-                     if (e) try {
-                         std::rethrow_exception(e);
-                       } catch (const std::exception& ex) {
-                         log::error("install task: ", ex.what());
-                       }
-                   }));
+  /// The periodic inventory (sent when it changed), and at once when asked.
+  asio::awaitable<TaskExit> inventory() {
+    for (;;) {
+      const bool force = inventory_force_;
+      inventory_force_ = false;
+      // Scripts may take up to their timeout each: on the pool, never in the way of statuses.
+      auto inv = co_await offload(updater_->blocking().any(), [this](std::stop_token stop) -> Result<Inventory> {
+        auto installed = updater_->installed();
+        if (!installed) return installed.error();
+        return collect_inventory(config_, *installed, updater_->slots(), stop);
+      });
+      if (!inv) {
+        log::error("collecting the inventory: ", inv.error().message());
+      } else if (force || *inv != last_inventory_) {
+        last_inventory_ = *inv;
+        if (auto r = client_->enqueue(
+                {.topic = topics::inventory(config_.device_id), .payload = serialize(*inv), .retained = true});
+            !r)
+          log::error(r.error().message());
+      }
+      asio::steady_timer timer(io_, config_.inventory_interval);
+      co_await (timer.async_wait(asio::use_awaitable) || inventory_bell_.wait());
+    }
   }
 
-  /// Cancels the running install; waits until it has stopped.
-  asio::awaitable<void> cancel_install() {
-    if (!current_ || !cancel_signal_) co_return;
-    cancel_signal_->emit(asio::cancellation_type::terminal);
-    // install() fires install_ended_ (never expiring: only cancel() wakes its waiters) as it ends.
-    while (current_) co_await install_ended_.async_wait(asio::as_tuple(asio::use_awaitable));
+  /// Runs deployments one at a time, the latest first; ends the daemon when one needs a reboot.
+  asio::awaitable<TaskExit> installs(std::optional<InstallJob> resumed) {
+    if (resumed) {
+      auto exit = co_await run_job(*resumed);
+      if (exit) co_return *exit;
+    }
+    for (;;) {
+      if (!latest_) {
+        co_await deployment_bell_.wait();
+        continue;
+      }
+      deployment_bell_.clear();  // this look at latest_ answers it
+      DeploymentMessage message = std::move(*latest_);
+      latest_.reset();
+      if (!message) continue;  // a withdrawal with nothing running
+      const Deployment d = *message;
+      current_ = job_for(d, 1);  // from here on a repeat of this message is not news
+      auto job = co_await admit(d);
+      if (!job) {
+        current_.reset();
+        continue;
+      }
+      auto exit = co_await run_job(*job);
+      if (exit) co_return *exit;
+    }
   }
 
-  asio::awaitable<void> install(Deployment d, std::uint32_t attempt, std::uint64_t generation) {
-    report(d.deployment_id, Status::downloading, 0, d.size, attempt);
+  /// Whether deployment `d` should run now; reports already-installed itself.
+  asio::awaitable<std::optional<InstallJob>> admit(const Deployment& d_arg) {
+    const Deployment d = d_arg;
+    struct Look {
+      bool finished = false;
+      InstallState state;
+      Installed installed;
+    };
+    auto look = co_await state_op([&]() -> Result<Look> {
+      Look l;
+      auto finished = updater_->store().finished_deployments();
+      if (!finished) return finished.error();
+      l.finished = std::find(finished->begin(), finished->end(), d.deployment_id) != finished->end();
+      auto st = updater_->state();
+      if (!st) return st.error();
+      l.state = *st;
+      auto installed = updater_->installed();
+      if (!installed) return installed.error();
+      l.installed = *installed;
+      return l;
+    });
+    if (!look) {
+      log::error("deployment ", d.deployment_id, ": ", look.error().message());
+      co_return std::nullopt;
+    }
+    if (look->finished) {
+      log::debug("deployment ", d.deployment_id, " already finished here; ignored");
+      co_return std::nullopt;
+    }
+    const Phase phase = look->state.phase;
+    const bool in_progress = phase != Phase::idle && phase != Phase::done;
+    if (in_progress && look->state.job.deployment_id == d.deployment_id && phase != Phase::downloading)
+      co_return std::nullopt;  // across a reboot: recovery drives it
+    if (in_progress && phase != Phase::downloading) {
+      log::warn("deployment ", d.deployment_id, " arrived while ", look->state.artifact_name,
+                " waits for its reboot/commit; ignored");
+      co_return std::nullopt;
+    }
+    const InstallJob job = job_for(d, 1);
+    if (look->installed.artifact_name == d.artifact_name) {
+      report(job, Status::already_installed, 0, d.size);
+      auto r = co_await state_op([&] { return updater_->store().add_finished_deployment(d.deployment_id); });
+      if (!r) log::error(r.error().message());
+      co_return std::nullopt;
+    }
+    co_return job;
+  }
+
+  /// One install, raced against the next deployment message (which interrupts it). Returns how
+  /// the daemon ends when the install needs a reboot.
+  asio::awaitable<std::optional<TaskExit>> run_job(const InstallJob& job_arg) {
+    const InstallJob job = job_arg;
+    current_ = job;
+    report(job, Status::downloading, 0, job.size);
     auto last = std::chrono::steady_clock::now();
     ProgressFn progress = [&](const PipelineProgress& p) {
       auto now = std::chrono::steady_clock::now();
       if (now - last < config_.progress_interval) return;
       last = now;
-      report(d.deployment_id, Status::downloading, p.artifact_bytes, p.artifact_total ? p.artifact_total : d.size,
-             static_cast<std::uint32_t>(attempt));
+      report(job, Status::downloading, p.artifact_bytes, p.artifact_total ? p.artifact_total : job.size);
     };
-    InstallRequest req{.source = d.url,
-                       .deployment_id = d.deployment_id,
-                       .expected_size = d.size,
-                       .expected_sha256 = d.sha256,
-                       .attempt = attempt};
-    auto result = co_await updater_->install(req, progress);
-    bool cancelled = !result && result.error().code() == make_error_code(Errc::cancelled);
-    if (generation == install_generation_) {
-      current_.reset();
-      install_ended_.cancel();
+    // Both operands complete with a value: `||` waits for a success, so an exception escaping the
+    // install would leave it waiting for the next deployment message.
+    auto install = catching(updater_->install(job, progress));
+    auto interrupted = deployment_bell_.wait();
+    auto outcome = co_await (std::move(install) || std::move(interrupted));
+    current_.reset();
+    // Keep the sequence reservation ahead of the statuses (a write, on the pool).
+    if (updater_->store().seq_running_low()) {
+      auto r = co_await state_op([this] { return updater_->store().reserve_seq(); });
+      if (!r) log::error("reserving status sequence numbers: ", r.error().message());
     }
 
-    if (cancelled && stopping_) co_return;  // SIGTERM: retried on the next start
-    if (cancelled) {
-      // Cancelled by the operator (empty deployment) or by a newer deployment.
-      auto f = updater_->fail_install("aborted: " + result.error().message());
-      report(d.deployment_id, Status::aborted, 0, d.size, attempt, "cancelled by a newer or empty deployment");
-      if (auto r = updater_->store().add_finished_deployment(d.deployment_id); !r) log::error(r.error().message());
-      if (f) (void)updater_->mark_reported();
-      co_return;
+    if (outcome.index() == 1) {
+      // A newer deployment, or the withdrawal of this one: this install is given up.
+      log::info("deployment ", job.deployment_id, latest_ && *latest_ ? " replaced by " + (*latest_)->deployment_id
+                                                                      : std::string(" withdrawn"),
+                ": cancelled");
+      auto r = co_await state_op([&]() -> Result<void> {
+        auto f = updater_->fail_install("aborted: cancelled by a newer or empty deployment");
+        if (!f) return f.error();
+        if (auto a = updater_->store().add_finished_deployment(job.deployment_id); !a) return a;
+        return updater_->mark_reported();
+      });
+      if (!r) log::error(r.error().message());
+      report(job, Status::aborted, 0, job.size, "cancelled by a newer or empty deployment");
+      co_return std::nullopt;
     }
+    auto& result = std::get<0>(outcome);
     if (!result) {
-      log::error(result.error().message());
-      auto st = updater_->state();
-      if (st) report_finished(*st);
-      publish_inventory(false);
-      co_return;
+      if (is(result.error(), AgentErrc::interrupted)) co_return std::nullopt;  // we are stopping
+      if (!is(result.error(), AgentErrc::already_installed)) log::error(result.error().message());
+      auto st = co_await state_op([this] { return updater_->state(); });
+      if (st) co_await report_finished(*st);
+      co_return std::nullopt;
     }
-    if (result->already_installed) {
-      auto st = updater_->state();
-      if (st) report_finished(*st);
-      co_return;
-    }
-    report(d.deployment_id, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes, attempt);
-    co_await reboot(d.deployment_id, attempt);
+    report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
+    report(job, Status::rebooting);
+    co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
   }
 
-  /// A message on our deployment topic.
-  asio::awaitable<void> on_deployment(const mqtt::Message& m) {
-    if (m.payload.empty()) {
-      if (current_) {
-        log::info("deployment ", current_->deployment_id, " withdrawn: cancelling");
-        co_await cancel_install();
+  /// After a start: the state machine goes on (a reboot may have happened). Returns how the daemon
+  /// ends when it needs a reboot right away, or the interrupted install to run again.
+  asio::awaitable<std::variant<std::monostate, TaskExit, InstallJob>> recover() {
+    using Out = std::variant<std::monostate, TaskExit, InstallJob>;
+    // The health check may take minutes: on the pool, stopped (and killed) if the daemon stops.
+    auto rec = co_await offload(updater_->blocking().serial(),
+                                [this](std::stop_token stop) { return updater_->recover(stop); });
+    if (!rec) {
+      if (rec.error().code() == make_error_code(Errc::cancelled)) co_return Out{TaskExit{0, "stopped"}};
+      log::error("resuming the install: ", rec.error().message());
+      co_return Out{};
+    }
+    auto st = co_await state_op([this] { return updater_->state(); });
+    if (!st) co_return Out{};
+    if (rec->interrupted) {
+      // An interrupted command-line install (no deployment) is not the daemon's to run again.
+      const bool give_up = st->job.deployment_id.empty();
+      auto next = co_await state_op([this, give_up] { return updater_->next_attempt(give_up); });
+      if (!next) {
+        log::error("resuming the install: ", next.error().message());
+        co_return Out{};
       }
-      co_return;
+      if (*next) co_return Out{**next};
+      auto failed = co_await state_op([this] { return updater_->state(); });
+      if (failed) co_await report_finished(*failed);
+      co_return Out{};
     }
-    auto d = parse_deployment(m.payload);
-    if (!d) {
-      log::warn("ignoring a malformed deployment on ", m.topic, ": ", d.error().message());
-      co_return;
+    if (rec->reboot) {
+      report(st->job, Status::rebooting);
+      co_return Out{TaskExit{exit_reboot_requested, "reboot to go on with the install"}};
     }
-    if (current_ && current_->deployment_id == d->deployment_id) co_return;  // already running
-    auto finished = updater_->store().finished_deployments();
-    if (finished && std::find(finished->begin(), finished->end(), d->deployment_id) != finished->end()) {
-      log::debug("deployment ", d->deployment_id, " already finished here; ignored");
-      co_return;
-    }
-    auto st = updater_->state();
-    if (st && st->deployment_id == d->deployment_id && st->phase != Phase::idle && st->phase != Phase::done)
-      co_return;  // in progress across a reboot: recover() drives it
-    if (st && st->phase != Phase::idle && st->phase != Phase::done && st->phase != Phase::downloading) {
-      log::warn("deployment ", d->deployment_id, " arrived while ", st->artifact_name, " waits for its reboot/commit; ignored");
-      co_return;
-    }
-    if (current_) {
-      log::info("deployment ", d->deployment_id, " replaces ", current_->deployment_id);
-      co_await cancel_install();
-    }
-    auto installed = updater_->installed();
-    if (installed && installed->artifact_name == d->artifact_name) {
-      report(d->deployment_id, Status::already_installed, 0, d->size, 1);
-      if (auto r = updater_->store().add_finished_deployment(d->deployment_id); !r) log::error(r.error().message());
-      co_return;
-    }
-    start_install(*d, 1);
+    if (rec->finished) co_await report_finished(*rec->finished);
+    else if (st->phase == Phase::done) co_await report_finished(*st);
+    co_return Out{};
   }
 
-  asio::awaitable<void> receive_loop() {
-    for (;;) {
-      auto m = co_await client_->receive();
-      if (!m) co_return;
-      if (m->topic == topics::deployment(config_.device_id)) {
-        if (m->payload.size() > max_message_size) {
-          log::warn("ignoring an oversized deployment message (", m->payload.size(), " bytes)");
-          continue;
-        }
-        co_await on_deployment(*m);
-      } else {
-        log::debug("ignoring a message on ", m->topic);
-      }
-    }
-  }
+  /// Recovery, the broker session, then the tasks that run until one of them ends the daemon.
+  asio::awaitable<TaskExit> session() {
+    auto recovered = co_await recover();
+    if (auto* exit = std::get_if<TaskExit>(&recovered)) co_return *exit;
+    std::optional<InstallJob> resumed;
+    if (auto* job = std::get_if<InstallJob>(&recovered)) resumed = *job;
 
-  asio::awaitable<void> inventory_loop() {
-    for (;;) {
-      asio::steady_timer t(io_, config_.inventory_interval);
-      auto [ec] = co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-      if (ec || stopping_) co_return;
-      publish_inventory(inventory_dirty_);
-      inventory_dirty_ = false;
-    }
-  }
-
-  asio::awaitable<void> signal_loop() {
-    asio::signal_set signals(io_, SIGTERM, SIGINT, SIGUSR2);
-    for (;;) {
-      auto [ec, sig] = co_await signals.async_wait(asio::as_tuple(asio::use_awaitable));
-      if (ec) co_return;
-      if (sig == SIGUSR2) {
-        log::info("SIGUSR2: sending inventory");
-        publish_inventory(true);
-        continue;
-      }
-      log::info(sig == SIGTERM ? "SIGTERM" : "SIGINT", ": stopping");
-      stopping_ = true;
-      co_await cancel_install();
-      stop();
-      co_return;
-    }
-  }
-
-  void stop() {
-    stopping_ = true;
-    cancel_timer_.cancel();
+    auto c = co_await client_->connect();
+    if (!c) co_return TaskExit{1, c.error().message()};
+    auto s = co_await client_->subscribe(topics::deployment(config_.device_id), 1);
+    if (!s) log::error(s.error().message());
+    inventory_force_ = true;
+    auto ended = co_await (guarded("deployments", deployments()) || guarded("inventory", inventory()) ||
+                           guarded("installs", installs(resumed)));
+    co_return first_exit(ended);
   }
 
   asio::io_context& io_;
   AgentConfig config_;
   std::unique_ptr<Updater> updater_;
   std::unique_ptr<mqtt::Client> client_;
-  asio::steady_timer cancel_timer_;  // run() waits on it; stop() fires it
-  asio::steady_timer install_ended_;  // cancel_install() waits on it; install() fires it
-  std::optional<Deployment> current_;
-  std::optional<asio::cancellation_signal> cancel_signal_;
-  std::uint64_t install_generation_ = 0;
-  std::uint64_t presence_seq_ = 0;
+  std::optional<InstallJob> current_;  // the install running now
+  std::optional<DeploymentMessage> latest_;  // the newest deployment message not acted on yet
+  Doorbell deployment_bell_;  // deployments() → installs(): latest_ changed
+  Doorbell inventory_bell_;   // → inventory(): send it now
+  bool inventory_force_ = true;
   Inventory last_inventory_;
-  bool inventory_dirty_ = true;
-  bool stopping_ = false;
-  int exit_code_ = 0;
+  std::uint64_t presence_seq_ = 0;
 };
 
 asio::awaitable<int> Daemon::run() {
@@ -336,6 +419,11 @@ asio::awaitable<int> Daemon::run() {
   }
   // The presence sequence of this run: higher than any earlier run's, so a late last will of an
   // earlier connection never overwrites this run's "online".
+  auto reserved = co_await state_op([this] { return updater_->store().reserve_seq(); });
+  if (!reserved) {
+    log::error(reserved.error().message());
+    co_return 1;
+  }
   auto seq = updater_->store().next_seq();
   if (!seq) {
     log::error(seq.error().message());
@@ -367,39 +455,38 @@ asio::awaitable<int> Daemon::run() {
   }
   client_ = std::move(*client);
 
-  asio::co_spawn(io_, signal_loop(), asio::detached);
-  // First the state machine (a reboot may have happened): its outcome is queued for the broker.
-  bool go_on = co_await recover();
-  if (go_on && !stopping_) {
-    auto c = co_await client_->connect();
-    if (!c) {
-      log::error(c.error().message());
-      co_return 1;
-    }
-    auto s = co_await client_->subscribe(topics::deployment(config_.device_id), 1);
-    if (!s) log::error(s.error().message());
-    publish_inventory(true);
-    inventory_dirty_ = false;
-    asio::co_spawn(io_, receive_loop(), asio::detached);
-    asio::co_spawn(io_, inventory_loop(), asio::detached);
-  }
-  // Wait until stop().
-  cancel_timer_.expires_at(std::chrono::steady_clock::time_point::max());
-  if (!stopping_) co_await cancel_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-  if (exit_code_ == 0 || exit_code_ == exit_reboot_requested) {
+  // Every task under one parent: the first to end (SIGTERM, a reboot, a failure) ends the others.
+  auto ended = co_await (guarded("signals", signals()) || guarded("session", session()));
+  TaskExit exit = first_exit(ended);
+  if (exit.code == 1) log::error("stopping: ", exit.reason);
+  else log::info("stopping: ", exit.reason);
+
+  if (exit.code == 0 || exit.code == exit_reboot_requested) {
     if (client_->connected()) {
       // A clean goodbye: the broker does not publish the will after DISCONNECT.
-      if (exit_code_ == 0) publish_presence(false);
-      asio::steady_timer t(io_, 300ms);
+      if (exit.code == 0) publish_presence(false);
+      // Give the broker a moment to take the last statuses now; Paho keeps them otherwise.
+      asio::steady_timer t(io_, 500ms);
       co_await t.async_wait(asio::use_awaitable);
-      // Bounded: with the broker gone the DISCONNECT never completes, and SIGTERM must not hang.
-      asio::steady_timer limit(io_, 2s);
-      auto bye = client_->disconnect();
-      auto give_up = limit.async_wait(asio::use_awaitable);
-      co_await (std::move(bye) || std::move(give_up));
+      co_await client_->disconnect();  // bounded inside
     }
   }
-  co_return exit_code_;
+  if (exit.code == exit_reboot_requested && !config_.reboot_command.empty()) {
+    log::info("rebooting: ", config_.reboot_command);
+    const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(reboot_command_timeout);
+    const std::vector<std::string> argv{"sh", "-c", config_.reboot_command};
+    auto run = co_await offload(updater_->blocking().any(), [&](std::stop_token stop) {
+      return run_program(argv, {.timeout = timeout, .stop = stop});
+    });
+    if (!run || run->exit_code != 0 || run->timed_out) {
+      log::error("RebootCommand '", config_.reboot_command, "' failed: ",
+                 run ? describe_exit(*run, timeout) + (run->output.empty() ? "" : ": " + run->output)
+                     : run.error().message());
+      co_return 1;
+    }
+    co_return 0;
+  }
+  co_return exit.code;
 }
 
 }  // namespace
@@ -410,10 +497,8 @@ int run_daemon(const AgentConfig& config) {
     log::error(updater.error().message());
     return 1;
   }
-  {
-    std::ofstream pid(config.data_dir / "daemon.pid");
-    pid << ::getpid() << "\n";
-  }
+  if (auto r = write_file_atomic(config.data_dir / "daemon.pid", std::to_string(::getpid()) + "\n"); !r)
+    log::warn(r.error().message());
   asio::io_context io;
   Daemon daemon(io, config, std::move(*updater));
   int rc = 1;

@@ -1,5 +1,7 @@
 #include "agent/state.hpp"
 
+#include "agent/errors.hpp"
+#include "common/file.hpp"
 #include "common/json.hpp"
 
 #include <boost/json.hpp>
@@ -26,6 +28,8 @@ constexpr std::array<std::pair<Phase, std::string_view>, 7> phase_words{{
 }};
 
 constexpr std::size_t max_finished = 64;
+// Status sequence numbers reserved per write of the seq file.
+constexpr std::uint64_t seq_block = 1u << 16;
 
 boost::json::object to_json(const std::map<std::string, std::string>& m) {
   boost::json::object o;
@@ -45,7 +49,7 @@ std::string serialize_pretty(const boost::json::value& v) { return boost::json::
 // long as its document, hence the callback). Errors name the file.
 template <class T, class Read>
 Result<T> read_json_file(const std::filesystem::path& path, Read read) {
-  auto text = read_text(path);
+  auto text = read_file(path);
   if (!text) return text.error();
   auto doc = json::Document::parse(*text, path.string());
   if (!doc) return doc.error();
@@ -57,14 +61,6 @@ Result<T> read_json_file(const std::filesystem::path& path, Read read) {
 }
 
 }  // namespace
-
-Result<std::string> read_text(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error::from_errno("reading " + path.string(), errno);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string_view to_string(Phase p) {
   for (const auto& [ph, word] : phase_words)
@@ -115,39 +111,6 @@ std::map<std::string, std::string> merge_provides(const std::map<std::string, st
   return out;
 }
 
-Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content) {
-  auto tmp = path;
-  tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Error::from_errno("creating " + tmp.string(), errno);
-  std::size_t done = 0;
-  while (done < content.size()) {
-    auto n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      return Error::from_errno("writing " + tmp.string(), err);
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    int err = errno;
-    ::close(fd);
-    return Error::from_errno("syncing " + tmp.string(), err);
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return Error::from_errno("renaming " + tmp.string(), errno);
-  auto parent = path.parent_path().empty() ? std::filesystem::path(".") : path.parent_path();
-  int dfd = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Error::from_errno("opening " + parent.string(), errno);
-  int rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0) return Error::from_errno("syncing " + parent.string(), err);
-  return {};
-}
-
 Result<DirLock> DirLock::acquire(const std::filesystem::path& dir) {
   const auto path = dir / "lock";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -156,7 +119,7 @@ Result<DirLock> DirLock::acquire(const std::filesystem::path& dir) {
     int err = errno;
     ::close(fd);
     if (err == EWOULDBLOCK)
-      return fail(Errc::invalid_argument, "another tern-agent (the daemon?) is using " + dir.string() +
+      return fail(AgentErrc::busy, "another tern-agent (the daemon?) is using " + dir.string() +
                                               "; stop it first, or let it do the work");
     return Error::from_errno("locking " + path.string(), err);
   }
@@ -199,15 +162,16 @@ Result<InstallState> StateStore::load_install() const {
     if (!v) return v.error();                  \
     s.field = *v;                              \
   }
-    TERN_GET(deployment_id, string_or, "deployment_id", "")
-    TERN_GET(source, string_or, "source", "")
+    TERN_GET(job.deployment_id, string_or, "deployment_id", "")
+    TERN_GET(job.artifact_name, string_or, "expected_artifact_name", "")
+    TERN_GET(job.source, string_or, "source", "")
     TERN_GET(artifact_name, string_or, "artifact_name", "")
     TERN_GET(clears_provides, strings_or, "clears_provides", {})
     TERN_GET(target_part, i64_or, "target_part", 0)
     TERN_GET(previous_part, i64_or, "previous_part", 0)
-    TERN_GET(attempt, u64_or, "attempt", 0)
-    TERN_GET(total, u64_or, "total", 0)
-    TERN_GET(sha256, string_or, "sha256", "")
+    TERN_GET(job.attempt, u64_or, "attempt", 0)
+    TERN_GET(job.size, u64_or, "total", 0)
+    TERN_GET(job.sha256, string_or, "sha256", "")
     TERN_GET(success, boolean_or, "success", false)
     TERN_GET(already_installed, boolean_or, "already_installed", false)
     TERN_GET(error, string_or, "error", "")
@@ -224,16 +188,17 @@ Result<InstallState> StateStore::load_install() const {
 Result<void> StateStore::save_install(const InstallState& s) {
   boost::json::object o;
   o["phase"] = to_string(s.phase);
-  o["deployment_id"] = s.deployment_id;
-  o["source"] = s.source;
+  o["deployment_id"] = s.job.deployment_id;
+  o["expected_artifact_name"] = s.job.artifact_name;
+  o["source"] = s.job.source;
   o["artifact_name"] = s.artifact_name;
   o["provides"] = to_json(s.provides);
   o["clears_provides"] = to_json(s.clears_provides);
   o["target_part"] = s.target_part;
   o["previous_part"] = s.previous_part;
-  o["attempt"] = s.attempt;
-  o["total"] = s.total;
-  o["sha256"] = s.sha256;
+  o["attempt"] = s.job.attempt;
+  o["total"] = s.job.size;
+  o["sha256"] = s.job.sha256;
   o["success"] = s.success;
   o["already_installed"] = s.already_installed;
   o["error"] = s.error;
@@ -264,21 +229,42 @@ Result<void> StateStore::save_installed(const Installed& i) {
   return write_file_atomic(dir_ / "installed.json", serialize_pretty(o));
 }
 
-Result<std::uint64_t> StateStore::next_seq() {
+Result<void> StateStore::reserve_seq_locked(std::uint64_t in_reserve) {
+  if (seq_->end - seq_->next >= in_reserve && seq_->end != 0) return {};
+  // After a restart numbering goes on past the end of the last reservation on disk, so no number
+  // is ever sent twice, whatever was handed out before a power cut.
   auto path = dir_ / "seq";
-  std::uint64_t seq = 0;
-  if (std::filesystem::exists(path)) {
-    auto text = read_text(path);
+  std::uint64_t reserved = seq_->end ? seq_->end - 1 : 0;
+  if (seq_->end == 0 && std::filesystem::exists(path)) {
+    auto text = read_file(path, 64);
     if (!text) return text.error();
     try {
-      seq = std::stoull(*text);
+      reserved = std::stoull(*text);
     } catch (const std::exception&) {
       return fail(Errc::invalid_argument, path.string() + " does not hold a number");
     }
   }
-  ++seq;
-  if (auto r = write_file_atomic(path, std::to_string(seq) + "\n"); !r) return r.error();
-  return seq;
+  if (auto r = write_file_atomic(path, std::to_string(reserved + seq_block) + "\n"); !r) return r.error();
+  if (seq_->end == 0) seq_->next = reserved + 1;
+  seq_->end = reserved + seq_block + 1;
+  return {};
+}
+
+Result<void> StateStore::reserve_seq() {
+  std::lock_guard lock(seq_->m);
+  return reserve_seq_locked(seq_block / 2);
+}
+
+bool StateStore::seq_running_low() const {
+  std::lock_guard lock(seq_->m);
+  return seq_->end - seq_->next < seq_block / 2;
+}
+
+Result<std::uint64_t> StateStore::next_seq() {
+  std::lock_guard lock(seq_->m);
+  if (seq_->next == seq_->end)
+    if (auto r = reserve_seq_locked(1); !r) return r.error();
+  return seq_->next++;
 }
 
 Result<std::optional<ResumeRecord>> StateStore::load_resume() const {
@@ -315,7 +301,7 @@ Result<void> StateStore::save_resume(const ResumeRecord& r) const {
   return write_file_atomic(dir_ / "resume.json", serialize_pretty(o));
 }
 
-Result<std::string> StateStore::load_resume_prefix() const { return read_text(dir_ / "resume-prefix.bin"); }
+Result<std::string> StateStore::load_resume_prefix() const { return read_file(dir_ / "resume-prefix.bin"); }
 
 Result<void> StateStore::save_resume_prefix(std::string_view prefix) const {
   return write_file_atomic(dir_ / "resume-prefix.bin", prefix);
@@ -335,7 +321,7 @@ Result<std::vector<std::string>> StateStore::finished_deployments() const {
   auto path = dir_ / "finished";
   std::vector<std::string> out;
   if (!std::filesystem::exists(path)) return out;
-  auto text = read_text(path);
+  auto text = read_file(path);
   if (!text) return text.error();
   std::istringstream in(*text);
   for (std::string line; std::getline(in, line);)

@@ -6,7 +6,9 @@
 // Every transition of the update state machine (agent/update/state_machine.hpp) is saved here
 // before it is acted on.
 //
-// Thread safety: none; one StateStore per process, used from one thread at a time.
+// Thread safety: one StateStore per process; the daemon calls it from its blocking pool's serial
+// executor, one call at a time. next_seq(), save_resume() and save_resume_prefix() may be called
+// from any thread.
 #pragma once
 
 #include "common/error.hpp"
@@ -14,6 +16,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -34,18 +38,26 @@ enum class Phase {
 std::string_view to_string(Phase p);
 Result<Phase> parse_phase(std::string_view word);
 
+/// One install, as it travels from the deployment message (or the command line) through the
+/// pipeline into the state file, and back out of it when an interrupted install runs again.
+struct InstallJob {
+  std::string deployment_id;  ///< empty for `tern-agent install` from the command line
+  std::string artifact_name;  ///< the name the deployment announces (empty: not announced)
+  std::string source;         ///< file path or http(s) URL
+  std::uint64_t size = 0;     ///< the artifact's size when known (0: unchecked)
+  std::string sha256;         ///< the artifact's SHA-256 when known (empty: unchecked)
+  std::uint32_t attempt = 1;  ///< 1 for the first try of this deployment
+  bool operator==(const InstallJob&) const = default;
+};
+
 struct InstallState {
   Phase phase = Phase::idle;
-  std::string deployment_id;  ///< empty for `tern-agent install` from the command line
-  std::string source;         ///< file path or URL
-  std::string artifact_name;  ///< the artifact being installed
+  InstallJob job;             ///< what is (or was last) being installed
+  std::string artifact_name;  ///< the artifact being installed, from its verified header
   std::map<std::string, std::string> provides;  ///< its provides, applied on commit
   std::vector<std::string> clears_provides;     ///< its clears_artifact_provides patterns
   int target_part = 0;    ///< mender_boot_part of the partition being installed
   int previous_part = 0;  ///< mender_boot_part of the partition it was installed from
-  std::uint32_t attempt = 0;  ///< 1 for the first try of this deployment
-  std::uint64_t total = 0;    ///< artifact size when known
-  std::string sha256;         ///< the artifact's expected SHA-256 when known (for a retry)
   bool success = false;       ///< for done
   bool already_installed = false;  ///< for done: nothing to do, the artifact was already there
   std::string error;          ///< for done (failure) and rolling_back: why
@@ -112,8 +124,17 @@ class StateStore {
   Result<Installed> load_installed(const std::string& fallback_name) const;
   Result<void> save_installed(const Installed& i);
 
-  /// Allocates the next status sequence number (persisted before it is returned).
+  /// Allocates the next status sequence number: strictly increasing, also across restarts and
+  /// power cuts. Numbers are reserved on disk a block at a time (`seq` holds the block's end) and
+  /// handed out from memory: only a call that finds the reservation used up writes (and fsyncs)
+  /// the file. Thread-safe.
   Result<std::uint64_t> next_seq();
+  /// Reserves the next block now if less than half of the current one is left (or none was
+  /// reserved yet): the daemon calls it on its blocking pool, so next_seq() never writes on the io
+  /// thread. Thread-safe.
+  Result<void> reserve_seq();
+  /// Less than half of the reserved block is left. Thread-safe.
+  bool seq_running_low() const;
 
   /// The saved resume point, or nothing when none is saved. Errors: an unreadable or malformed file.
   Result<std::optional<ResumeRecord>> load_resume() const;
@@ -131,14 +152,14 @@ class StateStore {
   Result<void> add_finished_deployment(const std::string& id);
 
  private:
-  explicit StateStore(std::filesystem::path dir) : dir_(std::move(dir)) {}
+  Result<void> reserve_seq_locked(std::uint64_t in_reserve);
+  struct Sequence {
+    std::mutex m;
+    std::uint64_t next = 0, end = 0;  ///< numbers in [next, end) are reserved on disk
+  };
+  explicit StateStore(std::filesystem::path dir) : dir_(std::move(dir)), seq_(std::make_shared<Sequence>()) {}
   std::filesystem::path dir_;
+  std::shared_ptr<Sequence> seq_;
 };
-
-/// Reads a whole (small) file. Errors: Errc::io naming the path.
-Result<std::string> read_text(const std::filesystem::path& path);
-
-/// Replaces `path` with `content` atomically and durably (temp file, fsync, rename, fsync dir).
-Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content);
 
 }  // namespace tern::agent

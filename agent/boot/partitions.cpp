@@ -1,5 +1,7 @@
 #include "agent/boot/partitions.hpp"
 
+#include "common/file.hpp"
+
 #include <fcntl.h>
 #include <libfdisk/libfdisk.h>
 #include <linux/fs.h>
@@ -14,10 +16,10 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <sstream>
 #include <utility>
+#include <thread>
 #include <vector>
 
 namespace tern::agent {
@@ -47,14 +49,6 @@ Result<std::uint64_t> size_of_fd(int fd, const fs::path& path) {
   if (S_ISREG(st.st_mode)) return static_cast<std::uint64_t>(st.st_size);
   return fail(Errc::invalid_argument, path.string() + " is neither a regular file nor a block device");
 }
-
-/// Closes a file descriptor on scope exit.
-struct FdGuard {
-  int fd;
-  ~FdGuard() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 /// The partition's byte length: its size, or what remains of the file after its offset. Checks
 /// that the partition lies within the file.
@@ -104,11 +98,9 @@ struct FreeDeleter {
 };
 
 std::string read_small_file(const fs::path& p, bool& ok) {
-  std::ifstream in(p, std::ios::binary);
-  ok = static_cast<bool>(in);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
+  auto text = read_file(p, 1u << 20);
+  ok = static_cast<bool>(text);
+  return text ? std::move(*text) : std::string();
 }
 
 /// The value of `root=` in a kernel command line, or "" if there is none.
@@ -162,7 +154,7 @@ std::string PartitionRef::describe() const {
 Result<PartitionRef> partition_from_path(const fs::path& device) {
   int fd = ::open(device.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return io_error("opening partition " + device.string(), errno);
-  FdGuard guard{fd};
+  UniqueFd guard(fd);
   auto size = size_of_fd(fd, device);
   if (!size) return size.error();
   PartitionRef ref;
@@ -414,15 +406,14 @@ Result<PartitionWriter> PartitionWriter::open(const PartitionRef& part, Partitio
   int fd = ::open(part.path.c_str(), O_WRONLY | O_CLOEXEC | excl);
   if (fd < 0 && errno == EBUSY) return fail(Errc::io, what + ": the device is in use (mounted?)");
   if (fd < 0) return io_error(what, errno);
-  FdGuard guard{fd};
+  UniqueFd guard(fd);
   auto size = resolve_size(fd, part);
   if (!size) return size.error().context(what);
   if (options.start_at > *size)
     return fail(Errc::invalid_argument, what + ": resume position " + std::to_string(options.start_at) +
                                             " is past the end (" + std::to_string(*size) + " bytes)");
   if (options.flush_every == 0) options.flush_every = 8u << 20;
-  guard.fd = -1;
-  return PartitionWriter(fd, part, *size, options);
+  return PartitionWriter(guard.release(), part, *size, options);
 }
 
 Result<void> PartitionWriter::check_fits(std::uint64_t total) const {
@@ -495,11 +486,11 @@ Result<void> PartitionWriter::sync_written() const {
   return {};
 }
 
-Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length) {
+Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length, std::stop_token stop) {
   const std::string what = "hashing " + part.describe();
   int fd = ::open(part.path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return io_error(what, errno);
-  FdGuard guard{fd};
+  UniqueFd guard(fd);
   auto size = resolve_size(fd, part);
   if (!size) return size.error().context(what);
   if (length > *size)
@@ -513,8 +504,14 @@ Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length) {
   if (!md || EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1)
     return fail(Errc::internal, what + ": EVP_DigestInit failed");
   std::vector<std::uint8_t> buf(1u << 20);
+  // Test hook: a deliberately slow partition, milliseconds per MiB read (the daemon tests show the
+  // MQTT session does not notice a slow read-back). Never set outside tests.
+  long slow_ms = 0;
+  if (const char* slow = std::getenv("TERN_TEST_SLOW_READ_MS_PER_MIB")) slow_ms = std::atol(slow);
   std::uint64_t done = 0;
   while (done < length) {
+    if (stop.stop_requested()) return fail(Errc::cancelled, what + ": stopped at position " + std::to_string(done));
+    if (slow_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms));
     std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), length - done));
     ssize_t n = ::pread(fd, buf.data(), want, static_cast<off_t>(part.offset + done));
     if (n < 0) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <span>
+#include <stop_token>
 #include <string>
 
 #include "common/error.hpp"
@@ -127,8 +128,9 @@ class PartitionWriter {
   std::uint64_t waited_to_ = 0;   ///< written back and dropped from the page cache up to here
 };
 
-/// Hex SHA-256 of the first `length` bytes of the partition. Errors: Errc::invalid_argument when
-/// `length` exceeds the partition; Errc::io naming the path.
-Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length);
+/// Hex SHA-256 of the first `length` bytes of the partition, read from the storage (not the page
+/// cache). Errors: Errc::invalid_argument when `length` exceeds the partition; Errc::io naming the
+/// path; Errc::cancelled when `stop` is requested (checked between reads).
+Result<std::string> sha256_of(const PartitionRef& part, std::uint64_t length, std::stop_token stop = {});
 
 }  // namespace tern::agent

@@ -1,5 +1,8 @@
 #include "agent/install/pipeline.hpp"
 
+#include "agent/errors.hpp"
+#include "common/blocking.hpp"
+#include "common/file.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -12,12 +15,15 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace tern::agent {
 namespace asio = boost::asio;
@@ -234,39 +240,61 @@ class RawSink {
   std::optional<Block> current_;
 };
 
+/// Runs a blocking read on `pool` (awaited), or here when there is no pool (the command line).
+template <class F>
+asio::awaitable<std::invoke_result_t<const F&>> read_blocking(const asio::any_io_executor& pool, const F& read) {
+  if (!pool) co_return read();
+  co_return co_await offload(pool, [&read](std::stop_token) { return read(); });
+}
+
 // Stage 1, on the caller's executor: artifact bytes into raw blocks; raw_full is closed at the end.
-asio::awaitable<void> source_stage(const PipelineSource& source, Links& links, Shared& shared,
-                                   PipelineProgress& progress, ProgressGate& gate) {
+asio::awaitable<void> source_stage(const PipelineSource& source, const PipelineOptions& options, Links& links,
+                                   Shared& shared, PipelineProgress& progress, ProgressGate& gate) {
   const std::uint64_t start = source.resume ? source.resume->checkpoint.offset : 0;
+  const std::string& location = source.job.source;
   RawSink raw(links);
   auto stop = [&](Error e) {
     shared.set_error(std::move(e));
     links.abort();
   };
 
-  if (!is_url(source.location)) {
-    std::ifstream in(source.location, std::ios::binary);
-    if (!in) {
-      stop(Error::from_errno("opening artifact " + source.location, errno));
+  if (!is_url(location)) {
+    // File reads block: on the pool when there is one, read straight into the raw blocks.
+    auto opened = co_await read_blocking(options.blocking, [&]() -> Result<UniqueFd> {
+      UniqueFd fd(::open(location.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd) return Error::from_errno("opening artifact " + location, errno);
+      struct stat st {};
+      if (::fstat(fd.get(), &st) != 0) return Error::from_errno("opening artifact " + location, errno);
+      progress.artifact_total = static_cast<std::uint64_t>(st.st_size);
+      return fd;
+    });
+    if (!opened) {
+      stop(opened.error());
       co_return;
     }
-    in.seekg(0, std::ios::end);
-    progress.artifact_total = static_cast<std::uint64_t>(in.tellg());
-    in.seekg(static_cast<std::streamoff>(start));
+    const UniqueFd fd = std::move(*opened);
     progress.artifact_bytes = start;
     for (;;) {
-      auto b = co_await raw.take();  // read straight into the block
+      auto b = co_await raw.take();
       if (!b) {
         stop(b.error());
         co_return;
       }
-      in.read(reinterpret_cast<char*>(links.raw_pool.data(*b)),
-              static_cast<std::streamsize>(links.raw_pool.block_size()));
-      b->size = static_cast<std::size_t>(in.gcount());
-      if (b->size == 0) {
-        if (in.bad()) stop(Error::from_errno("reading artifact " + source.location, errno));
-        break;
+      auto got = co_await read_blocking(options.blocking, [&]() -> Result<std::size_t> {
+        for (;;) {
+          ssize_t n = ::pread(fd.get(), links.raw_pool.data(*b), links.raw_pool.block_size(),
+                              static_cast<off_t>(progress.artifact_bytes));
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) return Error::from_errno("reading artifact " + location, errno);
+          return static_cast<std::size_t>(n);
+        }
+      });
+      if (!got) {
+        stop(got.error());
+        co_return;
       }
+      b->size = *got;
+      if (b->size == 0) break;
       progress.artifact_bytes += b->size;
       progress.written = shared.written.load();
       if (auto r = raw.push(*b); !r) {
@@ -282,7 +310,7 @@ asio::awaitable<void> source_stage(const PipelineSource& source, Links& links, S
     }
     if (shared.failed()) co_return;
   } else {
-    DownloadState state{.url = source.location};
+    DownloadState state{.url = location};
     if (source.resume) {
       state.offset = start;
       state.etag = source.resume->etag;
@@ -295,7 +323,7 @@ asio::awaitable<void> source_stage(const PipelineSource& source, Links& links, S
       co_return co_await raw.append(bytes);
     };
     RestartHandler on_restart = [&]() -> Result<void> {
-      return fail(Errc::protocol, "the artifact at " + source.location + " changed on the server during the download");
+      return fail(AgentErrc::source_changed, "the artifact at " + location + " changed on the server during the download");
     };
     ProgressHandler on_progress = [&](const DownloadState& st) {
       progress.artifact_total = st.total.value_or(0);
@@ -331,9 +359,9 @@ asio::awaitable<void> source_stage(const PipelineSource& source, Links& links, S
       co_return;
     }
   }
-  if (source.expected_size && progress.artifact_bytes != source.expected_size) {
-    stop(fail(Errc::protocol, "artifact " + source.location + " is " + std::to_string(progress.artifact_bytes) +
-                                  " bytes, the deployment says " + std::to_string(source.expected_size)));
+  if (source.job.size && progress.artifact_bytes != source.job.size) {
+    stop(fail(Errc::protocol, "artifact " + location + " is " + std::to_string(progress.artifact_bytes) +
+                                  " bytes, the deployment says " + std::to_string(source.job.size)));
     co_return;
   }
   links.raw_full.close();  // end of stream
@@ -587,12 +615,12 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
     Workers workers(links, done, 2);
     // The whole artifact's SHA-256 (restorable at a checkpoint), when there is one to compare with.
     auto ro = reader_options;
-    ro.hash_artifact = !source.expected_sha256.empty();
+    ro.hash_artifact = !source.job.sha256.empty();
     workers.start(shared, [&] { reader_stage(ro, check, writer, options, source.resume, links, shared); });
     workers.start(shared, [&] { writer_stage(writer, links, shared); });
 
     try {
-      co_await source_stage(source, links, shared, progress, gate);
+      co_await source_stage(source, options, links, shared, progress, gate);
     } catch (const boost::system::system_error& e) {
       shared.set_error(e.code() == asio::error::operation_aborted
                            ? fail(Errc::cancelled, "install cancelled")
@@ -627,13 +655,13 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
   if (!shared.reader_done || !shared.header)
     co_return fail(Errc::internal, "install pipeline ended without a verified artifact");
   const auto& digest = shared.artifact_sha256;
-  if (!source.expected_sha256.empty() && digest != source.expected_sha256)
-    co_return fail(Errc::protocol, "artifact " + source.location + " has SHA-256 " + digest +
-                                       ", the deployment says " + source.expected_sha256);
+  if (!source.job.sha256.empty() && digest != source.job.sha256)
+    co_return fail(Errc::protocol, "artifact " + source.job.source + " has SHA-256 " + digest +
+                                       ", the deployment says " + source.job.sha256);
   PipelineResult result;
   result.header = *shared.header;
   result.artifact_bytes = progress.artifact_bytes;
-  result.network_bytes = is_url(source.location) ? progress.network_bytes : 0;
+  result.network_bytes = is_url(source.job.source) ? progress.network_bytes : 0;
   result.written = shared.written.load();
   result.attempts = progress.attempt;
   co_return result;

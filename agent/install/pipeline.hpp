@@ -24,9 +24,11 @@
 
 #include "agent/boot/partitions.hpp"
 #include "agent/download/https_download.hpp"
+#include "agent/state.hpp"
 #include "artifacts/reader.hpp"
 #include "common/error.hpp"
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
@@ -40,7 +42,7 @@ namespace tern::agent {
 /// Where an interrupted install goes on from (artifacts::Checkpoint): the reader is rebuilt from
 /// `prefix` and `checkpoint` (which re-verifies signature and header), the source starts at
 /// checkpoint.offset (a seek for files; Range with If-Range on the validators for URLs, and a
-/// changed artifact is the usual "changed on the server" error). The caller opens the writer with
+/// changed artifact is AgentErrc::source_changed). The caller opens the writer with
 /// start_at = checkpoint.payload_bytes.
 struct PipelineResume {
   std::string prefix;
@@ -49,11 +51,11 @@ struct PipelineResume {
   std::uint64_t total = 0;          ///< artifact size it announced (0: unknown)
 };
 
+/// What to stream: the job's source (a file path or an http(s) URL), checked against the job's
+/// size and SHA-256 when it has them.
 struct PipelineSource {
-  std::string location;       ///< a file path, or an http:// or https:// URL
-  DownloadOptions download;   ///< for URLs
-  std::uint64_t expected_size = 0;  ///< artifact size in bytes when known (0: unchecked)
-  std::string expected_sha256;      ///< hex SHA-256 of the whole artifact when known (empty: unchecked)
+  const InstallJob& job;
+  const DownloadOptions& download;       ///< for URLs
   std::optional<PipelineResume> resume;  ///< continue from a checkpoint instead of byte 0
 };
 
@@ -67,6 +69,8 @@ struct PipelineCheckpoint {
 struct PipelineOptions {
   std::size_t chunk_size = 128 * 1024;  ///< bytes per block
   std::size_t depth = 16;               ///< blocks per pool (two pools)
+  /// Where a file source is read (blocking reads); none: on the calling coroutine's thread.
+  boost::asio::any_io_executor blocking;
   /// Payload bytes between resume checkpoints (0: none); each costs an fdatasync of the partition.
   std::uint64_t checkpoint_every = 0;
   /// Called once on the reader thread with the artifact's prefix (see artifacts::Reader).
@@ -101,8 +105,8 @@ using ProgressFn = std::function<void(const PipelineProgress&)>;
 
 /// Streams `source` into `writer`. Errors: the source's (download, file), the reader's
 /// (artifacts::ArtifactErrc), the header check's, the writer's, a size or checksum mismatch of the
-/// whole artifact against `expected_*`, Errc::cancelled. Errc::protocol with "changed on the
-/// server" when the artifact was replaced mid-download: the caller may restart from scratch.
+/// whole artifact against the job's, Errc::cancelled. AgentErrc::source_changed when the artifact
+/// was replaced mid-download: the caller may restart from scratch.
 /// The writer is synced (finish()) on success.
 boost::asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& source,
                                                             const artifacts::ReaderOptions& reader_options,

@@ -23,6 +23,50 @@ std::string_view to_string(Action a) {
   return "unknown";
 }
 
+std::string_view to_string(Event e) {
+  switch (e) {
+    case Event::start: return "start";
+    case Event::already_installed: return "already-installed";
+    case Event::payload_written: return "payload-written";
+    case Event::switch_stored: return "switch-stored";
+    case Event::healthy: return "healthy";
+    case Event::commit_stored: return "commit-stored";
+    case Event::unhealthy: return "unhealthy";
+    case Event::rolled_back: return "rolled-back";
+    case Event::failed: return "failed";
+  }
+  return "unknown";
+}
+
+Result<Phase> advance(Phase from, Event e) {
+  struct Row {
+    Phase from;
+    Event event;
+    Phase to;
+  };
+  // The forward table of the header comment, row for row.
+  static constexpr Row table[] = {
+      {Phase::idle, Event::start, Phase::downloading},
+      {Phase::done, Event::start, Phase::downloading},
+      {Phase::downloading, Event::start, Phase::downloading},
+      {Phase::downloading, Event::already_installed, Phase::done},
+      {Phase::downloading, Event::payload_written, Phase::switching},
+      {Phase::switching, Event::switch_stored, Phase::switched},
+      {Phase::switched, Event::healthy, Phase::committing},
+      {Phase::committing, Event::commit_stored, Phase::done},
+      {Phase::switching, Event::unhealthy, Phase::rolling_back},
+      {Phase::switched, Event::unhealthy, Phase::rolling_back},
+      {Phase::switching, Event::rolled_back, Phase::done},
+      {Phase::switched, Event::rolled_back, Phase::done},
+      {Phase::rolling_back, Event::rolled_back, Phase::done},
+  };
+  for (const auto& row : table)
+    if (row.from == from && row.event == e) return row.to;
+  if (e == Event::failed && from != Phase::idle && from != Phase::done) return Phase::done;
+  return fail(Errc::internal, "no transition from " + std::string(to_string(from)) + " on " +
+                                  std::string(to_string(e)));
+}
+
 Decision decide(const InstallState& s, int running_part, const std::map<std::string, std::string>& vars) {
   const bool on_target = running_part == s.target_part;
   const bool on_previous = running_part == s.previous_part;

@@ -1,6 +1,26 @@
-// The update state machine's transition table, sans-io: given the persisted install state and what
-// the device observes after a (re)start — which partition it runs and the boot variables — decide
-// what to do next. The Updater performs the action and saves the next state before acting on it.
+// The update state machine, sans-io, in one place: the forward transitions the Updater makes while
+// it runs, and what to do after a (re)start given the persisted state and what the device observes
+// (which partition it runs, the boot variables). Every transition is saved before it is acted on.
+//
+// Forward (advance(): each row is a transition the Updater saves, then acts on):
+//
+//   phase         event               → phase          then the Updater
+//   idle, done    start               → downloading    streams the artifact into the standby partition
+//   downloading   start               → downloading    runs an interrupted install again (next attempt)
+//   downloading   already_installed   → done (success, already installed)
+//   downloading   payload_written     → switching      stores the boot switch (upgrade_available=1)
+//   switching     switch_stored       → switched       reboots into the new partition
+//   switched      healthy             → committing     stores the commit (upgrade_available=0)
+//   committing    commit_stored       → done (success)
+//   switching,
+//   switched      unhealthy           → rolling_back   stores the switch back, reboots
+//   switching,
+//   switched,
+//   rolling_back  rolled_back         → done (failure) the old partition runs again
+//   any but idle
+//   and done      failed              → done (failure) (the boot environment still boots the old one)
+//
+// Recovery (decide(): after any restart):
 //
 //   phase         running   boot variables                       → action
 //   idle, done    any       any                                  → none
@@ -41,6 +61,24 @@ struct Decision {
   Action action = Action::none;
   std::string error;  ///< for fail
 };
+
+/// What happened, for advance().
+enum class Event {
+  start,              ///< an install (or its next attempt) begins
+  already_installed,  ///< the artifact's header names the running artifact
+  payload_written,    ///< the payload is written, verified and synced
+  switch_stored,      ///< the boot environment tries the new partition once
+  healthy,            ///< the new partition passed its health check
+  commit_stored,      ///< the boot environment keeps the new partition
+  unhealthy,          ///< the new partition failed its health check (or the operator gave up on it)
+  rolled_back,        ///< the old partition runs again, or will on the next boot
+  failed,             ///< the install failed before the new partition was tried
+};
+std::string_view to_string(Event e);
+
+/// The phase after `e` in `from`, from the forward table above. Errors: Errc::internal for a
+/// transition the table does not have (a bug: the caller acts on nothing).
+Result<Phase> advance(Phase from, Event e);
 
 /// `running_part` is the mender_boot_part number of the running root partition; `vars` the boot
 /// environment (mender_boot_part, upgrade_available, ...).

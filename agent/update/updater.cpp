@@ -1,22 +1,20 @@
 #include "agent/update/updater.hpp"
 
-#include "agent/boot/run_program.hpp"
 #include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
+#include "common/file.hpp"
 #include "common/log.hpp"
+#include "common/process.hpp"
 
 #include <boost/asio/this_coro.hpp>
 
 #include <csignal>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 namespace tern::agent {
 namespace asio = boost::asio;
 
 namespace {
-
 
 /// The artifact's provides as Mender records them: type-info provides plus artifact_group.
 std::map<std::string, std::string> provides_of(const artifacts::Header& h) {
@@ -25,40 +23,36 @@ std::map<std::string, std::string> provides_of(const artifacts::Header& h) {
   return p;
 }
 
-// Sentinel for the header check: the artifact is the one already running.
-constexpr std::string_view already_installed_marker = "artifact already installed";
-
 // Payload bytes between resume checkpoints: each costs an fdatasync of the partition and a small
 // state file write; a power cut re-downloads at most about this much (compressed).
 constexpr std::uint64_t checkpoint_every = 8u << 20;
 
-// The saved checkpoint of an interrupted install of `request`, checked as far as it can be before
-// the download: same install, well-formed, and a prefix that verifies and fits the checkpoint.
-Result<PipelineResume> saved_resume_point(const StateStore& store, const InstallRequest& request,
+// The saved checkpoint of an interrupted install of `job`, checked as far as it can be before the
+// download: same install, well-formed, and a prefix that verifies and fits the checkpoint.
+Result<PipelineResume> saved_resume_point(const StateStore& store, const InstallJob& job,
                                           const artifacts::ReaderOptions& ro) {
   auto rec = store.load_resume();
   if (!rec) return rec.error();
   if (!*rec) return fail(Errc::not_found, "no checkpoint was saved");
-  if ((*rec)->deployment_id != request.deployment_id || (*rec)->source != request.source)
+  if ((*rec)->deployment_id != job.deployment_id || (*rec)->source != job.source)
     return fail(Errc::invalid_argument, "the checkpoint belongs to another install (" + (*rec)->source + ")");
   auto checkpoint = artifacts::Checkpoint::parse((*rec)->checkpoint);
   if (!checkpoint) return checkpoint.error();
   // The source must still be the artifact the checkpoint was taken from.
-  if (is_url(request.source)) {
+  if (is_url(job.source)) {
     if ((*rec)->etag.empty() && (*rec)->last_modified.empty())
       return fail(Errc::invalid_argument, "the server sent no ETag or Last-Modified to resume against");
   } else {
-    std::ifstream in(request.source, std::ios::binary);
-    std::string head(static_cast<std::size_t>(std::min<std::uint64_t>(checkpoint->prefix_size, 64u << 20)), '\0');
-    if (!in.read(head.data(), static_cast<std::streamsize>(head.size())) ||
-        artifacts::Sha256::hex(head) != checkpoint->prefix_sha256)
-      return fail(Errc::invalid_argument, request.source + " is not the file the checkpoint was taken from");
+    auto head = read_file(job.source, 0);
+    if (!head || head->size() < checkpoint->prefix_size ||
+        artifacts::Sha256::hex(std::string_view(*head).substr(0, checkpoint->prefix_size)) != checkpoint->prefix_sha256)
+      return fail(Errc::invalid_argument, job.source + " is not the file the checkpoint was taken from");
   }
   auto prefix = store.load_resume_prefix();
   if (!prefix) return prefix.error().context("reading the saved artifact prefix");
   // A dry run of the resume: signature, manifest, header and the checkpoint's consistency.
   auto probe_options = ro;
-  probe_options.hash_artifact = !request.expected_sha256.empty();  // as run_pipeline sets it
+  probe_options.hash_artifact = !job.sha256.empty();  // as run_pipeline sets it
   artifacts::Reader probe(probe_options, nullptr, nullptr);
   if (auto r = probe.resume({reinterpret_cast<const std::uint8_t*>(prefix->data()), prefix->size()}, *checkpoint); !r)
     return r.error();
@@ -69,6 +63,14 @@ Result<PipelineResume> saved_resume_point(const StateStore& store, const Install
                         .total = (*rec)->total};
 }
 
+/// What install() reads before it writes anything.
+struct InstallStart {
+  InstallState current;  ///< the saved state
+  int running = 0;       ///< mender_boot_part of the running partition
+  Installed installed;
+  artifacts::ReaderOptions reader;
+};
+
 }  // namespace
 
 Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock)
@@ -76,7 +78,18 @@ Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, 
       slots_(std::move(slots)),
       env_(std::move(env)),
       store_(std::move(store)),
-      lock_(std::move(lock)) {}
+      lock_(std::move(lock)) {
+  download_.ca_file = config_.server_ca;
+  download_.cert_file = config_.client_cert;
+  download_.key_file = config_.client_key;
+  download_.read_timeout = config_.read_timeout;
+  download_.backoff_initial = config_.retry_min;
+  download_.backoff_max = config_.retry_max;
+  download_.max_attempts = config_.download_attempts;
+  download_.max_total = config_.download_max_time;
+}
+
+Updater::~Updater() = default;
 
 Result<std::unique_ptr<Updater>> Updater::open(const AgentConfig& config) {
   auto slots = resolve_slots(config);
@@ -116,118 +129,148 @@ Result<InstallState> Updater::save(InstallState s) {
   return s;
 }
 
-asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& request, const ProgressFn& progress) {
-  auto current = store_.load_install();
-  if (!current) co_return current.error();
-  // downloading: an interrupted install (the caller decided to run it again).
-  if (current->phase != Phase::idle && current->phase != Phase::done && current->phase != Phase::downloading)
-    co_return fail(Errc::invalid_argument, "an install of " + current->artifact_name + " is in progress (" +
-                                               std::string(to_string(current->phase)) +
-                                               "): commit, roll back or reboot first");
-  auto running = running_part();
-  if (!running) co_return running.error();
-  auto vars = env_->read();
-  if (!vars) co_return vars.error().context("reading the boot environment");
-  if ((*vars)[bootvar::upgrade_available] == "1")
-    co_return fail(Errc::invalid_argument,
-                   "the boot environment has an uncommitted update (upgrade_available=1): commit or roll back first");
-  auto installed = this->installed();
-  if (!installed) co_return installed.error();
+Result<InstallState> Updater::advance(InstallState s, Event e) {
+  auto next = agent::advance(s.phase, e);
+  if (!next) return next.error();
+  s.phase = *next;
+  return save(std::move(s));
+}
 
-  const int target = *running == slots_.part_a ? slots_.part_b : slots_.part_a;
+asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_arg, const ProgressFn& progress) {
+  const InstallJob job = job_arg;  // kept: the caller's may not outlive the first suspension
+  const auto serial = pool_.serial();
+
+  // What is there now: the saved state, the running partition, the boot environment.
+  auto start = co_await offload(serial, [&](std::stop_token) -> Result<InstallStart> {
+    InstallStart st;
+    auto current = store_.load_install();
+    if (!current) return current.error();
+    st.current = *current;
+    // downloading: an interrupted install (the caller decided to run it again).
+    if (current->phase != Phase::idle && current->phase != Phase::done && current->phase != Phase::downloading)
+      return fail(AgentErrc::busy, "an install of " + current->artifact_name + " is in progress (" +
+                                       std::string(to_string(current->phase)) +
+                                       "): commit, roll back or reboot first");
+    auto running = running_part();
+    if (!running) return running.error();
+    st.running = *running;
+    auto vars = env_->read();
+    if (!vars) return vars.error().context("reading the boot environment");
+    if ((*vars)[bootvar::upgrade_available] == "1")
+      return fail(AgentErrc::busy,
+                  "the boot environment has an uncommitted update (upgrade_available=1): commit or roll back first");
+    auto installed = this->installed();
+    if (!installed) return installed.error();
+    st.installed = *installed;
+    st.reader.device_type = config_.device_type;
+    auto device_provides = installed->provides;
+    device_provides["artifact_name"] = installed->artifact_name;
+    st.reader.device_provides = std::move(device_provides);
+    if (!config_.verify_key.empty()) {
+      auto key = read_file(config_.verify_key, 1u << 20);
+      if (!key) return key.error().context("reading ArtifactVerifyKey");
+      st.reader.verify_key_pem = *key;
+    }
+    return st;
+  });
+  if (!start) co_return start.error();
+  const InstallState current = start->current;
+  const Installed installed = start->installed;
+  const artifacts::ReaderOptions ro = start->reader;
+  const int target = start->running == slots_.part_a ? slots_.part_b : slots_.part_a;
+
   InstallState s;
-  s.phase = Phase::downloading;
-  s.deployment_id = request.deployment_id;
-  s.source = request.source;
+  s.phase = current.phase;
+  s.job = job;
   s.target_part = target;
-  s.previous_part = *running;
-  s.attempt = request.attempt;
-  s.total = request.expected_size;
-  s.sha256 = request.expected_sha256;
+  s.previous_part = start->running;
   s.reported = false;
-  auto saved = save(s);
-  if (!saved) co_return saved.error();
-  log::info("installing ", request.source, " into ", partition_of(target).describe(), " (running partition ",
-            *running, ")");
-
-  artifacts::ReaderOptions ro;
-  ro.device_type = config_.device_type;
-  auto device_provides = installed->provides;
-  device_provides["artifact_name"] = installed->artifact_name;
-  ro.device_provides = device_provides;
-  if (!config_.verify_key.empty()) {
-    auto key = read_text(config_.verify_key);
-    if (!key) co_return key.error().context("reading ArtifactVerifyKey");
-    ro.verify_key_pem = *key;
-  }
-  HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
-    if (h.artifact_name == installed->artifact_name) return fail(Errc::cancelled, std::string(already_installed_marker));
-    return {};
-  };
 
   // An interrupted install of the same artifact goes on from its last checkpoint when it can.
-  std::optional<PipelineResume> resume;
-  if (current->phase == Phase::downloading) {
-    auto point = current->deployment_id != request.deployment_id || current->source != request.source
-                     ? Result<PipelineResume>(fail(Errc::invalid_argument, "another artifact was being installed"))
-                 : current->target_part != target
-                     ? Result<PipelineResume>(fail(Errc::invalid_argument,
-                                                   "it was writing partition " + std::to_string(current->target_part) +
-                                                       ", the standby partition is now " + std::to_string(target)))
-                     : saved_resume_point(store_, request, ro);
-    if (point) {
-      log::info("resuming the interrupted download of ", request.source, " at byte ", point->checkpoint.offset,
-                " (", point->checkpoint.payload_bytes, " payload bytes already written)");
-      resume = std::move(*point);
-    } else {
-      log::info("the interrupted download of ", request.source, " starts again from byte 0: ", point.error().message());
+  auto resumed = co_await offload(serial, [&](std::stop_token) -> Result<std::optional<PipelineResume>> {
+    auto saved = advance(s, Event::start);
+    if (!saved) return saved.error();
+    std::optional<PipelineResume> resume;
+    if (current.phase == Phase::downloading) {
+      auto point = current.job.deployment_id != job.deployment_id || current.job.source != job.source
+                       ? Result<PipelineResume>(fail(Errc::invalid_argument, "another artifact was being installed"))
+                   : current.target_part != target
+                       ? Result<PipelineResume>(fail(Errc::invalid_argument,
+                                                     "it was writing partition " + std::to_string(current.target_part) +
+                                                         ", the standby partition is now " + std::to_string(target)))
+                       : saved_resume_point(store_, job, ro);
+      if (point) {
+        log::info("resuming the interrupted download of ", job.source, " at byte ", point->checkpoint.offset, " (",
+                  point->checkpoint.payload_bytes, " payload bytes already written)");
+        resume = std::move(*point);
+      } else {
+        log::info("the interrupted download of ", job.source, " starts again from byte 0: ", point.error().message());
+      }
     }
-  }
-  if (!resume)
-    if (auto r = store_.clear_resume(); !r) co_return r.error();
+    if (!resume)
+      if (auto r = store_.clear_resume(); !r) return r.error();
+    return resume;
+  });
+  if (!resumed) co_return resumed.error();
+  std::optional<PipelineResume> resume = std::move(*resumed);
+  s.phase = Phase::downloading;
+  log::info("installing ", job.source, " into ", partition_of(target).describe(), " (running partition ",
+            start->running, ")");
 
-  PipelineSource source{.location = request.source,
-                        .expected_size = request.expected_size,
-                        .expected_sha256 = request.expected_sha256};
-  source.download.ca_file = config_.server_ca;
-  source.download.cert_file = config_.client_cert;
-  source.download.key_file = config_.client_key;
-  source.download.read_timeout = config_.read_timeout;
-  source.download.backoff_initial = config_.retry_min;
-  source.download.backoff_max = config_.retry_max;
-  source.download.max_attempts = config_.download_attempts;
-  source.download.max_total = config_.download_max_time;
+  HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
+    if (h.artifact_name == installed.artifact_name)
+      return fail(AgentErrc::already_installed, h.artifact_name + " is the running artifact");
+    return {};
+  };
 
   Result<PipelineResult> result = fail(Errc::internal, "not run");
   for (int restart = 0; restart < 3; ++restart) {
     PartitionWriterOptions writer_options;
     if (resume) writer_options.start_at = resume->checkpoint.payload_bytes;
-    auto writer = PartitionWriter::open(partition_of(target), writer_options);
-    if (!writer) {
-      result = writer.error();
+    auto opened = co_await offload(serial, [&](std::stop_token) -> Result<std::unique_ptr<PartitionWriter>> {
+      auto w = PartitionWriter::open(partition_of(target), writer_options);
+      if (!w) return w.error();
+      return std::make_unique<PartitionWriter>(std::move(*w));
+    });
+    if (!opened) {
+      result = opened.error();
       break;
     }
+    std::unique_ptr<PartitionWriter> writer = std::move(*opened);
     PipelineOptions options;
     options.checkpoint_every = checkpoint_every;
+    options.blocking = pool_.any();
     options.on_prefix = [this](std::span<const std::uint8_t> prefix) -> Result<void> {
       auto r = store_.save_resume_prefix({reinterpret_cast<const char*>(prefix.data()), prefix.size()});
       if (!r) log::warn("no resume checkpoints for this install: ", r.error().message());
       return r;  // an error turns the checkpoints off; the install goes on
     };
-    options.on_checkpoint = [this, &request](const PipelineCheckpoint& c) {
-      return store_.save_resume(ResumeRecord{.deployment_id = request.deployment_id,
-                                             .source = request.source,
+    options.on_checkpoint = [this, &job](const PipelineCheckpoint& c) {
+      return store_.save_resume(ResumeRecord{.deployment_id = job.deployment_id,
+                                             .source = job.source,
                                              .checkpoint = c.checkpoint.serialize(),
                                              .etag = c.etag,
                                              .last_modified = c.last_modified,
                                              .total = c.total});
     };
-    source.resume = resume;
+    const PipelineSource source{.job = job, .download = download_, .resume = resume};
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
+    // The writer's descriptor is closed on the pool: closing a partition may flush.
+    auto closed = co_await offload(serial, [&](std::stop_token) -> Result<void> {
+      writer.reset();
+      return {};
+    });
+    (void)closed;
     if (result && resume) {
       // The bytes before the checkpoint were written by the interrupted run and only its hash
       // state vouches for them: read the whole payload back from the partition before trusting it.
-      auto on_disk = sha256_of(partition_of(target), result->header.payload_size);
+      // Minutes on slow storage: on the pool, where the io thread and the MQTT session never wait.
+      log::info("verifying the resumed install: reading ", result->header.payload_size, " bytes back from ",
+                partition_of(target).describe());
+      const auto length = result->header.payload_size;
+      auto on_disk = co_await offload(pool_.any(), [&](std::stop_token stop) {
+        return sha256_of(partition_of(target), length, stop);
+      });
       if (!on_disk) {
         result = on_disk.error().context("verifying the resumed install");
         break;
@@ -235,41 +278,39 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
       if (*on_disk == result->header.payload_sha256) break;
       log::warn("partition ", target, " does not hold the payload after the resumed download (SHA-256 ", *on_disk,
                 ", the manifest says ", result->header.payload_sha256, "): starting over from byte 0");
-      resume.reset();
-      if (auto r = store_.clear_resume(); !r) {
-        result = r.error();
-        break;
-      }
-      continue;
+    } else if (result || !is(result.error(), AgentErrc::source_changed)) {
+      break;
+    } else {
+      log::warn(result.error().message(), resume ? ": discarding the checkpoint, starting over from byte 0" : ": starting over");
     }
-    if (result || result.error().message().find("changed on the server") == std::string::npos) break;
-    log::warn(result.error().message(), resume ? ": discarding the checkpoint, starting over from byte 0" : ": starting over");
     resume.reset();
-    if (auto r = store_.clear_resume(); !r) {
-      result = r.error();
+    auto cleared = co_await offload(serial, [&](std::stop_token) { return store_.clear_resume(); });
+    if (!cleared) {
+      result = cleared.error();
       break;
     }
   }
 
-  if (!result && result.error().message() == already_installed_marker) {
-    s.phase = Phase::done;
-    s.already_installed = true;
-    s.success = true;
-    auto done = save(s);
+  if (!result && is(result.error(), AgentErrc::already_installed)) {
+    auto done = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
+      InstallState d = s;
+      d.already_installed = true;
+      d.success = true;
+      return advance(std::move(d), Event::already_installed);
+    });
     if (!done) co_return done.error();
-    InstallReport report;
-    report.already_installed = true;
-    co_return report;
+    co_return result.error();
   }
   if (!result && result.error().code() == make_error_code(Errc::cancelled)) {
     // Stopped from outside (SIGTERM, a newer or withdrawn deployment): the state stays in
     // downloading with its checkpoint, so the next run resumes; a caller that gives the install
     // up calls fail_install().
-    co_return result.error().context("installing " + request.source);
+    co_return fail(AgentErrc::interrupted, "installing " + job.source + ": " + result.error().message());
   }
   if (!result) {
-    auto err = result.error().context("installing " + request.source);
-    if (auto f = finish_failure(s, err.message()); !f) co_return f.error();
+    auto err = result.error().context("installing " + job.source);
+    auto f = co_await offload(serial, [&](std::stop_token) { return finish_failure(s, err.message()); });
+    if (!f) co_return f.error();
     co_return err;
   }
 
@@ -277,15 +318,17 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
   s.artifact_name = result->header.artifact_name;
   s.provides = provides_of(result->header);
   s.clears_provides = result->header.clears_provides;
-  s.phase = Phase::switching;
-  if (auto r = save(s); !r) co_return r.error();
-  if (auto r = env_->write(vars_for_trial(target)); !r) {
-    auto err = r.error().context("switching the boot environment to partition " + std::to_string(target));
-    if (auto f = finish_failure(s, err.message()); !f) co_return f.error();
-    co_return err;
-  }
-  s.phase = Phase::switched;
-  if (auto r = save(s); !r) co_return r.error();
+  auto switched = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
+    auto switching = advance(s, Event::payload_written);
+    if (!switching) return switching.error();
+    if (auto r = env_->write(vars_for_trial(target)); !r) {
+      auto err = r.error().context("switching the boot environment to partition " + std::to_string(target));
+      if (auto f = finish_failure(*switching, err.message()); !f) return f.error();
+      return err;
+    }
+    return advance(*switching, Event::switch_stored);
+  });
+  if (!switched) co_return switched.error();
   log::info("installed ", s.artifact_name, " into partition ", target, "; reboot to try it");
   InstallReport report;
   report.header = result->header;
@@ -294,45 +337,46 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallRequest& re
 }
 
 Result<InstallState> Updater::finish_failure(InstallState s, const std::string& error) {
-  s.phase = Phase::done;
   s.success = false;
   s.error = error;
   s.reported = false;
-  return save(s);
+  return advance(std::move(s), Event::failed);
 }
 
 Result<InstallState> Updater::finish_commit(InstallState s) {
   if (s.phase != Phase::committing) {
-    s.phase = Phase::committing;
-    auto r = save(s);
+    auto r = advance(s, Event::healthy);
     if (!r) return r.error();
+    s = *r;
   }
   if (auto r = env_->write(vars_for_commit()); !r) return r.error().context("storing the commit");
   auto installed = this->installed();
   if (!installed) return installed.error();
   Installed now{s.artifact_name, merge_provides(installed->provides, s.provides, s.clears_provides)};
   if (auto r = store_.save_installed(now); !r) return r.error();
-  s.phase = Phase::done;
   s.success = true;
   s.error.clear();
   s.reported = false;
   log::info("committed ", s.artifact_name, " on partition ", s.target_part);
-  return save(s);
+  return advance(std::move(s), Event::commit_stored);
 }
 
-Result<void> Updater::run_health_check(std::string& why) {
+Result<void> Updater::run_health_check(std::string& why, std::stop_token stop) {
   if (config_.health_check_command.empty()) return {};
-  auto run = run_program({"sh", "-c", config_.health_check_command});
-  int rc = run ? run->exit_code : -1;
-  if (rc == 0) return {};
+  const auto timeout = std::chrono::duration_cast<std::chrono::milliseconds>(config_.health_check_timeout);
+  auto run = run_program({"sh", "-c", config_.health_check_command}, {.timeout = timeout, .stop = stop});
+  if (run && run->stopped) return fail(Errc::cancelled, "the health check was stopped");
+  if (run && run->exit_code == 0 && !run->timed_out) return {};
   std::string output = run ? run->output : run.error().message();
   while (!output.empty() && (output.back() == '\n' || output.back() == '\r')) output.pop_back();
-  why = "health check '" + config_.health_check_command + "' failed with status " + std::to_string(rc) +
+  why = "health check '" + config_.health_check_command + "' " +
+        (run ? (run->timed_out ? describe_exit(*run, timeout) : "failed with " + describe_exit(*run, timeout))
+             : "could not run") +
         (output.empty() ? "" : ": " + output.substr(0, 400));
   return fail(Errc::io, why);
 }
 
-Result<Recovery> Updater::recover() {
+Result<Recovery> Updater::recover(std::stop_token stop) {
   auto s = store_.load_install();
   if (!s) return s.error();
   Recovery out;
@@ -343,7 +387,7 @@ Result<Recovery> Updater::recover() {
   if (!running) return running.error();
   auto d = decide(*s, *running, *vars);
   out.action = d.action;
-  log::info("resuming install of ", s->artifact_name.empty() ? s->source : s->artifact_name, " (",
+  log::info("resuming install of ", s->artifact_name.empty() ? s->job.source : s->artifact_name, " (",
             to_string(s->phase), ", running partition ", *running, "): ", to_string(d.action));
 
   switch (d.action) {
@@ -354,8 +398,7 @@ Result<Recovery> Updater::recover() {
       return out;
     case Action::store_switch: {
       if (auto r = env_->write(vars_for_trial(s->target_part)); !r) return r.error();
-      s->phase = Phase::switched;
-      if (auto r = save(*s); !r) return r.error();
+      if (auto r = advance(*s, Event::switch_stored); !r) return r.error();
       out.reboot = true;
       return out;
     }
@@ -363,16 +406,17 @@ Result<Recovery> Updater::recover() {
       out.reboot = true;
       return out;
     case Action::verify: {
-      if (s->phase != Phase::switched) {
-        s->phase = Phase::switched;
-        if (auto r = save(*s); !r) return r.error();
+      if (s->phase == Phase::switching) {
+        auto r = advance(*s, Event::switch_stored);
+        if (!r) return r.error();
+        s = *r;
       }
       std::string why;
-      if (auto h = run_health_check(why); !h) {
+      if (auto h = run_health_check(why, stop); !h) {
+        if (h.error().code() == make_error_code(Errc::cancelled)) return h.error();  // verified on the next start
         log::warn(why, ": rolling back to partition ", s->previous_part);
-        s->phase = Phase::rolling_back;
         s->error = why;
-        if (auto r = save(*s); !r) return r.error();
+        if (auto r = advance(*s, Event::unhealthy); !r) return r.error();
         if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
         out.reboot = true;
         return out;
@@ -425,13 +469,17 @@ Result<bool> Updater::rollback(const std::string& reason) {
   if (*running == s->previous_part) {
     // Not rebooted yet: point the bootloader back at the running partition; done.
     if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
-    auto f = finish_failure(*s, reason);
-    if (!f) return f.error();
+    s->success = false;
+    s->error = reason;
+    s->reported = false;
+    if (auto f = advance(*s, Event::rolled_back); !f) return f.error();
     return false;
   }
-  s->phase = Phase::rolling_back;
-  s->error = reason;
-  if (auto r = save(*s); !r) return r.error();
+  if (s->phase != Phase::rolling_back) {
+    s->error = reason;
+    auto r = advance(*s, Event::unhealthy);
+    if (!r) return r.error();
+  }
   if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
   return true;
 }
@@ -442,22 +490,20 @@ Result<InstallState> Updater::fail_install(const std::string& reason) {
   return finish_failure(*s, reason);
 }
 
-Result<std::optional<InstallRequest>> Updater::next_attempt(bool give_up) {
+Result<std::optional<InstallJob>> Updater::next_attempt(bool give_up) {
   auto s = store_.load_install();
   if (!s) return s.error();
-  if (s->phase != Phase::downloading || s->source.empty())
+  if (s->phase != Phase::downloading || s->job.source.empty())
     return fail(Errc::internal, "there is no interrupted install to run again");
-  if (give_up || s->attempt >= config_.install_attempts) {
-    auto f = finish_failure(*s, "the install was interrupted " + std::to_string(s->attempt) +
+  if (give_up || s->job.attempt >= config_.install_attempts) {
+    auto f = finish_failure(*s, "the install was interrupted " + std::to_string(s->job.attempt) +
                                     " time(s) (agent restart or power loss)");
     if (!f) return f.error();
-    return std::optional<InstallRequest>{};
+    return std::optional<InstallJob>{};
   }
-  return std::optional<InstallRequest>(InstallRequest{.source = s->source,
-                                                      .deployment_id = s->deployment_id,
-                                                      .expected_size = s->total,
-                                                      .expected_sha256 = s->sha256,
-                                                      .attempt = s->attempt + 1});
+  InstallJob next = s->job;
+  ++next.attempt;
+  return std::optional<InstallJob>(std::move(next));
 }
 
 Result<void> Updater::mark_reported() {

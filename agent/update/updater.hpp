@@ -1,39 +1,40 @@
 // The device's update logic: install into the standby partition and switch the boot environment,
-// then after the reboot verify, commit or roll back. Every transition is saved to the StateStore
-// before it is acted on; decide() (state_machine.hpp) says what to do after any restart.
+// then after the reboot verify, commit or roll back. Every transition (state_machine.hpp's forward
+// table) is saved to the StateStore before it is acted on; decide() says what to do after any
+// restart.
 //
 //   auto u = Updater::open(config).value();
-//   auto r = co_await u->install({.source = "https://..."}, progress);   // switched: reboot now
+//   auto r = co_await u->install(job, progress);   // switched: reboot now
 //   ... reboot ...
-//   auto next = u->recover();   // health check + commit, or rollback; tells whether to reboot
+//   auto next = u->recover(stop);                  // health check + commit, or rollback
 //
-// Used by the CLI (install/commit/rollback) and the daemon. Not thread-safe; blocking file and
-// environment I/O happens on the calling thread (small, bounded: a few fsyncs per transition).
+// Used by the CLI (install/commit/rollback) and the daemon.
+//
+// Threads: install() is a coroutine for the caller's io thread; every blocking step in it (state
+// files and their fsyncs, the boot environment, the partition table, reading the partition back)
+// runs on the Updater's BlockingPool, so the io thread never blocks. The other members block; the
+// daemon calls them through offload(blocking().serial(), ...), one at a time. Not thread-safe
+// otherwise.
 #pragma once
 
 #include "agent/agent_config.hpp"
 #include "agent/boot/bootenv.hpp"
+#include "agent/boot/slots.hpp"
+#include "agent/errors.hpp"
 #include "agent/install/pipeline.hpp"
 #include "agent/state.hpp"
 #include "agent/update/state_machine.hpp"
+#include "common/blocking.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
 #include <memory>
 #include <optional>
+#include <stop_token>
 
 namespace tern::agent {
 
-struct InstallRequest {
-  std::string source;                ///< file path or URL
-  std::string deployment_id;         ///< empty from the command line
-  std::uint64_t expected_size = 0;   ///< from the deployment (0: unchecked)
-  std::string expected_sha256;       ///< from the deployment (empty: unchecked)
-  std::uint32_t attempt = 1;
-};
-
 struct InstallReport {
-  bool already_installed = false;  ///< the artifact is the one running: nothing was written
   artifacts::Header header;
   PipelineResult stats;
 };
@@ -49,28 +50,36 @@ struct Recovery {
 class Updater {
  public:
   /// Resolves partitions, opens the boot environment and the state directory, and locks the latter
-  /// (DirLock) for as long as the Updater lives: a second one on the same data directory fails.
+  /// (DirLock) for as long as the Updater lives: a second one on the same data directory fails
+  /// with AgentErrc::busy.
   static Result<std::unique_ptr<Updater>> open(const AgentConfig& config);
+  ~Updater();
 
-  /// Streams `request.source` into the standby partition and switches the boot environment to try
-  /// it once. Refuses when an install is already in progress. On failure the running partition and
-  /// the boot environment are untouched and the state records the failure (phase done).
-  boost::asio::awaitable<Result<InstallReport>> install(const InstallRequest& request, const ProgressFn& progress);
+  /// Streams `job.source` into the standby partition and switches the boot environment to try it
+  /// once. On failure the running partition and the boot environment are untouched and the state
+  /// records the failure (phase done). Errors the caller branches on:
+  ///   AgentErrc::already_installed  the artifact is the running one (recorded as done, success)
+  ///   AgentErrc::busy               another install waits for its reboot or commit
+  ///   AgentErrc::interrupted        cancelled from outside: the state stays in downloading with
+  ///                                 its checkpoint, to be resumed (next_attempt) or failed
+  boost::asio::awaitable<Result<InstallReport>> install(const InstallJob& job, const ProgressFn& progress);
 
-  /// Continues whatever the saved state says after a (re)start; see state_machine.hpp.
-  Result<Recovery> recover();
+  /// Continues whatever the saved state says after a (re)start; see state_machine.hpp. Runs the
+  /// health check (HealthCheckTimeoutSeconds; a stop request ends it as a failed check would not:
+  /// the state stays switched, to be verified on the next start).
+  Result<Recovery> recover(std::stop_token stop = {});
 
   /// Commits the running trial partition (`tern-agent commit`). Errors: nothing to commit.
   Result<InstallState> commit();
   /// Gives up on the new partition (`tern-agent rollback`); returns whether a reboot is needed.
   Result<bool> rollback(const std::string& reason);
-  /// Records a failed install (phase done) whose download was interrupted.
+  /// Records the interrupted (or aborted) install as failed (phase done).
   Result<InstallState> fail_install(const std::string& reason);
-  /// After recover() reported `interrupted`: the request that runs the install again as its next
+  /// After recover() reported `interrupted`: the job that runs the install again as its next
   /// attempt (install() goes on from its checkpoint when it has one). Nothing once InstallAttempts
   /// are used up, or at once with `give_up`: the install is then failed ("interrupted N time(s)"),
   /// to be reported like any other failure (state()).
-  Result<std::optional<InstallRequest>> next_attempt(bool give_up = false);
+  Result<std::optional<InstallJob>> next_attempt(bool give_up = false);
   /// Marks the finished install as reported to the fleet.
   Result<void> mark_reported();
 
@@ -82,13 +91,17 @@ class Updater {
   StateStore& store() { return store_; }
   const Slots& slots() const { return slots_; }
   BootEnv& bootenv() { return *env_; }
+  /// Where blocking work runs: serial() for the state store and the boot environment.
+  BlockingPool& blocking() { return pool_; }
 
  private:
   Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock);
+  /// Moves `s` along the forward table and saves it.
+  Result<InstallState> advance(InstallState s, Event e);
   Result<InstallState> save(InstallState s);
   Result<InstallState> finish_commit(InstallState s);
   Result<InstallState> finish_failure(InstallState s, const std::string& error);
-  Result<void> run_health_check(std::string& why);
+  Result<void> run_health_check(std::string& why, std::stop_token stop);
   const PartitionRef& partition_of(int part) const;
 
   AgentConfig config_;
@@ -96,6 +109,8 @@ class Updater {
   std::unique_ptr<BootEnv> env_;
   StateStore store_;
   DirLock lock_;  // held while this Updater lives
+  DownloadOptions download_;  // from the configuration, for every install
+  BlockingPool pool_;         // last: its threads stop before the members they use go
 };
 
 }  // namespace tern::agent

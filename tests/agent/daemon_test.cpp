@@ -12,6 +12,9 @@
 #include <sstream>
 #include <thread>
 
+#include <signal.h>
+#include <stdlib.h>
+
 namespace tern::test {
 namespace {
 using namespace std::chrono_literals;
@@ -74,6 +77,19 @@ class DaemonTest : public ::testing::Test {
       out.push_back(line.substr(k, line.find('"', k) - k));
     }
     return out;
+  }
+  /// Running, not a zombie waiting for a reaper.
+  static bool alive(int pid) {
+    if (::kill(pid, 0) != 0) return false;
+    auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    auto close = stat.rfind(')');
+    return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] != 'Z';
+  }
+  static std::size_t count_lines(const std::string& text, const std::string& prefix) {
+    std::size_t n = 0;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) n += line.starts_with(prefix);
+    return n;
   }
   static bool has(const std::vector<std::string>& v, const std::string& s) {
     return std::find(v.begin(), v.end(), s) != v.end();
@@ -270,6 +286,93 @@ TEST_F(DaemonTest, MalformedOversizedAndCancelledDeploymentsAreHandled) {
   EXPECT_EQ(dev->env()["upgrade_available"], "0");
   EXPECT_EQ(dev->installed(), "factory-image");
   EXPECT_TRUE(d.running());
+}
+
+TEST_F(DaemonTest, AHealthCheckThatNeverEndsRollsBackAfterItsTimeout) {
+  boost::json::object extra{{"HealthCheckCommand", "echo checking; exec sleep 100000"}, {"HealthCheckTimeoutSeconds", 2}};
+  auto dev = device("device-1", extra);
+  SimDaemon d(*dev);
+  publish("device-1", deployment("dep-hang", nginx.url("release-2.mender")));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-1", "dep-hang"), "failure"); }, 90s)) << d.log();
+  auto watch = read_file(tmp / "watch.log");
+  EXPECT_NE(watch.find("timed out after 2 s"), std::string::npos) << watch;
+  EXPECT_EQ(dev->installed(), "factory-image");
+  EXPECT_EQ(dev->env()["mender_boot_part"], "2");
+  EXPECT_EQ(dev->env()["upgrade_available"], "0");
+  EXPECT_EQ(d.reboots(), 2) << "into the new partition, and back";
+  EXPECT_EQ(run("pgrep -f 'sleep 10000[0]'").exit_code, 1) << "the hung check was killed";
+}
+
+TEST_F(DaemonTest, AnInventoryScriptThatHangsDoesNotDelayStatuses) {
+  fs::create_directories(tmp / "inventory.d");
+  const auto pids = tmp / "inventory-pids";
+  write_file(tmp / "inventory.d/hangs", "#!/bin/sh\necho $$ >> " + pids.string() + "\necho slow=yes\nexec sleep 100001\n");
+  fs::permissions(tmp / "inventory.d/hangs", fs::perms::owner_all);
+  boost::json::object extra{{"InventoryScriptsDir", (tmp / "inventory.d").string()},
+                            {"InventoryScriptTimeoutSeconds", 3600}};
+  auto dev = device("device-2", extra);
+  SimDaemon d(*dev);
+  publish("device-2", deployment("dep-inv", nginx.url("release-2.mender")));
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-2", "dep-inv"), "success"); }, 90s)) << d.log();
+  // Every status of the install, the reboot and the commit went out while a script hung.
+  std::vector<int> started;
+  std::istringstream in(read_file(pids));
+  for (int pid; in >> pid;) started.push_back(pid);
+  ASSERT_FALSE(started.empty());
+  const int last = started.back();
+  EXPECT_TRUE(alive(last)) << "the script was still running when success arrived";
+  EXPECT_EQ(dev->installed(), "release-2");
+  // Stopping the daemon kills the hung script (its process group) instead of waiting an hour.
+  EXPECT_EQ(d.stop(), 0) << d.log();
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = !alive(last);
+    if (!gone) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(gone) << "the script outlived the daemon";
+}
+
+// A resumed install reads the whole payload back from the partition before trusting it: on slow
+// storage that takes long. The MQTT session must not notice: an inventory asked for during the
+// read-back is sent during it, and the broker never loses the device.
+TEST_F(DaemonTest, TheSessionStaysAliveWhileAResumedInstallReadsASlowPartitionBack) {
+  auto big_image = make_image(16u << 20, 29);
+  auto big = make_artifact(tmp.path(), "release-slow", big_image, "qemu", "--frame-size 1048576");
+  fs::copy_file(big, nginx.root() / "release-slow.mender");
+  FaultProxy slow(static_cast<std::uint16_t>(nginx.port()));
+  slow.set_rate(4u << 20);
+  boost::json::object extra{{"KeepaliveSeconds", 2}};
+  auto dev = device("device-3", extra, DeviceSimOptions{.rootfs_mib = 32});
+  auto url = "https://127.0.0.1:" + std::to_string(slow.port()) + "/artifacts/release-slow.mender";
+  SimDaemon d(*dev);
+  publish("device-3", R"({"deployment_id":"dep-slow","artifact_name":"release-slow","url":")" + url +
+                          R"(","size":)" + std::to_string(fs::file_size(big)) + R"(,"sha256":")" +
+                          sha256_hex(read_file(big)) + R"("})");
+  ASSERT_TRUE(wait_until(d, [&] { return fs::exists(dev->dir() / "state/resume.json"); }, 60s)) << d.log();
+  d.kill();  // a power cut after the first checkpoint
+  // The partition now reads back at about 1 MiB per 600 ms: ~10 s for the payload.
+  ::setenv("TERN_TEST_SLOW_READ_MS_PER_MIB", "600", 1);
+  d.start();
+  ::unsetenv("TERN_TEST_SLOW_READ_MS_PER_MIB");
+  ASSERT_TRUE(wait_until(d, [&] { return d.log().find("verifying the resumed install") != std::string::npos; }, 60s))
+      << d.log();
+  const auto inventories_before = count_lines(read_file(tmp / "watch.log"), "tern/devices/device-3/inventory ");
+  auto pid = std::stoi(read_file(dev->dir() / "state/daemon.pid"));
+  ASSERT_EQ(::kill(pid, SIGUSR2), 0);
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-3", "dep-slow"), "success"); }, 120s)) << d.log();
+  // In the watcher's order: the inventory asked for mid-read-back came before the install went on.
+  auto watch = read_file(tmp / "watch.log");
+  std::size_t at = 0;
+  for (std::size_t i = 0; i < inventories_before + 1; ++i) {
+    at = watch.find("tern/devices/device-3/inventory ", at);
+    ASSERT_NE(at, std::string::npos) << "no inventory after SIGUSR2:\n" << watch;
+    ++at;
+  }
+  const auto installing = watch.find(R"("status":"installing")");
+  ASSERT_NE(installing, std::string::npos);
+  EXPECT_LT(at, installing) << "the inventory waited for the read-back:\n" << watch;
+  EXPECT_EQ(d.log().find("connection lost"), std::string::npos) << d.log();
+  EXPECT_EQ(dev->installed(), "release-slow");
 }
 
 }  // namespace

@@ -37,6 +37,39 @@ TEST(StateMachine, EveryPersistedPhaseHasADecision) {
   EXPECT_EQ(agent::decide(in(Phase::rolling_back), 3, trial).action, Action::store_rollback);
 }
 
+TEST(StateMachine, ForwardTransitionsFollowTheTable) {
+  using agent::Event;
+  auto to = [](Phase from, Event e) {
+    auto r = agent::advance(from, e);
+    EXPECT_TRUE(r) << to_string(from) << " on " << to_string(e);
+    return r ? *r : Phase::idle;
+  };
+  // The path of a successful install, and of a failed health check.
+  EXPECT_EQ(to(Phase::idle, Event::start), Phase::downloading);
+  EXPECT_EQ(to(Phase::done, Event::start), Phase::downloading);
+  EXPECT_EQ(to(Phase::downloading, Event::start), Phase::downloading);
+  EXPECT_EQ(to(Phase::downloading, Event::payload_written), Phase::switching);
+  EXPECT_EQ(to(Phase::switching, Event::switch_stored), Phase::switched);
+  EXPECT_EQ(to(Phase::switched, Event::healthy), Phase::committing);
+  EXPECT_EQ(to(Phase::committing, Event::commit_stored), Phase::done);
+  EXPECT_EQ(to(Phase::switched, Event::unhealthy), Phase::rolling_back);
+  EXPECT_EQ(to(Phase::rolling_back, Event::rolled_back), Phase::done);
+  EXPECT_EQ(to(Phase::downloading, Event::already_installed), Phase::done);
+  for (Phase p : {Phase::downloading, Phase::switching, Phase::switched, Phase::committing, Phase::rolling_back})
+    EXPECT_EQ(to(p, Event::failed), Phase::done) << to_string(p);
+  // What the table does not have is refused, never silently applied.
+  for (auto [p, e] : std::vector<std::pair<Phase, Event>>{{Phase::idle, Event::payload_written},
+                                                         {Phase::downloading, Event::switch_stored},
+                                                         {Phase::done, Event::healthy},
+                                                         {Phase::idle, Event::failed},
+                                                         {Phase::committing, Event::unhealthy},
+                                                         {Phase::switching, Event::start}}) {
+    auto r = agent::advance(p, e);
+    ASSERT_FALSE(r) << to_string(p) << " on " << to_string(e);
+    EXPECT_NE(r.error().message().find("no transition"), std::string::npos);
+  }
+}
+
 TEST(StateMachine, BootloaderRollbackIsAFailureNamingThePartitions) {
   auto d = agent::decide(in(Phase::switched), 2, rolled);
   EXPECT_EQ(d.action, Action::fail);
@@ -61,18 +94,21 @@ TEST(StateStore, RoundTripsAtomicallyAndCountsSequences) {
   ASSERT_TRUE(empty);
   EXPECT_EQ(empty->phase, Phase::idle);
   auto s = in(Phase::switched);
-  s.deployment_id = "dep-1";
+  s.job.deployment_id = "dep-1";
+  s.job.artifact_name = "new";
+  s.job.source = "https://example.com/new.mender";
+  s.job.size = 1234;
+  s.job.attempt = 2;
   s.provides = {{"rootfs-image.version", "2"}};
   s.clears_provides = {"rootfs-image.*"};
-  s.sha256 = std::string(64, 'a');
+  s.job.sha256 = std::string(64, 'a');
   ASSERT_TRUE(store->save_install(s));
   auto back = store->load_install();
   ASSERT_TRUE(back);
   EXPECT_EQ(back->phase, Phase::switched);
-  EXPECT_EQ(back->deployment_id, "dep-1");
+  EXPECT_EQ(back->job, s.job) << "the job goes into the state file and comes back whole";
   EXPECT_EQ(back->provides, s.provides);
   EXPECT_EQ(back->clears_provides, s.clears_provides);
-  EXPECT_EQ(back->sha256, s.sha256);
   EXPECT_FALSE(fs::exists(dir / "state/install.json.tmp"));
 
   auto a = store->next_seq(), b = store->next_seq();
@@ -80,6 +116,15 @@ TEST(StateStore, RoundTripsAtomicallyAndCountsSequences) {
   EXPECT_LT(*a, *b);
   auto again = agent::StateStore::open(dir / "state");
   EXPECT_GT(*again->next_seq(), *b) << "sequence numbers survive a restart";
+  // Numbers come from memory: only a new reservation writes the file, and it is ahead of them.
+  const auto on_disk = read_file(dir / "state/seq");
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(store->next_seq());
+  EXPECT_EQ(read_file(dir / "state/seq"), on_disk) << "no write per status";
+  auto last = store->next_seq();
+  ASSERT_TRUE(last);
+  EXPECT_GT(std::stoull(on_disk), *last) << "the file holds the end of the reservation";
+  auto third = agent::StateStore::open(dir / "state");
+  EXPECT_GT(*third->next_seq(), std::stoull(read_file(dir / "state/seq"))) << "a restart starts past every reservation";
 
   for (int i = 0; i < 70; ++i) ASSERT_TRUE(store->add_finished_deployment("d" + std::to_string(i)));
   auto fin = store->finished_deployments();
