@@ -1,19 +1,16 @@
 #include "common/config.hpp"
 
+#include "common/file.hpp"
+
 #include <algorithm>
 #include <cerrno>
-#include <fstream>
-#include <sstream>
 
 namespace tern {
 
 Result<Config> Config::load(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error::from_errno("reading configuration " + path.string(), errno);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Error::from_errno("reading configuration " + path.string(), errno);
-  return parse(ss.str(), path.string());
+  auto text = read_file(path, 4 * 1024 * 1024);
+  if (!text) return text.error().context("configuration");
+  return parse(*text, path.string());
 }
 
 Result<Config> Config::parse(std::string_view text, std::string origin) {
