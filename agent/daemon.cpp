@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <variant>
 
@@ -213,6 +214,10 @@ class Daemon {
             !r)
           log::error(r.error().message());
       }
+      // Test hook: a task that throws must end the daemon with its error, never leave it half
+      // alive. Never set outside tests.
+      if (const char* hook = std::getenv("TERN_TEST_THROW_IN_INVENTORY"); hook && *hook)
+        throw std::runtime_error(std::string("test hook: ") + hook);
       asio::steady_timer timer(io_, config_.inventory_interval);
       co_await (timer.async_wait(asio::use_awaitable) || inventory_bell_.wait());
     }

@@ -375,5 +375,16 @@ TEST_F(DaemonTest, TheSessionStaysAliveWhileAResumedInstallReadsASlowPartitionBa
   EXPECT_EQ(dev->installed(), "release-slow");
 }
 
+TEST_F(DaemonTest, ATaskThatThrowsEndsTheDaemonWithItsError) {
+  auto dev = device("device-4");
+  ::setenv("TERN_TEST_THROW_IN_INVENTORY", "the inventory task broke", 1);
+  SimDaemon d(*dev);
+  ::unsetenv("TERN_TEST_THROW_IN_INVENTORY");
+  ASSERT_TRUE(wait_until(d, [&] { return !d.running(); }, 60s)) << d.log();
+  auto log = d.log();
+  EXPECT_NE(log.find("inventory failed: test hook: the inventory task broke"), std::string::npos) << log;
+  EXPECT_NE(log.find("the daemon ended: exit status 1"), std::string::npos) << "a non-zero status for systemd:\n" << log;
+}
+
 }  // namespace
 }  // namespace tern::test
