@@ -230,7 +230,7 @@ class PowerCutSoak : public ::testing::Test {
 
   void TearDown() override {
     write_file(tmp / "trace.txt", trace.str());
-    if (HasFailure()) {
+    if (HasFailure() && dev) {
       std::cerr << "--- trace\n" << trace.str() << "--- daemon.log (last 8 KiB)\n";
       auto log = read_file(dev->dir() / "daemon.log");
       std::cerr << (log.size() > 8192 ? log.substr(log.size() - 8192) : log) << "\n";
