@@ -92,11 +92,12 @@ class Daemon {
   }
 
   // --- reporting -------------------------------------------------------------------------------
+  /// `seq` 0: the next sequence number.
   void report(const InstallJob& job, Status status, std::uint64_t bytes = 0, std::uint64_t total = 0,
-              const std::string& error = {}) {
+              const std::string& error = {}, std::uint64_t seq_number = 0) {
     if (job.deployment_id.empty()) return;  // a command-line install: nobody to tell
     // From memory: the numbers are reserved on disk ahead (reserve_seq), so this never blocks.
-    auto seq = updater_->store().next_seq();
+    auto seq = seq_number ? Result<std::uint64_t>(seq_number) : updater_->store().next_seq();
     if (!seq) {
       log::error("allocating a status sequence number: ", seq.error().message());
       return;
@@ -115,13 +116,23 @@ class Daemon {
       log::error(r.error().message());
   }
 
-  /// Reports a finished install once, and remembers its deployment as done.
+  /// Reports a finished install once, and remembers its deployment as done. The final status's
+  /// sequence number is saved before it is sent: a power cut before `reported` is saved sends it
+  /// again with the same number, which the fleet drops as a repeat.
   asio::awaitable<void> report_finished(const InstallState& s_arg) {
-    const InstallState s = s_arg;
-    if (s.reported) co_return;
+    if (s_arg.reported) co_return;
+    auto prepared = co_await state_op([this] { return updater_->final_status_seq(); });
+    if (!prepared) {
+      log::error("reporting the finished install: ", prepared.error().message());
+      co_return;
+    }
+    const InstallState s = *prepared;
     if (!s.job.deployment_id.empty()) {
-      Status st = s.already_installed ? Status::already_installed : s.success ? Status::success : Status::failure;
-      report(s.job, st, s.job.size, s.job.size, s.success ? "" : s.error);
+      Status st = s.already_installed ? Status::already_installed
+                  : s.aborted         ? Status::aborted
+                  : s.success         ? Status::success
+                                      : Status::failure;
+      report(s.job, st, s.aborted ? 0 : s.job.size, s.job.size, s.success ? "" : s.error, s.final_seq);
     }
     auto r = co_await state_op([&]() -> Result<void> {
       if (!s.job.deployment_id.empty())
@@ -328,14 +339,11 @@ class Daemon {
       log::info("deployment ", job.deployment_id, latest_ && *latest_ ? " replaced by " + (*latest_)->deployment_id
                                                                       : std::string(" withdrawn"),
                 ": cancelled");
-      auto r = co_await state_op([&]() -> Result<void> {
-        auto f = updater_->fail_install("aborted: cancelled by a newer or empty deployment");
-        if (!f) return f.error();
-        if (auto a = updater_->store().add_finished_deployment(job.deployment_id); !a) return a;
-        return updater_->mark_reported();
+      auto aborted = co_await state_op([this] {
+        return updater_->fail_install("cancelled by a newer or empty deployment", true);
       });
-      if (!r) log::error(r.error().message());
-      report(job, Status::aborted, 0, job.size, "cancelled by a newer or empty deployment");
+      if (aborted) co_await report_finished(*aborted);
+      else log::error(aborted.error().message());
       co_return std::nullopt;
     }
     auto& result = std::get<0>(outcome);

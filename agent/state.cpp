@@ -175,6 +175,8 @@ Result<InstallState> StateStore::load_install() const {
     TERN_GET(success, boolean_or, "success", false)
     TERN_GET(already_installed, boolean_or, "already_installed", false)
     TERN_GET(error, string_or, "error", "")
+    TERN_GET(aborted, boolean_or, "aborted", false)
+    TERN_GET(final_seq, u64_or, "final_seq", 0)
     TERN_GET(reported, boolean_or, "reported", true)
     TERN_GET(updated, i64_or, "updated", 0)
 #undef TERN_GET
@@ -202,6 +204,8 @@ Result<void> StateStore::save_install(const InstallState& s) {
   o["success"] = s.success;
   o["already_installed"] = s.already_installed;
   o["error"] = s.error;
+  o["aborted"] = s.aborted;
+  o["final_seq"] = s.final_seq;
   o["reported"] = s.reported;
   o["updated"] = s.updated;
   return write_file_atomic(dir_ / "install.json", serialize_pretty(o));

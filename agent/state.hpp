@@ -61,6 +61,9 @@ struct InstallState {
   bool success = false;       ///< for done
   bool already_installed = false;  ///< for done: nothing to do, the artifact was already there
   std::string error;          ///< for done (failure) and rolling_back: why
+  bool aborted = false;       ///< for done: withdrawn or replaced by a newer deployment
+  std::uint64_t final_seq = 0;  ///< for done: the final status's sequence number, once allocated; a
+                                ///< status sent again after a power cut reuses it (receivers dedup)
   bool reported = true;       ///< for done: whether the final status reached the daemon's queue
   std::int64_t updated = 0;   ///< Unix time of the last transition
 };

@@ -484,10 +484,22 @@ Result<bool> Updater::rollback(const std::string& reason) {
   return true;
 }
 
-Result<InstallState> Updater::fail_install(const std::string& reason) {
+Result<InstallState> Updater::fail_install(const std::string& reason, bool aborted) {
   auto s = store_.load_install();
   if (!s) return s.error();
+  s->aborted = aborted;
   return finish_failure(*s, reason);
+}
+
+Result<InstallState> Updater::final_status_seq() {
+  auto s = store_.load_install();
+  if (!s) return s.error();
+  if (s->phase != Phase::done) return fail(Errc::internal, "no finished install to report");
+  if (s->final_seq != 0) return s;
+  auto seq = store_.next_seq();
+  if (!seq) return seq.error();
+  s->final_seq = *seq;
+  return save(*s);
 }
 
 Result<std::optional<InstallJob>> Updater::next_attempt(bool give_up) {

@@ -73,13 +73,18 @@ class Updater {
   Result<InstallState> commit();
   /// Gives up on the new partition (`tern-agent rollback`); returns whether a reboot is needed.
   Result<bool> rollback(const std::string& reason);
-  /// Records the interrupted (or aborted) install as failed (phase done).
-  Result<InstallState> fail_install(const std::string& reason);
+  /// Records the interrupted install as failed (phase done); `aborted`: withdrawn or replaced by
+  /// the operator rather than failed.
+  Result<InstallState> fail_install(const std::string& reason, bool aborted = false);
   /// After recover() reported `interrupted`: the job that runs the install again as its next
   /// attempt (install() goes on from its checkpoint when it has one). Nothing once InstallAttempts
   /// are used up, or at once with `give_up`: the install is then failed ("interrupted N time(s)"),
   /// to be reported like any other failure (state()).
   Result<std::optional<InstallJob>> next_attempt(bool give_up = false);
+  /// The finished install, with the sequence number of its final status allocated and saved
+  /// (once: after a power cut the status is sent again with the same number, so the fleet sees
+  /// one final status). Errors: nothing finished to report.
+  Result<InstallState> final_status_seq();
   /// Marks the finished install as reported to the fleet.
   Result<void> mark_reported();
 
