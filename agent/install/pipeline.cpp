@@ -6,6 +6,7 @@
 #include "common/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -633,7 +634,8 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
     // The reader and writer drain what the source handed on (or stop at once after an error); wait
     // for them without blocking the io_context thread.
     bool finished = false;
-    if ((co_await asio::this_coro::cancellation_state).cancelled() == asio::cancellation_type::none) {
+    auto cs = co_await asio::this_coro::cancellation_state;
+    if (cs.cancelled() == asio::cancellation_type::none) {
       try {
         auto [ec] = co_await done.async_receive(asio::as_tuple(asio::use_awaitable));
         finished = !ec;
@@ -643,9 +645,14 @@ asio::awaitable<Result<PipelineResult>> run_pipeline(const PipelineSource& sourc
     }
     if (!finished) {
       shared.set_error(fail(Errc::cancelled, "install cancelled"));
-      links.abort();  // the threads return after their current write or sync
+      links.abort();
+      // The threads return after their current write or sync, seconds on slow storage: await that
+      // too, without blocking the io thread and without letting the cancellation cut it short.
+      co_await asio::this_coro::throw_if_cancelled(false);
+      co_await done.async_receive(
+          asio::bind_cancellation_slot(asio::cancellation_slot(), asio::as_tuple(asio::use_awaitable)));
     }
-    workers.join();
+    workers.join();  // they have returned: nothing to wait for
   }
 
   progress.written = shared.written.load();
