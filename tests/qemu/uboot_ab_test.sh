@@ -15,6 +15,8 @@
 #   no commit   tern-agent installs B -> U-Boot boots B (bootcount 1); B never commits -> the next
 #               boot passes bootlimit=1: altbootcmd -> A; `tern-agent resume` reports the rollback.
 #   commit      install B again -> B boots; `tern-agent resume` commits -> B boots again and stays.
+#   torn commit the copy of the environment the commit wrote is corrupted -> both sides read the
+#               older copy (B still on trial) -> U-Boot goes back to A.
 # After each boot the environment U-Boot left is compared with what the device simulator
 # (tests/support/device_sim) predicts from the same starting environment.
 # Exit 0 passed, 1 failed (the failed check and the serial log are printed).
@@ -125,7 +127,7 @@ sim_predict() {
     args+=("$v=$(envvar $v)")
   done
   "$sim" setenv "$d" "${args[@]}" >/dev/null || fail "tern-device-sim setenv ${args[*]}"
-  "$sim" boot "$d" >"$tmp/sim.out" || fail "tern-device-sim boot"
+  "$sim" boot "$d" >"$tmp/sim.out" 2>&1 || fail "tern-device-sim boot: $(cat "$tmp/sim.out")"
   "$sim" env "$d" >"$tmp/sim.env" || fail "tern-device-sim env"
 }
 
@@ -209,4 +211,16 @@ expect_env upgrade_available 0 "after the commit"
 boot B
 expect_env mender_boot_part 3 "after the commit and a reboot"
 [ "$(run_agent show-artifact)" = release-b ] || fail "after the commit the installed artifact is $(run_agent show-artifact)"
-echo "real U-Boot: $boots boots, install -> B, no commit -> A (rollback reported), commit -> B stays"
+
+# torn commit: the copy the commit wrote is corrupt (a power cut while libubootenv wrote it) ->
+# U-Boot and libubootenv both fall back to the older copy, written by U-Boot while B was on trial,
+# so B's trial goes on: bootcount passes bootlimit and U-Boot goes back to A.
+flags0=$(od -An -tu1 -j $((0x40004)) -N1 "$disk" | tr -d ' ')
+flags1=$(od -An -tu1 -j $((0x60004)) -N1 "$disk" | tr -d ' ')
+newest=$((flags1 > flags0 ? 0x60000 : 0x40000))
+printf 'X' | dd of="$disk" bs=1 seek=$((newest + 100)) conv=notrunc status=none
+expect_env upgrade_available 1 "libubootenv after the newest copy was corrupted"
+boot A
+grep -q 'altbootcmd' "$tmp/serial.txt" || fail "U-Boot went back to A without altbootcmd"
+echo "real U-Boot: $boots boots, install -> B, no commit -> A (rollback reported), commit -> B stays," \
+  "torn commit -> A"
