@@ -71,6 +71,11 @@ out=$(/usr/bin/tern-bridge --version) || fail "tern-bridge --version exited with
 # The shipped example configurations are valid JSON for the installed programs.
 python3 -m json.tool /etc/tern/agent.conf.example >/dev/null || fail "agent.conf.example is not JSON"
 python3 -m json.tool /etc/tern/bridge.conf.example >/dev/null || fail "bridge.conf.example is not JSON"
+# The units as systemd reads them (no systemd runs here, but its verifier does).
+if command -v systemd-analyze >/dev/null; then
+  systemd-analyze verify /lib/systemd/system/tern-agent.service /lib/systemd/system/tern-bridge.service \
+    >"$tmp/verify.log" 2>&1 || { cat "$tmp/verify.log"; fail "systemd-analyze verify of the units"; }
+fi
 cmp -s /usr/share/tern/mosquitto/mosquitto.conf "$src/mosquitto.conf" || fail "installed mosquitto.conf differs"
 
 # Remove: every file goes, the conffiles stay until purge.
