@@ -21,6 +21,7 @@ namespace {
 
 constexpr const char* usage_text =
     "usage: tern-agent [--config FILE] [--log-level debug|info|warn|error] COMMAND\n"
+    "       tern-agent --version | --help\n"
     "  daemon                  run as a fleet member (MQTT deployments, status, inventory)\n"
     "  install FILE|URL [--reboot-exit-code]\n"
     "                          install an artifact into the standby partition and switch to it\n"
@@ -181,6 +182,9 @@ int cli_main(int argc, char** argv) {
       log::set_level(level);
     } else if (a == "-h" || a == "--help") {
       std::cout << usage_text;
+      return 0;
+    } else if (a == "--version") {
+      std::cout << "tern-agent " TERN_VERSION "\n";
       return 0;
     } else {
       args.push_back(a);

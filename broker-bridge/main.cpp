@@ -45,8 +45,12 @@ using namespace tern;
 
 namespace {
 
+constexpr const char* usage_text =
+    "usage: tern-bridge --config FILE   run the fleet service (JSON; see /etc/tern/bridge.conf.example)\n"
+    "       tern-bridge --version | --help\n";
+
 int usage() {
-  std::cerr << "usage: tern-bridge --config FILE\n";
+  std::cerr << usage_text;
   return 2;
 }
 
@@ -172,6 +176,14 @@ int main(int argc, char** argv) {
   // A peer closing a TLS connection while we write must not kill the process (OpenSSL uses write()).
   std::signal(SIGPIPE, SIG_IGN);
   log::set_program("tern-bridge");
+  if (argc == 2 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h")) {
+    std::cout << usage_text;
+    return 0;
+  }
+  if (argc == 2 && std::string_view(argv[1]) == "--version") {
+    std::cout << "tern-bridge " TERN_VERSION "\n";
+    return 0;
+  }
   if (argc != 3 || std::string_view(argv[1]) != "--config") return usage();
   return run(argv[2]);
 }
