@@ -37,7 +37,7 @@ class BridgeProcess {
     fs::create_directories(dir / "artifacts");
     make_artifact("release-1");
     write_file(dir / "bridge.conf",
-               "{\"broker_uri\":\"" + broker.uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
+               "{\"broker_uri\":\"" + broker.services_uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
                    "\",\"cert_file\":\"" + (certs() / "bridge.crt").string() + "\",\"key_file\":\"" +
                    (certs() / "bridge.key").string() + "\",\"db\":\"" + (dir / "bridge.db").string() +
                    "\",\"artifact_dir\":\"" + (dir / "artifacts").string() +
@@ -322,7 +322,7 @@ namespace {
 
 TEST(BridgeIntegration, OperatorScripts) {
   BridgeProcess b;
-  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.port()) + " --certs " +
+  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.services_port()) + " --certs " +
                            shell_quote(certs().string()) + " ";
   const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + conn;
   const std::string deploy = shell_quote((source_dir() / "scripts/tern-deploy").string()) + conn;
@@ -345,6 +345,61 @@ TEST(BridgeIntegration, OperatorScripts) {
   EXPECT_FALSE(b.retained(protocol::topics::deployment("device-1")));
   r = run(fleet + "artifacts 2>&1");
   EXPECT_NE(r.output.find("\"name\":\"release-1\""), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Operators share identities and run clients side by side: a watcher (mosquitto_sub on the
+// replies) with the shared operator certificate stays connected while 20 tern-fleet commands run
+// at once, half with that certificate and half with alice's own; every command gets its reply and
+// the watcher sees all 20 replies. The broker log names who connected.
+TEST(BridgeIntegration, WatcherAndTwentyConcurrentOperatorCommandsLoseNothing) {
+  auto made = run(shell_quote((source_dir() / "scripts/gen-certs").string()) + " " + shell_quote(certs().string()) +
+                  " --devices 0 --operators alice 2>&1");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  BridgeProcess b;
+  Process watcher({"sh", "-c", "exec mosquitto_sub " + b.broker.client_args("operator") +
+                                   " -q 1 -v -t 'tern/fleet/replies/#'"},
+                  b.dir / "watcher.log");
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    run("mosquitto_pub " + b.broker.client_args("operator-alice") + " -q 1 -t tern/fleet/replies/probe -m p");
+    std::this_thread::sleep_for(100ms);
+    ready = watcher.log().find("tern/fleet/replies/probe p") != std::string::npos;
+  }
+  ASSERT_TRUE(ready) << watcher.log();
+
+  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.services_port()) + " --certs " +
+                           shell_quote(certs().string()) + " ";
+  const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + conn;
+  std::string batch;
+  for (int i = 1; i <= 20; ++i)
+    batch += fleet + (i % 2 ? "--operator alice " : "") + "devices > " + shell_quote((b.dir / ("cmd" + std::to_string(i))).string()) +
+             " 2>&1 & pids=\"$pids $!\"; ";
+  auto r = run(batch + "fails=0; for p in $pids; do wait $p || fails=$((fails+1)); done; echo fails=$fails");
+  EXPECT_NE(r.output.find("fails=0"), std::string::npos) << r.output;
+  for (int i = 1; i <= 20; ++i) {
+    auto out = read_file(b.dir / ("cmd" + std::to_string(i)));
+    EXPECT_NE(out.find("\"ok\":true"), std::string::npos) << "command " << i << ": " << out;
+  }
+  int replies = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto log = watcher.log();
+    replies = 0;
+    for (auto p = log.find("\"ok\":true"); p != std::string::npos; p = log.find("\"ok\":true", p + 1)) ++replies;
+    if (replies >= 20) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(replies, 20) << watcher.log();
+  EXPECT_TRUE(watcher.running());
+  auto blog = b.broker.log();
+  EXPECT_EQ(blog.find("already connected, closing old connection"), std::string::npos) << blog;
+  EXPECT_NE(blog.find("u'alice')"), std::string::npos) << blog;
+  EXPECT_NE(blog.find("u'tern-operator')"), std::string::npos) << blog;
 }
 
 }  // namespace
