@@ -404,3 +404,49 @@ TEST(BridgeIntegration, WatcherAndTwentyConcurrentOperatorCommandsLoseNothing) {
 
 }  // namespace
 }  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Admission before the device exists, then retirement: preauthorized devices are accepted from
+// their first message and can be targeted before it; decommission leaves nothing retained.
+TEST(BridgeIntegration, PreauthorizedDeviceIsAcceptedAndDecommissionClearsItsRetainedState) {
+  BridgeProcess b;
+  const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + " --host 127.0.0.1 --port " +
+                            std::to_string(b.broker.services_port()) + " --certs " + shell_quote(certs().string()) + " ";
+  auto r = run(fleet + "preauthorize field device-2 device-3 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"devices\":[\"device-2\",\"device-3\"]"), std::string::npos) << r.output;
+  r = run(fleet + "preauthorize field device-4 'no good' 2>&1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;  // refused by the script before sending
+  // Targeted before either device was ever seen.
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"pa1","artifact_name":"release-1","group":"field"})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_NE(reply.find("\"devices\":2"), std::string::npos) << reply;
+  // The devices appear: accepted from their first message.
+  b.device_pub("device-3", "inventory", R"({"device_type":"qemu","artifact_name":"factory"})", true);
+  b.device_pub("device-3", "presence", R"({"state":"online","seq":1})", true);
+  std::optional<std::string> rec;
+  for (int i = 0; i < 100; ++i) {
+    rec = b.retained("tern/fleet/devices/device-3");
+    if (rec && rec->find("\"presence\":\"online\"") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"accepted\""), std::string::npos) << *rec;
+  EXPECT_NE(rec->find("\"group\":\"field\""), std::string::npos) << *rec;
+  ASSERT_TRUE(b.retained(protocol::topics::deployment("device-3")));
+  // Retired: its retained deployment, inventory and presence are gone from the broker.
+  r = run(fleet + "decommission device-3 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* kind : {"deployment", "inventory", "presence"}) {
+    auto m = b.retained(std::string("tern/devices/device-3/") + kind);
+    EXPECT_FALSE(m) << kind << ": " << m.value_or("");
+  }
+  rec = b.retained("tern/fleet/devices/device-3");
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"decommissioned\""), std::string::npos) << *rec;
+}
+
+}  // namespace
+}  // namespace tern::test
