@@ -16,6 +16,11 @@
 //   server_cert, server_key       the HTTPS server's certificate (empty: plain HTTP, tests only)
 //   require_client_cert   default false: when true devices must present a fleet certificate
 //                         (checked against ca_file) to download
+//   server_handshake_seconds   default 10: first byte, TLS handshake and first request header of a
+//                         connection, each within this (hostile or dead clients are closed)
+//   server_idle_seconds   default 30: a keep-alive connection idle between requests
+//   server_max_connections        default 4096 open at once; server_max_connections_per_address 64
+//                         (further connections are closed at once; see artifact_server.hpp)
 //   public_url            what devices are told, default "https://127.0.0.1:<port>"; the files
 //                         are at <public_url>/artifacts/<file>
 //   shared_group          default "" (plain subscriptions, one bridge); "tern-bridge" splits device
@@ -67,7 +72,8 @@ int run(const std::string& config_path) {
   for (auto& k : cfg->unknown_keys({"broker_uri", "ca_file", "cert_file", "key_file", "client_id", "db",
                                     "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
                                     "server_bind", "server_port", "server_cert", "server_key",
-                                    "require_client_cert", "public_url", "shared_group", "retained_device_state",
+                                    "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
+                                    "server_max_connections", "server_max_connections_per_address", "public_url", "shared_group", "retained_device_state",
                                     "inbox_capacity", "log_level"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
@@ -119,6 +125,16 @@ int run(const std::string& config_path) {
       so.cert_file = get(cfg->string("server_cert", ""));
       so.key_file = get(cfg->string("server_key", ""));
       if (get(cfg->boolean("require_client_cert", false))) so.client_ca_file = o.mqtt.ca_file;
+      auto positive = [&](const char* key, std::uint64_t fallback) {
+        auto v = get(cfg->u64(key, fallback));
+        if (v == 0 || v > 1000000)
+          throw ErrorException(fail(Errc::invalid_argument, config_path + ": " + key + " must be between 1 and 1000000"));
+        return v;
+      };
+      so.handshake_timeout = std::chrono::seconds(positive("server_handshake_seconds", 10));
+      so.idle_timeout = std::chrono::seconds(positive("server_idle_seconds", 30));
+      so.max_connections = positive("server_max_connections", 4096);
+      so.max_connections_per_address = positive("server_max_connections_per_address", 64);
       const bool tls = !so.cert_file.empty();
       server = std::make_unique<bridge::ArtifactServer>(io.get_executor(), so);
       auto bound = server->start();
