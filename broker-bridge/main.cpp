@@ -4,7 +4,9 @@
 //   broker_uri            "ssl://broker:8883" (required)
 //   ca_file, cert_file, key_file   the bridge's TLS identity (CN tern-bridge) and the fleet CA
 //   client_id             default "tern-bridge" (with Tern's broker: the certificate's CN)
-//   db                    SQLite file, default "tern-bridge.db"
+//   db                    SQLite file, default "tern-bridge.db"; or a PostgreSQL connection URI
+//                         ("postgresql://tern@db-host:5432/tern", libpq syntax): same schema,
+//                         same migrations, same behaviour
 //   mqtt_persistence_dir  Paho file persistence for in-flight messages; default none (memory):
 //                         at start the bridge republishes from its database whatever must be out
 //                         there, and Paho's file persistence cut ingest throughput about tenfold

@@ -5,6 +5,7 @@
 
 #include "artifacts/writer.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_store.hpp"
 #include "tests/support/broker.hpp"
 
 #include <chrono>
@@ -39,7 +40,7 @@ class BridgeProcess {
     write_file(dir / "bridge.conf",
                "{\"broker_uri\":\"" + broker.services_uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
                    "\",\"cert_file\":\"" + (certs() / "bridge.crt").string() + "\",\"key_file\":\"" +
-                   (certs() / "bridge.key").string() + "\",\"db\":\"" + (dir / "bridge.db").string() +
+                   (certs() / "bridge.key").string() + "\",\"db\":\"" + test_store(dir.path()) +
                    "\",\"artifact_dir\":\"" + (dir / "artifacts").string() +
                    "\",\"server_bind\":\"127.0.0.1\",\"server_port\":0,\"server_cert\":\"" +
                    (certs() / "server.crt").string() + "\",\"server_key\":\"" + (certs() / "server.key").string() +

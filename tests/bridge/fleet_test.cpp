@@ -8,6 +8,7 @@
 #include "broker-bridge/store.hpp"
 #include "common/json.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
 #include <sqlite3.h>
@@ -67,7 +68,7 @@ struct FleetEnv {
   FleetEnv() {
     fs::create_directories(dir / "artifacts");
     make_artifact(dir / "artifacts", "release-1");
-    store = Store::open(dir / "bridge.db").value();
+    store = Store::open(test_store(dir.path())).value();
     bridge::FleetOptions o;
     o.artifact_base_url = "https://127.0.0.1:1/artifacts";
     o.artifact_dir = dir / "artifacts";
@@ -116,8 +117,9 @@ struct FleetEnv {
 
 TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
   TempDir dir;
+  const auto where = test_store(dir.path());
   {
-    auto s = Store::open(dir / "b.db");
+    auto s = Store::open(where);
     ASSERT_TRUE(s) << s.error().message();
     EXPECT_EQ((*s)->version().value(), bridge::schema_version);
     bridge::DeviceRecord d;
@@ -125,7 +127,7 @@ TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
     d.admission = "accepted";
     ASSERT_TRUE((*s)->put_device(d));
   }
-  auto s = Store::open(dir / "b.db");
+  auto s = Store::open(where);
   ASSERT_TRUE(s) << s.error().message();
   EXPECT_EQ((*s)->version().value(), bridge::schema_version);
   auto d = (*s)->device("device-1").value();
@@ -135,19 +137,17 @@ TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
 
 TEST(BridgeStore, RefusesASchemaFromANewerBridge) {
   TempDir dir;
-  { ASSERT_TRUE(Store::open(dir / "b.db")); }
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir / "b.db").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "UPDATE schema_version SET version = 99", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  auto s = Store::open(dir / "b.db");
+  const auto where = test_store(dir.path());
+  { ASSERT_TRUE(Store::open(where)); }
+  store_exec(where, "UPDATE schema_version SET version = 99");
+  auto s = Store::open(where);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("newer"), std::string::npos) << s.error().message();
 }
 
 TEST(BridgeStore, FailedTransactionChangesNothing) {
   TempDir dir;
-  auto s = Store::open(dir / "b.db").value();
+  auto s = Store::open(test_store(dir.path())).value();
   auto r = s->transaction([&]() -> Result<void> {
     bridge::DeviceRecord d;
     d.id = "device-1";
@@ -376,7 +376,7 @@ TEST(BridgeCatalog, OnlySignedArtifactsWhenAKeyIsConfigured) {
   make_artifact(dir.path(), "release-s", read_file(certs() / "artifact-key.pem"));
   make_artifact(dir.path(), "release-u");
   write_file(dir / "broken.mender", "not a tar at all");
-  auto store = Store::open(dir / "b.db").value();
+  auto store = Store::open(test_store(dir.path())).value();
   auto report = bridge::scan_artifacts(*store, dir.path(), read_file(certs() / "artifact-key.pub"));
   ASSERT_TRUE(report) << report.error().message();
   EXPECT_EQ(report->added, std::vector<std::string>{"release-s"});
