@@ -354,6 +354,7 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
 }
 
 Result<Fleet::Reply> Fleet::abort(const std::string& id, std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("deployment:" + id); !l) return l.error();
   auto d = store_.deployment(id);
   if (!d) return d.error();
   if (!*d) return fail(Errc::not_found, "abort: unknown deployment '" + id + "'");
@@ -368,6 +369,7 @@ Result<Fleet::Reply> Fleet::abort(const std::string& id, std::int64_t now, Outgo
 }
 
 Result<Fleet::Reply> Fleet::resume(const std::string& id, std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("deployment:" + id); !l) return l.error();
   auto d = store_.deployment(id);
   if (!d) return d.error();
   if (!*d) return fail(Errc::not_found, "resume: unknown deployment '" + id + "'");
@@ -450,6 +452,7 @@ Result<Fleet::Reply> Fleet::set_group(const std::string& id, const std::string& 
 Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb,
                                   const std::optional<std::string>& group, const std::string& what,
                                   std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("device:" + id); !l) return l.error();
   auto found = store_.device(id);
   if (!found) return found.error();
   DeviceRecord d;

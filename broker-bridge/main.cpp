@@ -30,6 +30,13 @@
 //                         does not keep shared subscriptions over a broker restart: messages
 //                         published before the bridge resubscribes are lost (tests/system showed it)
 //   retained_device_state default true (see bridge.hpp)
+//   session_expiry_seconds  how long the broker keeps the bridge's session (and queues its
+//                         messages) while it is away: default 604800 (7 days) for one bridge, 0
+//                         with shared_group. Mosquitto keeps handing an offline member of a
+//                         shared subscription its share of the messages (queued, not delivered to
+//                         the others), so a bridge that dies would take half the statuses with it;
+//                         with 0 its subscription ends with its connection and the other bridges
+//                         get everything. Give every bridge its own client_id.
 //   inbox_capacity        incoming messages buffered ahead of the store, default 131072
 //   log_level             debug | info | warn | error
 // SIGTERM and SIGINT stop it cleanly.
@@ -75,7 +82,7 @@ int run(const std::string& config_path) {
                                     "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
                                     "server_bind", "server_port", "server_cert", "server_key",
                                     "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
-                                    "server_max_connections", "server_max_connections_per_address", "public_url", "shared_group", "retained_device_state",
+                                    "server_max_connections", "server_max_connections_per_address", "public_url", "shared_group", "retained_device_state", "session_expiry_seconds",
                                     "inbox_capacity", "log_level"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
@@ -103,6 +110,11 @@ int run(const std::string& config_path) {
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
     o.mqtt.persistence_dir = get(cfg->string("mqtt_persistence_dir", ""));
     o.shared_group = get(cfg->string("shared_group", ""));
+    const auto expiry = get(cfg->u64("session_expiry_seconds", o.shared_group.empty() ? 604800 : 0));
+    if (expiry > 0xffffffffull)
+      throw ErrorException(fail(Errc::invalid_argument, config_path + ": session_expiry_seconds is over 4294967295"));
+    o.mqtt.session_expiry = std::chrono::seconds(expiry);
+    o.mqtt.clean_start = expiry == 0;
     o.retained_device_state = get(cfg->boolean("retained_device_state", true));
     o.fleet.artifact_dir = get(cfg->string("artifact_dir", ""));
     auto key_path = get(cfg->string("verify_key", ""));

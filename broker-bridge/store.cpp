@@ -440,6 +440,14 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& path) {
   return store;
 }
 
+Result<void> Store::lock(std::string_view key) {
+  if (!impl_->postgres()) return {};
+  return guard("locking " + std::string(key), [&] {
+    // hashtext() maps the name to the advisory lock's integer key (collisions only over-serialise).
+    Stmt(*impl_, "SELECT pg_advisory_xact_lock(hashtext(?))").bind(key).run();
+  });
+}
+
 Result<int> Store::version() {
   return guard("reading the schema version", [&] {
     Stmt s(*impl_, "SELECT version FROM schema_version");

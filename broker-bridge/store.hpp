@@ -112,6 +112,12 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
+  /// Inside a transaction: waits for, then holds until the transaction ends, a lock named `key`
+  /// ("device:ID", "deployment:ID") shared by every bridge on the same database. PostgreSQL: an
+  /// advisory transaction lock. SQLite: nothing to do (BEGIN IMMEDIATE already serialises every
+  /// writer of the file).
+  Result<void> lock(std::string_view key);
+
   /// Current schema version of the open file.
   Result<int> version();
 

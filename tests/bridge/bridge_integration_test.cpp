@@ -8,6 +8,9 @@
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/broker.hpp"
 
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
+
 #include <chrono>
 #include <thread>
 
@@ -447,6 +450,155 @@ TEST(BridgeIntegration, PreauthorizedDeviceIsAcceptedAndDecommissionClearsItsRet
   rec = b.retained("tern/fleet/devices/device-3");
   ASSERT_TRUE(rec);
   EXPECT_NE(rec->find("\"admission\":\"decommissioned\""), std::string::npos) << *rec;
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Several bridges on one broker and one PostgreSQL: shared subscriptions split the device traffic
+// and the commands between them; each command is answered once; a rollout goes on when one bridge
+// is killed with -9 in the middle of it, with every status counted once.
+TEST(BridgeIntegration, TwoBridgesShareTheWorkAndOneSurvivesTheOthersKill) {
+  if (!test_store_is_postgres()) GTEST_SKIP() << "PostgreSQL only: runs as pg.BridgeIntegration.*";
+  Broker broker;
+  TempDir dir{"tern-bridges"};
+  fs::create_directories(dir / "artifacts");
+  {
+    write_file(dir / "r.img", std::string(100000, 'y'));
+    artifacts::WriterOptions w;
+    w.payload = dir / "r.img";
+    w.device_types = {"qemu"};
+    w.artifact_name = "release-1";
+    ASSERT_TRUE(artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"));
+  }
+  const std::string db = test_store(dir.path());
+  std::vector<std::unique_ptr<Process>> bridges;
+  auto start_bridge = [&](int n) {
+    auto conf = dir / ("bridge-" + std::to_string(n) + ".conf");
+    boost::json::object cfg{{"broker_uri", broker.services_uri()},
+                            {"client_id", "tern-bridge-" + std::to_string(n)},
+                            {"ca_file", (certs() / "ca.crt").string()},
+                            {"cert_file", (certs() / "bridge.crt").string()},
+                            {"key_file", (certs() / "bridge.key").string()},
+                            {"db", db},
+                            {"artifact_dir", (dir / "artifacts").string()},
+                            {"server_bind", "127.0.0.1"},
+                            {"server_port", 0},
+                            {"server_cert", (certs() / "server.crt").string()},
+                            {"server_key", (certs() / "server.key").string()},
+                            {"shared_group", "tern-bridge"},
+                            {"retained_device_state", false},
+                            {"log_level", "debug"}};
+    write_file(conf, boost::json::serialize(cfg));
+    auto log = dir / ("bridge-" + std::to_string(n) + ".log");
+    bridges.push_back(std::make_unique<Process>(
+        std::vector<std::string>{(build_dir() / "broker-bridge/tern-bridge").string(), "--config", conf.string()}, log));
+    for (int i = 0; i < 300; ++i) {
+      std::string text;
+      try {
+        text = read_file(log);
+      } catch (const std::exception&) {
+      }
+      if (text.find("ready:") != std::string::npos) return;
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL() << "bridge " << n << " not ready:\n" << read_file(log);
+  };
+  start_bridge(1);
+  start_bridge(2);
+  auto dump_logs = [&] {
+    std::string all;
+    for (int n : {1, 2}) {
+      try {
+        all += "---- bridge-" + std::to_string(n) + "\n" + read_file(dir / ("bridge-" + std::to_string(n) + ".log"));
+      } catch (const std::exception&) {
+      }
+    }
+    return all;
+  };
+
+  // Commands: answered once each, whichever bridge takes them.
+  Process watcher({"sh", "-c", "exec mosquitto_sub " + broker.client_args("operator") + " -q 1 -v -t 'tern/fleet/replies/#'"},
+                  dir / "watcher.log");
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    run("mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/replies/probe -m p");
+    std::this_thread::sleep_for(100ms);
+    ready = watcher.log().find("tern/fleet/replies/probe p") != std::string::npos;
+  }
+  ASSERT_TRUE(ready) << watcher.log();
+  auto rr = [&](const std::string& topic, const std::string& body) {
+    auto r = run("mosquitto_rr " + broker.client_args("operator") + " -q 1 -t " + shell_quote(topic) +
+                 " -e tern/fleet/replies/two -W 10 -m " + shell_quote(body) + " 2>&1");
+    return r.output;
+  };
+  auto reply = rr("tern/fleet/devices/preauthorize", R"({"devices":["device-1","device-2","device-3","device-4","device-5"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << dump_logs();
+  reply = rr("tern/fleet/deployments/create", R"({"id":"m1","artifact_name":"release-1","all":true,"phases":[40,100]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << dump_logs();
+  for (int i = 0; i < 50; ++i) {
+    auto log = watcher.log();
+    if (log.find("tern/fleet/replies/two") != std::string::npos &&
+        log.find("deployments") != std::string::npos)
+      break;
+    std::this_thread::sleep_for(50ms);
+  }
+  std::this_thread::sleep_for(500ms);  // a duplicate reply would have arrived by now
+  auto wlog = watcher.log();
+  int replies = 0;
+  for (auto p = wlog.find("tern/fleet/replies/two "); p != std::string::npos; p = wlog.find("tern/fleet/replies/two ", p + 1))
+    ++replies;
+  EXPECT_EQ(replies, 2) << wlog;
+
+  auto status = [&](const std::string& id, const std::string& word, std::uint64_t seq) {
+    auto r = run("mosquitto_pub " + broker.client_args(id) + " -q 1 -t tern/devices/" + id + "/status -m " +
+                 shell_quote(status_json("m1", word, seq)) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  };
+  auto summary = [&] {
+    auto r = run("mosquitto_sub " + broker.client_args("operator") + " -t tern/fleet/deployments/m1 -C 1 -W 2 --retained-only 2>/dev/null");
+    return r.output;
+  };
+  auto wait_summary = [&](const std::string& needle) {
+    std::string last;
+    for (int i = 0; i < 200; ++i) {
+      last = summary();
+      if (last.find(needle) != std::string::npos) return last;
+      std::this_thread::sleep_for(100ms);
+    }
+    ADD_FAILURE() << "summary never had " << needle << "; last: " << last << dump_logs();
+    return last;
+  };
+  // Phase 1 (2 devices of 5): both succeed, phase 2 starts.
+  status("device-1", "downloading", 1);
+  status("device-2", "downloading", 1);
+  status("device-1", "success", 2);
+  status("device-2", "success", 2);
+  wait_summary("\"phase\":2");
+  // Bridge 1 dies mid-rollout; bridge 2 carries on alone.
+  bridges[0]->kill();
+  for (auto id : {"device-3", "device-4", "device-5"}) {
+    status(id, "downloading", 1);
+    status(id, "downloading", 1);  // a duplicate (QoS 1 redelivery)
+    status(id, "success", 2);
+  }
+  auto s = wait_summary("\"state\":\"finished\"");
+  EXPECT_NE(s.find("\"success\":5"), std::string::npos) << s;
+  EXPECT_NE(s.find("\"total\":5"), std::string::npos) << s;
+  // Every status recorded once: no seq of a device twice in the history.
+  const auto name = db.substr(db.rfind('/') + 1);
+  auto dups = Postgres::shared().psql(name, "SELECT device, seq, count(*) FROM history GROUP BY device, seq HAVING count(*) > 1");
+  EXPECT_EQ(dups, "") << dups;
+  auto count = Postgres::shared().psql(name, "SELECT count(*) FROM history WHERE deployment = 'm1'");
+  EXPECT_EQ(count.substr(0, count.find('\n')), "10") << count;
+  // Both bridges took statuses before the kill (the shared subscription split the work).
+  auto log1 = read_file(dir / "bridge-1.log"), log2 = read_file(dir / "bridge-2.log");
+  EXPECT_NE(log1.find("status of device-"), std::string::npos) << "bridge 1 got no status:\n" << dump_logs();
+  EXPECT_NE(log2.find("status of device-"), std::string::npos) << "bridge 2 got no status:\n" << dump_logs();
+  if (HasFailure()) std::cerr << dump_logs() << broker.log();
 }
 
 }  // namespace

@@ -40,11 +40,13 @@ class Postgres {
   std::string uri(const std::string& db) const {
     return "postgresql://tern@127.0.0.1:" + std::to_string(port_) + "/" + db;
   }
-  /// Runs `sql` with psql on `db`; throws with psql's output on failure.
-  void psql(const std::string& db, const std::string& sql) const {
-    auto r = run(shell_quote(bindir_ + "/psql") + " -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p " + std::to_string(port_) +
-                 " -U tern -d " + shell_quote(db) + " -c " + shell_quote(sql) + " 2>&1");
+  /// Runs `sql` with psql on `db`; returns its unaligned, tuples-only output ("a|b" lines); throws
+  /// with psql's output on failure.
+  std::string psql(const std::string& db, const std::string& sql) const {
+    auto r = run(shell_quote(bindir_ + "/psql") + " -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p " +
+                 std::to_string(port_) + " -U tern -d " + shell_quote(db) + " -c " + shell_quote(sql) + " 2>&1");
     if (r.exit_code != 0) throw std::runtime_error("psql " + sql + ": " + r.output);
+    return r.output;
   }
   ~Postgres() {
     run(as_user_ + shell_quote(bindir_ + "/pg_ctl") + " -D " + shell_quote((dir_ / "data").string()) +
