@@ -12,8 +12,6 @@
 // the loopback only, stopped (immediate) when the process exits.
 #pragma once
 
-#include "tests/support/testenv.hpp"
-
 #include <sqlite3.h>
 #include <unistd.h>
 
@@ -22,6 +20,8 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+
+#include "tests/support/testenv.hpp"
 
 namespace tern::test {
 
@@ -43,8 +43,9 @@ class Postgres {
   /// Runs `sql` with psql on `db`; returns its unaligned, tuples-only output ("a|b" lines); throws
   /// with psql's output on failure.
   std::string psql(const std::string& db, const std::string& sql) const {
-    auto r = run(shell_quote(bindir_ + "/psql") + " -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p " +
-                 std::to_string(port_) + " -U tern -d " + shell_quote(db) + " -c " + shell_quote(sql) + " 2>&1");
+    auto r =
+        run(shell_quote(bindir_ + "/psql") + " -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p " +
+            std::to_string(port_) + " -U tern -d " + shell_quote(db) + " -c " + shell_quote(sql) + " 2>&1");
     if (r.exit_code != 0) throw std::runtime_error("psql " + sql + ": " + r.output);
     return r.output;
   }

@@ -5,12 +5,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <thread>
 
 #include "common/mqtt/client.hpp"
 #include "tests/support/broker.hpp"
 #include "tests/support/coro.hpp"
-
-#include <thread>
 
 namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
@@ -170,7 +169,8 @@ TEST(BrokerAcl, DeviceCertificateCannotUseAnotherClientIdOrItsTopics) {
         const mqtt::Message forged{"tern/devices/device-2/status", "forged", 1, false};
         auto denied = co_await thief->publish(forged);
         CO_ASSERT_FALSE(denied);
-        EXPECT_NE(denied.error().message().find("reason code 135"), std::string::npos) << denied.error().message();
+        EXPECT_NE(denied.error().message().find("reason code 135"), std::string::npos)
+            << denied.error().message();
         // device-2 was not kicked off: still connected, its own status goes through, first.
         EXPECT_TRUE(d2->connected());
         const mqtt::Message own{"tern/devices/device-2/status", "mine", 1, false};
@@ -194,11 +194,12 @@ TEST(BrokerAcl, EachListenerTakesOnlyItsOwnCertificates) {
   Broker broker;
   auto ca = shell_quote((certs() / "ca.crt").string());
   auto as = [&](int port, const std::string& id) {
-    return "mosquitto_pub -h 127.0.0.1 -p " + std::to_string(port) + " -V mqttv5 --cafile " + ca + " --cert " +
-           shell_quote((certs() / (id + ".crt")).string()) + " --key " +
+    return "mosquitto_pub -h 127.0.0.1 -p " + std::to_string(port) + " -V mqttv5 --cafile " + ca +
+           " --cert " + shell_quote((certs() / (id + ".crt")).string()) + " --key " +
            shell_quote((certs() / (id + ".key")).string()) + " -q 1 ";
   };
-  auto dev_on_services = run(as(broker.services_port(), "device-1") + "-i tern-bridge -t tern/fleet/x -m hi 2>&1");
+  auto dev_on_services =
+      run(as(broker.services_port(), "device-1") + "-i tern-bridge -t tern/fleet/x -m hi 2>&1");
   EXPECT_NE(dev_on_services.exit_code, 0) << dev_on_services.output;
   auto op_on_devices = run(as(broker.port(), "operator") + "-t tern/fleet/x -m hi 2>&1");
   EXPECT_NE(op_on_devices.exit_code, 0) << op_on_devices.output;
@@ -217,8 +218,10 @@ TEST(BrokerAcl, EachListenerTakesOnlyItsOwnCertificates) {
 TEST(BrokerAcl, OneOperatorIdentityRunsManyClientsAtOnce) {
   Broker broker;
   TempDir work;
-  Process watcher({"sh", "-c", "exec mosquitto_sub " + broker.client_args("operator") + " -q 1 -v -t 'tern/fleet/test/#'"},
-                  work / "watcher.log");
+  Process watcher(
+      {"sh", "-c",
+       "exec mosquitto_sub " + broker.client_args("operator") + " -q 1 -v -t 'tern/fleet/test/#'"},
+      work / "watcher.log");
   // Ready when a probe arrives (a subscription cannot be observed otherwise).
   bool ready = false;
   for (int i = 0; i < 100 && !ready; ++i) {
@@ -229,8 +232,8 @@ TEST(BrokerAcl, OneOperatorIdentityRunsManyClientsAtOnce) {
   ASSERT_TRUE(ready) << watcher.log();
   std::string batch;
   for (int i = 1; i <= 20; ++i)
-    batch += "mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/test/c" + std::to_string(i) +
-             " -m m" + std::to_string(i) + " & ";
+    batch += "mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/test/c" +
+             std::to_string(i) + " -m m" + std::to_string(i) + " & ";
   auto r = run(batch + "wait");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   std::string log;
@@ -238,13 +241,16 @@ TEST(BrokerAcl, OneOperatorIdentityRunsManyClientsAtOnce) {
     log = watcher.log();
     int seen = 0;
     for (int k = 1; k <= 20; ++k)
-      seen += log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n") != std::string::npos;
+      seen += log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n") !=
+              std::string::npos;
     if (seen == 20) break;
     std::this_thread::sleep_for(100ms);
   }
   for (int k = 1; k <= 20; ++k)
-    EXPECT_NE(log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n"), std::string::npos)
-        << "message " << k << " missing; watcher saw:\n" << log;
+    EXPECT_NE(log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n"),
+              std::string::npos)
+        << "message " << k << " missing; watcher saw:\n"
+        << log;
   EXPECT_TRUE(watcher.running()) << watcher.log();
   auto blog = broker.log();
   EXPECT_EQ(blog.find("already connected, closing old connection"), std::string::npos) << blog;
