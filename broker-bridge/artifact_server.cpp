@@ -1,7 +1,7 @@
 // The artifact server. One translation unit on purpose (Beast + Asio + SSL compile cost).
 //
 // Everything runs on one strand: the accept loop, every session, stop(). Sessions register their
-// socket so stop() can close them. Responses are written as a Beast header followed by raw file
+// socket so stop() can close them, and count themselves per client address for the caps. Responses are written as a Beast header followed by raw file
 // bytes read with pread() into a fixed buffer, so memory does not grow with the file.
 #include "broker-bridge/artifact_server.hpp"
 
@@ -10,6 +10,8 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
@@ -21,6 +23,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -45,8 +48,8 @@ namespace {
 
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
-constexpr std::chrono::seconds kIdleTimeout{60};
-constexpr std::chrono::seconds kIoTimeout{60};
+// Heap is trimmed when the open connections fall to half of a peak at least this high.
+constexpr std::size_t kTrimPeak = 256;
 
 /// Closes a file descriptor on scope exit.
 struct Fd {
@@ -159,10 +162,13 @@ struct ArtifactServer::Impl : std::enable_shared_from_this<ArtifactServer::Impl>
   bool stopped = false;
 
   // On the strand only.
-  std::map<std::uint64_t, beast::tcp_stream*> connections;
+  std::map<std::uint64_t, tcp::socket*> connections;
+  std::map<asio::ip::address, std::size_t> per_address;
+  std::size_t peak = 0;  // most connections open at once since the last trim
   std::uint64_t next_id = 0;
 
-  std::atomic<std::uint64_t> total_bytes{0}, total_requests{0};
+  std::atomic<std::uint64_t> total_bytes{0}, total_requests{0}, total_refused{0};
+  std::atomic<std::size_t> open_connections{0};
   mutable std::mutex per_file_mutex;
   std::map<std::string, std::uint64_t> per_file;
 
@@ -173,7 +179,10 @@ struct ArtifactServer::Impl : std::enable_shared_from_this<ArtifactServer::Impl>
   }
 
   asio::awaitable<void> accept_loop();
-  asio::awaitable<void> session(tcp::socket socket);
+  asio::awaitable<void> session(tcp::socket socket, asio::ip::address peer);
+  /// Whether a connection from `peer` fits under the caps; if so it is counted.
+  bool admit(const asio::ip::address& peer);
+  void release(std::uint64_t id, const asio::ip::address& peer);
   template <class Stream>
   asio::awaitable<void> serve(Stream& stream, beast::tcp_stream& tcp);
   template <class Stream>
@@ -192,9 +201,23 @@ asio::awaitable<void> ArtifactServer::Impl::accept_loop() {
     if (stopped || ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
     if (ec) {
       log::warn("artifact server: accept failed: ", ec.message());
+      if (ec == asio::error::no_descriptors) {
+        // Out of file descriptors: wait a little instead of spinning on the same failure.
+        asio::steady_timer t(strand, std::chrono::milliseconds(100));
+        co_await t.async_wait(kAwait);
+      }
       continue;
     }
-    asio::co_spawn(strand, session(std::move(socket)), [self](std::exception_ptr e) {
+    boost::system::error_code pec;
+    const auto peer = socket.remote_endpoint(pec).address();
+    if (pec || !admit(peer)) {
+      ++total_refused;
+      log::debug("artifact server: refusing a connection from ", peer.to_string(), " (",
+                 pec ? pec.message() : "over the connection cap", ")");
+      socket.close(pec);
+      continue;
+    }
+    asio::co_spawn(strand, session(std::move(socket), peer), [self](std::exception_ptr e) {
       if (!e) return;
       try {
         std::rethrow_exception(e);
@@ -205,25 +228,65 @@ asio::awaitable<void> ArtifactServer::Impl::accept_loop() {
   }
 }
 
-asio::awaitable<void> ArtifactServer::Impl::session(tcp::socket socket) {
+bool ArtifactServer::Impl::admit(const asio::ip::address& peer) {
+  if (connections.size() >= opts.max_connections) return false;
+  auto& n = per_address[peer];
+  if (n >= opts.max_connections_per_address) {
+    if (n == 0) per_address.erase(peer);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void ArtifactServer::Impl::release(std::uint64_t id, const asio::ip::address& peer) {
+  connections.erase(id);
+  open_connections = connections.size();
+  if (auto it = per_address.find(peer); it != per_address.end() && --it->second == 0) per_address.erase(it);
+  if (peak >= kTrimPeak && connections.size() <= peak / 2) {
+    // A wave of connections (a fleet downloading, or a flood) has ended: give the freed heap back.
+    ::malloc_trim(0);
+    peak = connections.size();
+  }
+}
+
+asio::awaitable<void> ArtifactServer::Impl::session(tcp::socket socket, asio::ip::address peer) {
+  using namespace asio::experimental::awaitable_operators;
   auto self = shared_from_this();
   boost::system::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
   const std::uint64_t id = next_id++;
+  connections[id] = &socket;
+  open_connections = connections.size();
+  peak = std::max(peak, connections.size());
+
+  // Nothing but the socket until the client says something (no TLS state for silent clients).
+  {
+    asio::steady_timer deadline(strand, opts.handshake_timeout);
+    auto first = co_await (socket.async_wait(tcp::socket::wait_read, kAwait) || deadline.async_wait(kAwait));
+    const bool readable = first.index() == 0 && !std::get<0>(std::get<0>(first));
+    if (!readable || stopped) {
+      log::debug("artifact server: closing a connection from ", peer.to_string(), " that sent nothing");
+      socket.close(ignored);
+      release(id, peer);
+      co_return;
+    }
+  }
+
   if (!tls) {
     beast::tcp_stream stream(std::move(socket));
-    connections[id] = &stream;
+    connections[id] = &stream.socket();
     co_await serve(stream, stream);
-    connections.erase(id);
+    release(id, peer);
     co_return;
   }
   beast::ssl_stream<beast::tcp_stream> stream(std::move(socket), *tls);
   auto& tcp = beast::get_lowest_layer(stream);
-  connections[id] = &tcp;
-  tcp.expires_after(kIoTimeout);
+  connections[id] = &tcp.socket();
+  tcp.expires_after(opts.handshake_timeout);
   auto [hec] = co_await stream.async_handshake(ssl::stream_base::server, kAwait);
   if (hec) {
-    log::debug("artifact server: TLS handshake failed: ", hec.message());
+    log::debug("artifact server: TLS handshake with ", peer.to_string(), " failed: ", hec.message());
   } else {
     co_await serve(stream, tcp);
     if (tcp.socket().is_open()) {
@@ -232,16 +295,18 @@ asio::awaitable<void> ArtifactServer::Impl::session(tcp::socket socket) {
       (void)sec;  // peers often close without close_notify
     }
   }
-  connections.erase(id);
+  tcp.socket().close(ignored);
+  release(id, peer);
 }
 
 template <class Stream>
 asio::awaitable<void> ArtifactServer::Impl::serve(Stream& stream, beast::tcp_stream& tcp) {
   beast::flat_buffer buffer(16 * 1024);
-  for (;;) {
+  for (bool first = true;; first = false) {
     http::request_parser<http::empty_body> parser;
     parser.header_limit(16 * 1024);
-    tcp.expires_after(kIdleTimeout);
+    // The first request header is part of getting started; later ones may wait for the client.
+    tcp.expires_after(first ? opts.handshake_timeout : opts.idle_timeout);
     auto [ec, n] = co_await http::async_read(stream, buffer, parser, kAwait);
     if (ec == http::error::end_of_stream || ec == asio::ssl::error::stream_truncated) co_return;
     if (ec) {
@@ -271,7 +336,7 @@ asio::awaitable<bool> ArtifactServer::Impl::simple(Stream& stream, beast::tcp_st
   if (req.method() != http::verb::head) res.body() = text + "\n";
   res.prepare_payload();
   if (req.method() == http::verb::head) res.content_length(text.size() + 1);
-  tcp.expires_after(kIoTimeout);
+  tcp.expires_after(opts.io_timeout);
   if (req.method() == http::verb::head) {
     http::response_serializer<http::string_body> sr(res);
     auto [ec, n] = co_await http::async_write_header(stream, sr, kAwait);
@@ -346,7 +411,7 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
   res.content_length(range.length);
   ++total_requests;
 
-  tcp.expires_after(kIoTimeout);
+  tcp.expires_after(opts.io_timeout);
   http::response_serializer<http::empty_body> sr(res);
   auto [hec, hn] = co_await http::async_write_header(stream, sr, kAwait);
   if (hec) co_return false;
@@ -364,7 +429,7 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
                 got < 0 ? std::strerror(errno) : "unexpected end of file");
       co_return false;
     }
-    tcp.expires_after(kIoTimeout);
+    tcp.expires_after(opts.io_timeout);
     auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(buf.data(), static_cast<std::size_t>(got)), kAwait);
     count(*name, wn);
     if (wec) co_return false;
@@ -390,6 +455,8 @@ Result<std::uint16_t> ArtifactServer::start() {
     auto& ctx = impl_->tls.emplace(ssl::context::tls_server);
     ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
                     ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    // OpenSSL's record buffers are freed whenever they are empty (idle keep-alive connections).
+    SSL_CTX_set_mode(ctx.native_handle(), SSL_MODE_RELEASE_BUFFERS);
     ctx.use_certificate_chain_file(o.cert_file, ec);
     if (ec) return fail(Errc::invalid_argument, "artifact server: loading certificate " + o.cert_file + ": " + ec.message());
     ctx.use_private_key_file(o.key_file.empty() ? o.cert_file : o.key_file, ssl::context::pem, ec);
@@ -436,7 +503,7 @@ void ArtifactServer::stop() {
     impl->stopped = true;
     boost::system::error_code ec;
     impl->acceptor.close(ec);
-    for (auto& [id, s] : impl->connections) s->socket().close(ec);
+    for (auto& [id, s] : impl->connections) s->close(ec);
   });
 }
 
@@ -449,5 +516,9 @@ std::uint64_t ArtifactServer::bytes_served(const std::string& filename) const {
 }
 
 std::uint64_t ArtifactServer::requests() const { return impl_->total_requests; }
+
+std::size_t ArtifactServer::connections() const { return impl_->open_connections; }
+
+std::uint64_t ArtifactServer::refused() const { return impl_->total_refused; }
 
 }  // namespace tern::bridge

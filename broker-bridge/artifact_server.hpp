@@ -5,6 +5,15 @@
 // Files are streamed in fixed chunks, never buffered whole. 404 for a missing file, 400 for a path
 // with subdirectories, `..` or other oddities, 405 for other methods.
 //
+// Hostile clients (the server faces the internet): a connection must send its first bytes, finish
+// the TLS handshake and send its first request header within `handshake_timeout` (each step gets
+// it afresh, so a slow but live link passes and a silent or dribbling one is closed); between
+// requests a keep-alive connection may idle for `idle_timeout`. Until its first byte arrives a
+// connection holds no TLS state, only its socket and a small coroutine frame, so thousands of
+// silent connections cost little memory. Connections over `max_connections`, or over
+// `max_connections_per_address` from one client address, are closed at once after accept. After a
+// wave of connections ends, freed heap is handed back to the system (malloc_trim).
+//
 // Thread safety: start() and stop() are called from any thread but not concurrently with each
 // other; the counters may be read from any thread. The server runs on the given executor; the
 // io_context must be run by the caller. stop() closes the acceptor and every open connection.
@@ -14,6 +23,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -27,6 +37,14 @@ struct ArtifactServerOptions {
   std::filesystem::path root;      ///< files served as /artifacts/<filename> (no subdirs, no ..)
   std::string cert_file, key_file; ///< server certificate (empty: plain HTTP, tests only)
   std::string client_ca_file;      ///< non-empty: require a client certificate from this CA
+  /// First byte, TLS handshake, first request header: each within this.
+  std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
+  /// Between requests on a keep-alive connection.
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(30)};
+  /// Writing a response (re-armed for every chunk).
+  std::chrono::milliseconds io_timeout{std::chrono::seconds(60)};
+  std::size_t max_connections = 4096;             ///< open at once, in total
+  std::size_t max_connections_per_address = 64;   ///< open at once from one client IP address
 };
 
 class ArtifactServer {
@@ -45,6 +63,8 @@ class ArtifactServer {
   std::uint64_t bytes_served() const;  ///< body bytes sent in total
   std::uint64_t bytes_served(const std::string& filename) const;
   std::uint64_t requests() const;      ///< requests answered (any status)
+  std::size_t connections() const;     ///< open now
+  std::uint64_t refused() const;       ///< closed at once for being over a cap
 
   struct Impl;
 

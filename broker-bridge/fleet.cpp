@@ -91,6 +91,7 @@ void Fleet::publish_device(const DeviceRecord& d, Outgoing& out) {
 Outgoing Fleet::update_device(const std::string& device, std::string_view what, const DeviceChange& change) {
   Outgoing out;
   auto r = store_.transaction([&]() -> Result<void> {
+    if (auto l = store_.lock("device:" + device); !l) return l;
     bool created = false;
     auto d = seen_device(device, created);
     if (!d) return d.error();
@@ -162,8 +163,11 @@ Outgoing Fleet::handle_status(const std::string& device, const mqtt::Message& ms
     log::warn("dropping status of ", device, ": ", ev.error().message());
     return {};
   }
+  log::debug("status of ", device, " seq ", ev->seq, " for ", ev->deployment_id);
   Outgoing out;
   auto r = store_.transaction([&]() -> Result<void> {
+    // Several bridges: one status of a device at a time (last_seq makes a redelivered one a no-op).
+    if (auto l = store_.lock("device:" + device); !l) return l;
     bool created = false;
     auto dev = seen_device(device, created);
     if (!dev) return dev.error();
@@ -358,6 +362,8 @@ Outgoing Fleet::tick(std::int64_t now) {
   for (auto& id : ids) {
     Outgoing step;
     auto r = store_.transaction([&]() -> Result<void> {
+      // Several bridges: a rollout advances in one of them at a time, on the state committed last.
+      if (auto l = store_.lock("deployment:" + id); !l) return l;
       auto d = store_.deployment(id);
       if (!d) return d.error();
       if (!*d) return {};
@@ -394,6 +400,7 @@ Outgoing Fleet::recover(std::int64_t now) {
     if (!open && !recently_aborted) continue;
     Outgoing step;
     auto r = store_.transaction([&]() -> Result<void> {
+      if (auto l = store_.lock("deployment:" + d.id); !l) return l;
       auto art = store_.artifact(d.artifact);
       if (!art) return art.error();
       auto rows = store_.device_deployments(d.id);

@@ -13,8 +13,11 @@
 //
 // Topics (DESIGN.md): device traffic under tern/devices/{id}/{status,inventory,presence};
 // commands under tern/fleet/: deployments/create, deployments/list, deployments/{id}/abort,
-// deployments/{id}/resume, devices/list, devices/{id}/{accept,reject,decommission,group},
-// artifacts/add, artifacts/rescan, artifacts/list. A command's body is a JSON object (empty
+// deployments/{id}/resume, devices/list, devices/preauthorize,
+// devices/{id}/{accept,reject,decommission,group}, artifacts/add, artifacts/rescan, artifacts/list.
+// Admission: accept, reject and preauthorize (a list of ids, optional group) work for devices never
+// seen: their record is created then, and a preauthorized device is accepted from its first
+// message. Decommission clears the device's retained deployment, inventory and presence. A command's body is a JSON object (empty
 // means {}); the reply goes to the MQTT 5 response topic with its correlation data, else to
 // "reply_to" in the body (which must be under tern/fleet/), else nowhere. Replies are
 // {"ok":true,...} or {"ok":false,"error":"..."}; a refused command changes nothing.
@@ -96,6 +99,14 @@ class Fleet {
   Result<Reply> add_artifact(std::string_view body);
   Result<Reply> admission(const std::string& device, const std::string& verb, std::string_view body,
                           std::int64_t now, Outgoing& out);
+  /// accept | reject | decommission one device; accept and reject create the record of a device
+  /// never seen. `group` replaces the device's group if given.
+  Result<Reply> admit(const std::string& device, const std::string& verb, const std::optional<std::string>& group,
+                      const std::string& what, std::int64_t now, Outgoing& out);
+  Result<Reply> set_group(const std::string& device, const std::string& group, const std::string& what,
+                          Outgoing& out);
+  /// devices/preauthorize: {"devices":[ids], "group": optional}; all accepted, or none.
+  Result<Reply> preauthorize(std::string_view body, std::int64_t now, Outgoing& out);
 
   /// Loads or creates (pending) a device seen on the wire; `created` tells which.
   Result<DeviceRecord> seen_device(const std::string& id, bool& created);

@@ -84,6 +84,8 @@ Result<std::vector<int>> parse_phases(const std::string& raw) {
 }
 
 constexpr std::size_t max_listed_skips = 100;
+// Ids in one devices/preauthorize command (the 256 KiB message cap allows about this many).
+constexpr std::size_t max_preauthorize = 10000;
 
 }  // namespace
 
@@ -132,6 +134,8 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
     result = tx([&] { return resume(parts[3], now, effects); });
   } else if (n == 4 && parts[2] == "devices" && parts[3] == "list") {
     result = list_devices();
+  } else if (n == 4 && parts[2] == "devices" && parts[3] == "preauthorize") {
+    result = tx([&] { return preauthorize(msg.payload, now, effects); });
   } else if (n == 5 && parts[2] == "devices" &&
              (parts[4] == "accept" || parts[4] == "reject" || parts[4] == "decommission" || parts[4] == "group")) {
     result = tx([&] { return admission(parts[3], parts[4], msg.payload, now, effects); });
@@ -350,6 +354,7 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
 }
 
 Result<Fleet::Reply> Fleet::abort(const std::string& id, std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("deployment:" + id); !l) return l.error();
   auto d = store_.deployment(id);
   if (!d) return d.error();
   if (!*d) return fail(Errc::not_found, "abort: unknown deployment '" + id + "'");
@@ -364,6 +369,7 @@ Result<Fleet::Reply> Fleet::abort(const std::string& id, std::int64_t now, Outgo
 }
 
 Result<Fleet::Reply> Fleet::resume(const std::string& id, std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("deployment:" + id); !l) return l.error();
   auto d = store_.deployment(id);
   if (!d) return d.error();
   if (!*d) return fail(Errc::not_found, "resume: unknown deployment '" + id + "'");
@@ -420,30 +426,49 @@ Result<Fleet::Reply> Fleet::admission(const std::string& id, const std::string& 
   auto o = parse_body(body, what, doc);
   if (!o) return o.error();
   if (auto r = only_known_keys(*o, what, {"group", "reply_to"}); !r) return r.error();
+  std::optional<std::string> group;
+  if (verb == "group" || o->has("group")) {
+    auto g = o->string("group");
+    if (!g) return g.error().context(what);
+    if (g->size() > 128) return invalid(what + ": field 'group' is longer than 128 characters");
+    group = *g;
+  }
+  if (verb == "group") return set_group(id, *group, what, out);
+  return admit(id, verb, group, what, now, out);
+}
+
+Result<Fleet::Reply> Fleet::set_group(const std::string& id, const std::string& group, const std::string& what,
+                                      Outgoing& out) {
+  auto found = store_.device(id);
+  if (!found) return found.error();
+  if (!*found) return fail(Errc::not_found, what + ": unknown device '" + id + "'");
+  DeviceRecord d = **found;
+  d.group = group;
+  if (auto w = store_.put_device(d); !w) return w.error();
+  publish_device(d, out);
+  return Reply{{"device", id}, {"admission", d.admission}, {"group", d.group}};
+}
+
+Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb,
+                                  const std::optional<std::string>& group, const std::string& what,
+                                  std::int64_t now, Outgoing& out) {
+  if (auto l = store_.lock("device:" + id); !l) return l.error();
   auto found = store_.device(id);
   if (!found) return found.error();
   DeviceRecord d;
   if (*found) {
     d = **found;
-  } else if (verb == "accept") {
-    d.id = id;  // pre-authorised before it ever connected
+  } else if (verb == "accept" || verb == "reject") {
+    // Decided before the device ever connected (preauthorization, or a known-bad id): the record
+    // is created now and the device's first message finds it.
+    d.id = id;
+    log::info("device ", id, ": ", verb == "accept" ? "accepted" : "rejected", " before it was seen");
   } else {
     return fail(Errc::not_found, what + ": unknown device '" + id + "'");
   }
+  d.admission = verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "decommissioned";
+  if (group) d.group = *group;
 
-  if (verb == "group") {
-    auto g = o->string("group");
-    if (!g) return g.error();
-    if (g->size() > 128) return invalid(what + ": field 'group' is longer than 128 characters");
-    d.group = *g;
-  } else {
-    d.admission = verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "decommissioned";
-    if (verb == "accept" && o->has("group")) {
-      auto g = o->string("group");
-      if (!g) return g.error();
-      d.group = *g;
-    }
-  }
   if (d.admission != "accepted") {
     // A rejected or decommissioned device leaves the deployment it was in.
     auto busy = store_.active_deployment_of(id);
@@ -457,14 +482,54 @@ Result<Fleet::Reply> Fleet::admission(const std::string& id, const std::string& 
         (*row)->error = "device " + d.admission;
         (*row)->updated = now;
         if (auto w = store_.put_device_deployment(**row); !w) return w.error();
-        if (was_sent) out.push_back(retained(protocol::topics::deployment(id), ""));
+        if (was_sent && d.admission != "decommissioned")
+          out.push_back(retained(protocol::topics::deployment(id), ""));
         dirty_.insert(**busy);
       }
     }
   }
+  if (d.admission == "decommissioned") {
+    // A retired device leaves nothing behind on the broker: its retained deployment, inventory and
+    // presence are cleared (the bridge's record of it stays, saying decommissioned).
+    for (const char* kind : {"deployment", "inventory", "presence"})
+      out.push_back(retained("tern/devices/" + id + "/" + kind, ""));
+  }
   if (auto w = store_.put_device(d); !w) return w.error();
   publish_device(d, out);
   return Reply{{"device", id}, {"admission", d.admission}, {"group", d.group}};
+}
+
+Result<Fleet::Reply> Fleet::preauthorize(std::string_view body, std::int64_t now, Outgoing& out) {
+  const std::string what = "preauthorize command";
+  json::Document doc;
+  auto o = parse_body(body, what, doc);
+  if (!o) return o.error();
+  if (auto r = only_known_keys(*o, what, {"devices", "group", "reply_to"}); !r) return r.error();
+  auto ids = o->strings("devices");
+  if (!ids) return ids.error().context(what);
+  if (ids->empty()) return invalid(what + ": field 'devices' is empty");
+  if (ids->size() > max_preauthorize)
+    return invalid(what + ": " + std::to_string(ids->size()) + " devices in one command, at most " +
+                   std::to_string(max_preauthorize));
+  std::optional<std::string> group;
+  if (o->has("group")) {
+    auto g = o->string("group");
+    if (!g) return g.error().context(what);
+    if (g->size() > 128) return invalid(what + ": field 'group' is longer than 128 characters");
+    group = *g;
+  }
+  // All or nothing: one bad id refuses the whole list (the transaction rolls back).
+  for (auto& id : *ids)
+    if (!protocol::valid_id(id)) return invalid(what + ": '" + id + "' is not a valid device id");
+  boost::json::array accepted;
+  for (auto& id : *ids) {
+    auto r = admit(id, "accept", group, what + " (" + id + ")", now, out);
+    if (!r) return r.error();
+    accepted.push_back(boost::json::string(id));
+  }
+  Reply reply{{"devices", std::move(accepted)}, {"admission", "accepted"}};
+  if (group) reply["group"] = *group;
+  return reply;
 }
 
 // --- artifacts --------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
 //   broker_uri            "ssl://broker:8883" (required)
 //   ca_file, cert_file, key_file   the bridge's TLS identity (CN tern-bridge) and the fleet CA
 //   client_id             default "tern-bridge" (with Tern's broker: the certificate's CN)
-//   db                    SQLite file, default "tern-bridge.db"
+//   db                    SQLite file, default "tern-bridge.db"; or a PostgreSQL connection URI
+//                         ("postgresql://tern@db-host:5432/tern", libpq syntax): same schema,
+//                         same migrations, same behaviour
 //   mqtt_persistence_dir  Paho file persistence for in-flight messages; default none (memory):
 //                         at start the bridge republishes from its database whatever must be out
 //                         there, and Paho's file persistence cut ingest throughput about tenfold
@@ -16,6 +18,11 @@
 //   server_cert, server_key       the HTTPS server's certificate (empty: plain HTTP, tests only)
 //   require_client_cert   default false: when true devices must present a fleet certificate
 //                         (checked against ca_file) to download
+//   server_handshake_seconds   default 10: first byte, TLS handshake and first request header of a
+//                         connection, each within this (hostile or dead clients are closed)
+//   server_idle_seconds   default 30: a keep-alive connection idle between requests
+//   server_max_connections        default 4096 open at once; server_max_connections_per_address 64
+//                         (further connections are closed at once; see artifact_server.hpp)
 //   public_url            what devices are told, default "https://127.0.0.1:<port>"; the files
 //                         are at <public_url>/artifacts/<file>
 //   shared_group          default "" (plain subscriptions, one bridge); "tern-bridge" splits device
@@ -23,6 +30,13 @@
 //                         does not keep shared subscriptions over a broker restart: messages
 //                         published before the bridge resubscribes are lost (tests/system showed it)
 //   retained_device_state default true (see bridge.hpp)
+//   session_expiry_seconds  how long the broker keeps the bridge's session (and queues its
+//                         messages) while it is away: default 604800 (7 days) for one bridge, 0
+//                         with shared_group. Mosquitto keeps handing an offline member of a
+//                         shared subscription its share of the messages (queued, not delivered to
+//                         the others), so a bridge that dies would take half the statuses with it;
+//                         with 0 its subscription ends with its connection and the other bridges
+//                         get everything. Give every bridge its own client_id.
 //   inbox_capacity        incoming messages buffered ahead of the store, default 131072
 //   log_level             debug | info | warn | error
 // SIGTERM and SIGINT stop it cleanly.
@@ -71,7 +85,8 @@ int run(const std::string& config_path) {
   for (auto& k : cfg->unknown_keys({"broker_uri", "ca_file", "cert_file", "key_file", "client_id", "db",
                                     "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
                                     "server_bind", "server_port", "server_cert", "server_key",
-                                    "require_client_cert", "public_url", "shared_group", "retained_device_state",
+                                    "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
+                                    "server_max_connections", "server_max_connections_per_address", "public_url", "shared_group", "retained_device_state", "session_expiry_seconds",
                                     "inbox_capacity", "log_level"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
@@ -99,6 +114,11 @@ int run(const std::string& config_path) {
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
     o.mqtt.persistence_dir = get(cfg->string("mqtt_persistence_dir", ""));
     o.shared_group = get(cfg->string("shared_group", ""));
+    const auto expiry = get(cfg->u64("session_expiry_seconds", o.shared_group.empty() ? 604800 : 0));
+    if (expiry > 0xffffffffull)
+      throw ErrorException(fail(Errc::invalid_argument, config_path + ": session_expiry_seconds is over 4294967295"));
+    o.mqtt.session_expiry = std::chrono::seconds(expiry);
+    o.mqtt.clean_start = expiry == 0;
     o.retained_device_state = get(cfg->boolean("retained_device_state", true));
     o.fleet.artifact_dir = get(cfg->string("artifact_dir", ""));
     auto key_path = get(cfg->string("verify_key", ""));
@@ -123,6 +143,16 @@ int run(const std::string& config_path) {
       so.cert_file = get(cfg->string("server_cert", ""));
       so.key_file = get(cfg->string("server_key", ""));
       if (get(cfg->boolean("require_client_cert", false))) so.client_ca_file = o.mqtt.ca_file;
+      auto positive = [&](const char* key, std::uint64_t fallback) {
+        auto v = get(cfg->u64(key, fallback));
+        if (v == 0 || v > 1000000)
+          throw ErrorException(fail(Errc::invalid_argument, config_path + ": " + key + " must be between 1 and 1000000"));
+        return v;
+      };
+      so.handshake_timeout = std::chrono::seconds(positive("server_handshake_seconds", 10));
+      so.idle_timeout = std::chrono::seconds(positive("server_idle_seconds", 30));
+      so.max_connections = positive("server_max_connections", 4096);
+      so.max_connections_per_address = positive("server_max_connections_per_address", 64);
       const bool tls = !so.cert_file.empty();
       server = std::make_unique<bridge::ArtifactServer>(io.get_executor(), so);
       auto bound = server->start();

@@ -3,10 +3,12 @@
 #include "common/json.hpp"
 
 #include <boost/json/array.hpp>
+#include <libpq-fe.h>
 #include <sqlite3.h>
 
 #include <array>
 #include <charconv>
+#include <variant>
 
 namespace tern::bridge {
 
@@ -67,6 +69,7 @@ CREATE TABLE device_deployments (
 CREATE INDEX device_deployments_by_device ON device_deployments (device, status);
 CREATE INDEX device_deployments_by_status ON device_deployments (deployment, status);
 CREATE TABLE history (
+  @HISTORY_ID@
   deployment TEXT NOT NULL,
   device TEXT NOT NULL,
   seq BIGINT NOT NULL,
@@ -81,29 +84,80 @@ CREATE INDEX history_by_device ON history (deployment, device, seq);
 
 using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
 using StmtPtr = std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)>;
+using PgPtr = std::unique_ptr<PGconn, decltype(&PQfinish)>;
+using PgResult = std::unique_ptr<PGresult, decltype(&PQclear)>;
 
-// Inside this file SQLite failures throw ErrorException; every public method converts at its top.
-[[noreturn]] void throw_db(sqlite3* db, std::string_view what) {
-  throw ErrorException(fail(Errc::io, std::string(what) + ": " + sqlite3_errmsg(db)));
+[[noreturn]] void throw_io(std::string_view what, std::string_view message) {
+  throw ErrorException(fail(Errc::io, std::string(what) + ": " + std::string(message)));
 }
 
-// A prepared statement with positional binding (1-based, in call order) and column getters.
+// Inside this file database failures throw ErrorException; every public method converts at its top.
+[[noreturn]] void throw_db(sqlite3* db, std::string_view what) { throw_io(what, sqlite3_errmsg(db)); }
+
+std::string pg_message(const PGresult* r, PGconn* c) {
+  std::string m = r ? PQresultErrorMessage(r) : "";
+  if (m.empty() && c) m = PQerrorMessage(c);
+  while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
+  return m.empty() ? "unknown error" : m;
+}
+
+bool is_pg_uri(std::string_view s) { return s.starts_with("postgresql://") || s.starts_with("postgres://"); }
+
+}  // namespace
+
+// One connection, SQLite or PostgreSQL: the SQL is the same except where dialect() is asked.
+struct Store::Impl {
+  DbPtr db{nullptr, &sqlite3_close};
+  PgPtr pg{nullptr, &PQfinish};
+  std::string where;  // the file, or the URI without its password (for messages)
+  int depth = 0;      // transaction nesting
+
+  bool postgres() const { return pg != nullptr; }
+
+  // A dropped PostgreSQL connection is re-established before the next statement (outside a
+  // transaction; inside one the statement fails and the transaction is rolled back).
+  void ensure_connected() {
+    if (pg && PQstatus(pg.get()) != CONNECTION_OK && depth == 0) PQreset(pg.get());
+  }
+
+  void exec(const char* text, std::string_view what) {
+    if (pg) {
+      ensure_connected();
+      PgResult r(PQexec(pg.get(), text), &PQclear);
+      auto st = PQresultStatus(r.get());
+      if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) throw_io(what, pg_message(r.get(), pg.get()));
+      return;
+    }
+    char* msg = nullptr;
+    if (sqlite3_exec(db.get(), text, nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string m = msg ? msg : "unknown error";
+      sqlite3_free(msg);
+      throw_io(what, m);
+    }
+  }
+  void rollback() {
+    if (pg) PgResult(PQexec(pg.get(), "ROLLBACK"), &PQclear);
+    else sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  const char* begin_sql() const { return pg ? "BEGIN" : "BEGIN IMMEDIATE"; }
+};
+
+namespace {
+
+// A statement with positional '?' parameters (bound in call order) and column getters; runs on
+// the first step(). PostgreSQL gets '$n' placeholders and text parameters; its whole result is
+// read at once (the bridge's queries are bounded by the fleet size).
 class Stmt {
  public:
-  Stmt(sqlite3* db, std::string_view sql) : db_(db), stmt_(nullptr, &sqlite3_finalize) {
-    sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &s, nullptr) != SQLITE_OK)
-      throw_db(db, "preparing '" + std::string(sql.substr(0, 60)) + "'");
-    stmt_.reset(s);
-  }
+  Stmt(Store::Impl& db, std::string_view sql) : db_(db), sql_(sql), stmt_(nullptr, &sqlite3_finalize) {}
   Stmt& bind(std::string_view v) {
-    check(sqlite3_bind_text(stmt_.get(), ++index_, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    params_.emplace_back(std::string(v));
     return *this;
   }
   Stmt& bind(const std::string& v) { return bind(std::string_view(v)); }
   Stmt& bind(const char* v) { return bind(std::string_view(v)); }
   Stmt& bind(std::int64_t v) {
-    check(sqlite3_bind_int64(stmt_.get(), ++index_, v));
+    params_.emplace_back(v);
     return *this;
   }
   Stmt& bind(std::uint64_t v) { return bind(static_cast<std::int64_t>(v)); }
@@ -112,30 +166,90 @@ class Stmt {
 
   /// Steps once: true if a row is available.
   bool step() {
+    if (db_.postgres()) {
+      if (!result_) execute_pg();
+      return ++row_ < PQntuples(result_.get());
+    }
+    if (!stmt_) prepare_sqlite();
     int rc = sqlite3_step(stmt_.get());
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    throw_db(db_, "running '" + std::string(sqlite3_sql(stmt_.get())).substr(0, 60) + "'");
+    throw_db(db_.db.get(), "running '" + sql_.substr(0, 60) + "'");
   }
   void run() {
     while (step()) {
     }
   }
   std::string text(int col) const {
+    if (result_) {
+      return std::string(PQgetvalue(result_.get(), row_, col),
+                         static_cast<std::size_t>(PQgetlength(result_.get(), row_, col)));
+    }
     auto p = sqlite3_column_text(stmt_.get(), col);
     return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(stmt_.get(), col)) : "";
   }
-  std::int64_t i64(int col) const { return sqlite3_column_int64(stmt_.get(), col); }
+  std::int64_t i64(int col) const {
+    if (result_) {
+      const char* v = PQgetvalue(result_.get(), row_, col);
+      std::int64_t out = 0;
+      std::from_chars(v, v + PQgetlength(result_.get(), row_, col), out);
+      return out;
+    }
+    return sqlite3_column_int64(stmt_.get(), col);
+  }
   std::uint64_t u64(int col) const { return static_cast<std::uint64_t>(i64(col)); }
   int i32(int col) const { return static_cast<int>(i64(col)); }
 
  private:
-  void check(int rc) {
-    if (rc != SQLITE_OK) throw_db(db_, "binding a parameter");
+  using Param = std::variant<std::string, std::int64_t>;
+
+  void prepare_sqlite() {
+    auto* db = db_.db.get();
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, sql_.data(), static_cast<int>(sql_.size()), &st, nullptr) != SQLITE_OK)
+      throw_db(db, "preparing '" + sql_.substr(0, 60) + "'");
+    stmt_.reset(st);
+    int i = 0;
+    for (auto& p : params_) {
+      int rc = std::holds_alternative<std::string>(p)
+                   ? sqlite3_bind_text(st, ++i, std::get<std::string>(p).data(),
+                                       static_cast<int>(std::get<std::string>(p).size()), SQLITE_TRANSIENT)
+                   : sqlite3_bind_int64(st, ++i, std::get<std::int64_t>(p));
+      if (rc != SQLITE_OK) throw_db(db, "binding a parameter");
+    }
   }
-  sqlite3* db_;
+
+  void execute_pg() {
+    std::string text;
+    int n = 0;
+    for (char c : sql_) {
+      if (c == '?') text += "$" + std::to_string(++n);
+      else text += c;
+    }
+    std::vector<std::string> values;
+    values.reserve(params_.size());
+    for (auto& p : params_)
+      values.push_back(std::holds_alternative<std::string>(p) ? std::get<std::string>(p)
+                                                              : std::to_string(std::get<std::int64_t>(p)));
+    std::vector<const char*> ptrs;
+    for (auto& v : values) ptrs.push_back(v.c_str());
+    db_.ensure_connected();
+    result_.reset(PQexecParams(db_.pg.get(), text.c_str(), static_cast<int>(ptrs.size()), nullptr, ptrs.data(),
+                               nullptr, nullptr, 0));
+    auto st = PQresultStatus(result_.get());
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+      auto m = pg_message(result_.get(), db_.pg.get());
+      result_.reset();
+      throw_io("running '" + sql_.substr(0, 60) + "'", m);
+    }
+  }
+
+  Store::Impl& db_;
+  std::string sql_;
+  std::vector<Param> params_;
   StmtPtr stmt_;
-  int index_ = 0;
+  PgResult result_{nullptr, &PQclear};
+  int row_ = -1;
 };
 
 template <class F>
@@ -231,25 +345,80 @@ bool is_final_status(std::string_view s) {
   return s == "success" || s == "failure" || s == "already-installed" || s == "aborted";
 }
 
-struct Store::Impl {
-  DbPtr db{nullptr, &sqlite3_close};
-  int depth = 0;  // transaction nesting
-
-  void exec(const char* text, std::string_view what) {
-    char* msg = nullptr;
-    if (sqlite3_exec(db.get(), text, nullptr, nullptr, &msg) != SQLITE_OK) {
-      std::string m = msg ? msg : "unknown error";
-      sqlite3_free(msg);
-      throw ErrorException(fail(Errc::io, std::string(what) + ": " + m));
-    }
-  }
-};
-
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Store::~Store() = default;
 
+namespace {
+
+// Brings the schema up to date, one migration per transaction. With PostgreSQL several bridges may
+// start at once: the version is read again under a lock on schema_version, so each migration runs
+// once.
+void migrate(Store::Impl& impl) {
+  impl.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "creating schema_version");
+  for (;;) {
+    impl.exec(impl.begin_sql(), "starting migration");
+    try {
+      if (impl.postgres()) impl.exec("LOCK TABLE schema_version IN EXCLUSIVE MODE", "locking schema_version");
+      int current = 0;
+      bool has_row = false;
+      {
+        Stmt s(impl, "SELECT version FROM schema_version");
+        if (s.step()) {
+          current = s.i32(0);
+          has_row = true;
+        }
+      }
+      if (current > schema_version)
+        throw ErrorException(fail(Errc::unsupported, "schema version " + std::to_string(current) +
+                                                         " is newer than this bridge's (" +
+                                                         std::to_string(schema_version) + ")"));
+      if (current == schema_version) {
+        impl.exec("COMMIT", "committing");
+        return;
+      }
+      std::string text = migrations[static_cast<std::size_t>(current)];
+      if (auto at = text.find("@HISTORY_ID@"); at != std::string::npos)
+        text.replace(at, 12, impl.postgres() ? "hid BIGSERIAL PRIMARY KEY," : "");
+      impl.exec(text.c_str(), "migrating to schema " + std::to_string(current + 1));
+      if (!has_row) Stmt(impl, "INSERT INTO schema_version (version) VALUES (?)").bind(current + 1).run();
+      else Stmt(impl, "UPDATE schema_version SET version = ?").bind(current + 1).run();
+      impl.exec("COMMIT", "committing migration");
+    } catch (...) {
+      impl.rollback();
+      throw;
+    }
+  }
+}
+
+// "postgresql://user:secret@host/db" → "postgresql://user@host/db" for messages.
+std::string without_password(std::string uri) {
+  const auto scheme = uri.find("://");
+  const auto at = uri.find('@');
+  if (scheme == std::string::npos || at == std::string::npos) return uri;
+  const auto colon = uri.find(':', scheme + 3);
+  if (colon != std::string::npos && colon < at) uri.erase(colon, at - colon);
+  return uri;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& path) {
   auto impl = std::make_unique<Impl>();
+  const std::string target = path.string();
+  if (is_pg_uri(target)) {
+    impl->where = without_password(target);
+    impl->pg.reset(PQconnectdb(target.c_str()));
+    if (!impl->pg || PQstatus(impl->pg.get()) != CONNECTION_OK)
+      return fail(Errc::io, "connecting to database " + impl->where + ": " + pg_message(nullptr, impl->pg.get()));
+    std::unique_ptr<Store> store(new Store(std::move(impl)));
+    auto r = guard("opening database " + store->impl_->where, [&] {
+      store->impl_->exec("SET client_min_messages = warning", "setting client_min_messages");
+      migrate(*store->impl_);
+    });
+    if (!r) return r.error();
+    return store;
+  }
+  impl->where = target;
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                            nullptr);
@@ -259,44 +428,29 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& path) {
                               (raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
   std::unique_ptr<Store> store(new Store(std::move(impl)));
   auto r = guard("opening database " + path.string(), [&] {
-    auto* db = store->impl_->db.get();
-    sqlite3_busy_timeout(db, 5000);
+    sqlite3_busy_timeout(store->impl_->db.get(), 5000);
     // WAL: readers (tools, a backup) do not block the bridge; NORMAL sync is durable across a
     // process crash (kill -9), which is what the bridge must survive; a power cut may lose the
     // last transactions, which the devices' persistent status sessions then redeliver.
     store->impl_->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
                        "setting WAL mode");
-    store->impl_->exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-                       "creating schema_version");
-    int current = 0;
-    {
-      Stmt s(db, "SELECT version FROM schema_version");
-      if (s.step()) current = s.i32(0);
-    }
-    if (current > schema_version)
-      throw ErrorException(fail(Errc::unsupported, "schema version " + std::to_string(current) +
-                                                       " is newer than this bridge's (" +
-                                                       std::to_string(schema_version) + ")"));
-    for (int v = current; v < schema_version; ++v) {
-      store->impl_->exec("BEGIN IMMEDIATE", "starting migration");
-      try {
-        store->impl_->exec(migrations[v], ("migrating to schema " + std::to_string(v + 1)).c_str());
-        if (v == 0) Stmt(db, "INSERT INTO schema_version (version) VALUES (1)").run();
-        else Stmt(db, "UPDATE schema_version SET version = ?").bind(v + 1).run();
-        store->impl_->exec("COMMIT", "committing migration");
-      } catch (...) {
-        sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-        throw;
-      }
-    }
+    migrate(*store->impl_);
   });
   if (!r) return r.error();
   return store;
 }
 
+Result<void> Store::lock(std::string_view key) {
+  if (!impl_->postgres()) return {};
+  return guard("locking " + std::string(key), [&] {
+    // hashtext() maps the name to the advisory lock's integer key (collisions only over-serialise).
+    Stmt(*impl_, "SELECT pg_advisory_xact_lock(hashtext(?))").bind(key).run();
+  });
+}
+
 Result<int> Store::version() {
   return guard("reading the schema version", [&] {
-    Stmt s(impl_->db.get(), "SELECT version FROM schema_version");
+    Stmt s(*impl_, "SELECT version FROM schema_version");
     return s.step() ? s.i32(0) : 0;
   });
 }
@@ -315,7 +469,7 @@ Result<void> Store::transaction(const std::function<Result<void>()>& body) {
     --impl_->depth;
     return r;
   }
-  auto begin = guard("starting a transaction", [&] { impl_->exec("BEGIN IMMEDIATE", "BEGIN"); });
+  auto begin = guard("starting a transaction", [&] { impl_->exec(impl_->begin_sql(), "BEGIN"); });
   if (!begin) return begin;
   impl_->depth = 1;
   Result<void> r = fail(Errc::internal, "transaction body threw");
@@ -328,11 +482,11 @@ Result<void> Store::transaction(const std::function<Result<void>()>& body) {
   }
   impl_->depth = 0;
   if (!r) {
-    sqlite3_exec(impl_->db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    impl_->rollback();
     return r;
   }
   auto commit = guard("committing", [&] { impl_->exec("COMMIT", "COMMIT"); });
-  if (!commit) sqlite3_exec(impl_->db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+  if (!commit) impl_->rollback();
   return commit;
 }
 
@@ -340,7 +494,7 @@ Result<void> Store::transaction(const std::function<Result<void>()>& body) {
 
 Result<std::optional<DeviceRecord>> Store::device(const std::string& id) {
   return guard("reading device " + id, [&]() -> std::optional<DeviceRecord> {
-    Stmt s(impl_->db.get(), sql("SELECT ", device_columns, " FROM devices WHERE id = ?"));
+    Stmt s(*impl_, sql("SELECT ", device_columns, " FROM devices WHERE id = ?"));
     s.bind(id);
     if (!s.step()) return std::nullopt;
     return read_device(s);
@@ -349,7 +503,7 @@ Result<std::optional<DeviceRecord>> Store::device(const std::string& id) {
 
 Result<void> Store::put_device(const DeviceRecord& d) {
   return guard("writing device " + d.id, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            sql("INSERT INTO devices (", device_columns,
                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
                "admission = excluded.admission, grp = excluded.grp, device_type = excluded.device_type, "
@@ -362,7 +516,7 @@ Result<void> Store::put_device(const DeviceRecord& d) {
 
 Result<std::vector<DeviceRecord>> Store::devices() {
   return guard("listing devices", [&] {
-    Stmt s(impl_->db.get(), sql("SELECT ", device_columns, " FROM devices ORDER BY id"));
+    Stmt s(*impl_, sql("SELECT ", device_columns, " FROM devices ORDER BY id"));
     std::vector<DeviceRecord> out;
     while (s.step()) out.push_back(read_device(s));
     return out;
@@ -373,7 +527,7 @@ Result<std::vector<DeviceRecord>> Store::devices() {
 
 Result<std::optional<ArtifactRecord>> Store::artifact(const std::string& name) {
   return guard("reading artifact " + name, [&]() -> std::optional<ArtifactRecord> {
-    Stmt s(impl_->db.get(), sql("SELECT ", artifact_columns, " FROM artifacts WHERE name = ?"));
+    Stmt s(*impl_, sql("SELECT ", artifact_columns, " FROM artifacts WHERE name = ?"));
     s.bind(name);
     if (!s.step()) return std::nullopt;
     return read_artifact(s);
@@ -382,7 +536,7 @@ Result<std::optional<ArtifactRecord>> Store::artifact(const std::string& name) {
 
 Result<void> Store::put_artifact(const ArtifactRecord& a) {
   return guard("writing artifact " + a.name, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            sql("INSERT INTO artifacts (", artifact_columns,
                ") VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET file = excluded.file, "
                "size = excluded.size, sha256 = excluded.sha256, device_types = excluded.device_types, "
@@ -394,12 +548,12 @@ Result<void> Store::put_artifact(const ArtifactRecord& a) {
 
 Result<void> Store::remove_artifact(const std::string& name) {
   return guard("removing artifact " + name,
-               [&] { Stmt(impl_->db.get(), "DELETE FROM artifacts WHERE name = ?").bind(name).run(); });
+               [&] { Stmt(*impl_, "DELETE FROM artifacts WHERE name = ?").bind(name).run(); });
 }
 
 Result<std::vector<ArtifactRecord>> Store::artifacts() {
   return guard("listing artifacts", [&] {
-    Stmt s(impl_->db.get(), sql("SELECT ", artifact_columns, " FROM artifacts ORDER BY name"));
+    Stmt s(*impl_, sql("SELECT ", artifact_columns, " FROM artifacts ORDER BY name"));
     std::vector<ArtifactRecord> out;
     while (s.step()) out.push_back(read_artifact(s));
     return out;
@@ -410,7 +564,7 @@ Result<std::vector<ArtifactRecord>> Store::artifacts() {
 
 Result<std::optional<DeploymentRecord>> Store::deployment(const std::string& id) {
   return guard("reading deployment " + id, [&]() -> std::optional<DeploymentRecord> {
-    Stmt s(impl_->db.get(), sql("SELECT ", deployment_columns, " FROM deployments WHERE id = ?"));
+    Stmt s(*impl_, sql("SELECT ", deployment_columns, " FROM deployments WHERE id = ?"));
     s.bind(id);
     if (!s.step()) return std::nullopt;
     return read_deployment(s);
@@ -419,7 +573,7 @@ Result<std::optional<DeploymentRecord>> Store::deployment(const std::string& id)
 
 Result<void> Store::insert_deployment(const DeploymentRecord& d) {
   return guard("inserting deployment " + d.id, [&] {
-    Stmt s(impl_->db.get(), sql("INSERT INTO deployments (", deployment_columns,
+    Stmt s(*impl_, sql("INSERT INTO deployments (", deployment_columns,
                                 ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     s.bind(d.id).bind(d.artifact).bind(d.targets).bind(ints_json(d.phases)).bind(d.pause_seconds);
     s.bind(d.threshold).bind(d.on_threshold).bind(d.retries).bind(d.state).bind(d.phase);
@@ -429,7 +583,7 @@ Result<void> Store::insert_deployment(const DeploymentRecord& d) {
 
 Result<void> Store::update_deployment(const DeploymentRecord& d) {
   return guard("updating deployment " + d.id, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            "UPDATE deployments SET state = ?, phase = ?, next_phase_at = ?, reason = ? WHERE id = ?");
     s.bind(d.state).bind(d.phase).bind(d.next_phase_at).bind(d.reason).bind(d.id).run();
   });
@@ -440,7 +594,7 @@ Result<std::vector<DeploymentRecord>> Store::deployments(std::optional<std::stri
     std::string q = sql("SELECT ", deployment_columns, " FROM deployments");
     if (state) q += " WHERE state = ?";
     q += " ORDER BY created DESC, id";
-    Stmt s(impl_->db.get(), q);
+    Stmt s(*impl_, q);
     if (state) s.bind(*state);
     std::vector<DeploymentRecord> out;
     while (s.step()) out.push_back(read_deployment(s));
@@ -454,7 +608,7 @@ Result<std::optional<DeviceDeploymentRecord>> Store::device_deployment(const std
                                                                        const std::string& device) {
   return guard("reading deployment " + deployment + " of " + device,
                [&]() -> std::optional<DeviceDeploymentRecord> {
-                 Stmt s(impl_->db.get(), sql("SELECT ", dd_columns,
+                 Stmt s(*impl_, sql("SELECT ", dd_columns,
                                              " FROM device_deployments WHERE deployment = ? AND device = ?"));
                  s.bind(deployment).bind(device);
                  if (!s.step()) return std::nullopt;
@@ -464,7 +618,7 @@ Result<std::optional<DeviceDeploymentRecord>> Store::device_deployment(const std
 
 Result<void> Store::put_device_deployment(const DeviceDeploymentRecord& r) {
   return guard("writing deployment " + r.deployment + " of " + r.device, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            sql("INSERT INTO device_deployments (", dd_columns,
                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, device) DO UPDATE SET "
                "phase = excluded.phase, status = excluded.status, bytes = excluded.bytes, "
@@ -477,7 +631,7 @@ Result<void> Store::put_device_deployment(const DeviceDeploymentRecord& r) {
 
 Result<std::vector<DeviceDeploymentRecord>> Store::device_deployments(const std::string& deployment) {
   return guard("listing devices of deployment " + deployment, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            sql("SELECT ", dd_columns, " FROM device_deployments WHERE deployment = ? ORDER BY phase, device"));
     s.bind(deployment);
     std::vector<DeviceDeploymentRecord> out;
@@ -488,7 +642,7 @@ Result<std::vector<DeviceDeploymentRecord>> Store::device_deployments(const std:
 
 Result<std::map<std::string, std::uint64_t>> Store::status_counts(const std::string& deployment) {
   return guard("counting statuses of deployment " + deployment, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            "SELECT status, COUNT(*) FROM device_deployments WHERE deployment = ? GROUP BY status");
     s.bind(deployment);
     std::map<std::string, std::uint64_t> out;
@@ -499,7 +653,7 @@ Result<std::map<std::string, std::uint64_t>> Store::status_counts(const std::str
 
 Result<std::optional<std::string>> Store::active_deployment_of(const std::string& device) {
   return guard("finding the active deployment of " + device, [&]() -> std::optional<std::string> {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            "SELECT dd.deployment FROM device_deployments dd JOIN deployments d ON d.id = dd.deployment "
            "WHERE dd.device = ? AND d.state IN ('created', 'running', 'paused') "
            "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') LIMIT 1");
@@ -513,7 +667,7 @@ Result<std::optional<std::string>> Store::active_deployment_of(const std::string
 
 Result<void> Store::add_history(const HistoryRecord& h) {
   return guard("recording history of " + h.device, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            "INSERT INTO history (deployment, device, seq, status, time, error, attempt) VALUES (?, ?, ?, ?, ?, ?, ?)");
     s.bind(h.deployment).bind(h.device).bind(h.seq).bind(h.status).bind(h.time).bind(h.error).bind(h.attempt).run();
   });
@@ -521,9 +675,10 @@ Result<void> Store::add_history(const HistoryRecord& h) {
 
 Result<std::vector<HistoryRecord>> Store::history(const std::string& deployment, const std::string& device) {
   return guard("reading history of " + device, [&] {
-    Stmt s(impl_->db.get(),
+    Stmt s(*impl_,
            "SELECT deployment, device, seq, status, time, error, attempt FROM history "
-           "WHERE deployment = ? AND device = ? ORDER BY rowid");
+           "WHERE deployment = ? AND device = ? ORDER BY " +
+               std::string(impl_->postgres() ? "hid" : "rowid"));
     s.bind(deployment).bind(device);
     std::vector<HistoryRecord> out;
     while (s.step())

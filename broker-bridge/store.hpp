@@ -1,14 +1,19 @@
-// The bridge's fleet state in one SQLite file (WAL): devices, artifacts, deployments, per-device
-// deployment status and its history.
+// The bridge's fleet state: devices, artifacts, deployments, per-device deployment status and its
+// history. In one SQLite file (WAL), the embedded default, or in PostgreSQL (libpq) for bigger
+// fleets: Store::open takes a file path or a "postgresql://..." URI.
 //
 //   auto store = tern::bridge::Store::open("/var/lib/tern/bridge.db").value();
+//   auto store = tern::bridge::Store::open("postgresql://tern@db:5432/tern").value();
 //   store->transaction([&]() -> Result<void> { ...; return {}; });
 //
 // The schema is versioned (table schema_version, one row) and brought up to date by numbered
 // migrations when the file is opened; a file from a newer bridge is refused. The SQL is plain
-// (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) so that it ports to PostgreSQL.
+// (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) and runs unchanged on both, except the
+// history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL). On PostgreSQL the
+// migrations run under a lock on schema_version, so bridges starting together migrate once; a
+// dropped connection is re-established before the next statement outside a transaction.
 //
-// Errors: every method returns an Error naming the operation and SQLite's message. Thread safety:
+// Errors: every method returns an Error naming the operation and the database's message. Thread safety:
 // a Store is used by one thread at a time. SQLite's busy_timeout makes a second process (a tool
 // reading the file) wait instead of failing.
 #pragma once
@@ -106,6 +111,12 @@ class Store {
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
+
+  /// Inside a transaction: waits for, then holds until the transaction ends, a lock named `key`
+  /// ("device:ID", "deployment:ID") shared by every bridge on the same database. PostgreSQL: an
+  /// advisory transaction lock. SQLite: nothing to do (BEGIN IMMEDIATE already serialises every
+  /// writer of the file).
+  Result<void> lock(std::string_view key);
 
   /// Current schema version of the open file.
   Result<int> version();

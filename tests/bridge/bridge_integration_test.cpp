@@ -5,7 +5,11 @@
 
 #include "artifacts/writer.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_store.hpp"
 #include "tests/support/broker.hpp"
+
+#include <boost/json/object.hpp>
+#include <boost/json/serialize.hpp>
 
 #include <chrono>
 #include <thread>
@@ -37,9 +41,9 @@ class BridgeProcess {
     fs::create_directories(dir / "artifacts");
     make_artifact("release-1");
     write_file(dir / "bridge.conf",
-               "{\"broker_uri\":\"" + broker.uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
+               "{\"broker_uri\":\"" + broker.services_uri() + "\",\"ca_file\":\"" + (certs() / "ca.crt").string() +
                    "\",\"cert_file\":\"" + (certs() / "bridge.crt").string() + "\",\"key_file\":\"" +
-                   (certs() / "bridge.key").string() + "\",\"db\":\"" + (dir / "bridge.db").string() +
+                   (certs() / "bridge.key").string() + "\",\"db\":\"" + test_store(dir.path()) +
                    "\",\"artifact_dir\":\"" + (dir / "artifacts").string() +
                    "\",\"server_bind\":\"127.0.0.1\",\"server_port\":0,\"server_cert\":\"" +
                    (certs() / "server.crt").string() + "\",\"server_key\":\"" + (certs() / "server.key").string() +
@@ -322,7 +326,7 @@ namespace {
 
 TEST(BridgeIntegration, OperatorScripts) {
   BridgeProcess b;
-  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.port()) + " --certs " +
+  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.services_port()) + " --certs " +
                            shell_quote(certs().string()) + " ";
   const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + conn;
   const std::string deploy = shell_quote((source_dir() / "scripts/tern-deploy").string()) + conn;
@@ -345,6 +349,256 @@ TEST(BridgeIntegration, OperatorScripts) {
   EXPECT_FALSE(b.retained(protocol::topics::deployment("device-1")));
   r = run(fleet + "artifacts 2>&1");
   EXPECT_NE(r.output.find("\"name\":\"release-1\""), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Operators share identities and run clients side by side: a watcher (mosquitto_sub on the
+// replies) with the shared operator certificate stays connected while 20 tern-fleet commands run
+// at once, half with that certificate and half with alice's own; every command gets its reply and
+// the watcher sees all 20 replies. The broker log names who connected.
+TEST(BridgeIntegration, WatcherAndTwentyConcurrentOperatorCommandsLoseNothing) {
+  auto made = run(shell_quote((source_dir() / "scripts/gen-certs").string()) + " " + shell_quote(certs().string()) +
+                  " --devices 0 --operators alice 2>&1");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  BridgeProcess b;
+  Process watcher({"sh", "-c", "exec mosquitto_sub " + b.broker.client_args("operator") +
+                                   " -q 1 -v -t 'tern/fleet/replies/#'"},
+                  b.dir / "watcher.log");
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    run("mosquitto_pub " + b.broker.client_args("operator-alice") + " -q 1 -t tern/fleet/replies/probe -m p");
+    std::this_thread::sleep_for(100ms);
+    ready = watcher.log().find("tern/fleet/replies/probe p") != std::string::npos;
+  }
+  ASSERT_TRUE(ready) << watcher.log();
+
+  const std::string conn = " --host 127.0.0.1 --port " + std::to_string(b.broker.services_port()) + " --certs " +
+                           shell_quote(certs().string()) + " ";
+  const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + conn;
+  std::string batch;
+  for (int i = 1; i <= 20; ++i)
+    batch += fleet + (i % 2 ? "--operator alice " : "") + "devices > " + shell_quote((b.dir / ("cmd" + std::to_string(i))).string()) +
+             " 2>&1 & pids=\"$pids $!\"; ";
+  auto r = run(batch + "fails=0; for p in $pids; do wait $p || fails=$((fails+1)); done; echo fails=$fails");
+  EXPECT_NE(r.output.find("fails=0"), std::string::npos) << r.output;
+  for (int i = 1; i <= 20; ++i) {
+    auto out = read_file(b.dir / ("cmd" + std::to_string(i)));
+    EXPECT_NE(out.find("\"ok\":true"), std::string::npos) << "command " << i << ": " << out;
+  }
+  int replies = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto log = watcher.log();
+    replies = 0;
+    for (auto p = log.find("\"ok\":true"); p != std::string::npos; p = log.find("\"ok\":true", p + 1)) ++replies;
+    if (replies >= 20) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(replies, 20) << watcher.log();
+  EXPECT_TRUE(watcher.running());
+  auto blog = b.broker.log();
+  EXPECT_EQ(blog.find("already connected, closing old connection"), std::string::npos) << blog;
+  EXPECT_NE(blog.find("u'alice')"), std::string::npos) << blog;
+  EXPECT_NE(blog.find("u'tern-operator')"), std::string::npos) << blog;
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Admission before the device exists, then retirement: preauthorized devices are accepted from
+// their first message and can be targeted before it; decommission leaves nothing retained.
+TEST(BridgeIntegration, PreauthorizedDeviceIsAcceptedAndDecommissionClearsItsRetainedState) {
+  BridgeProcess b;
+  const std::string fleet = shell_quote((source_dir() / "scripts/tern-fleet").string()) + " --host 127.0.0.1 --port " +
+                            std::to_string(b.broker.services_port()) + " --certs " + shell_quote(certs().string()) + " ";
+  auto r = run(fleet + "preauthorize field device-2 device-3 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"devices\":[\"device-2\",\"device-3\"]"), std::string::npos) << r.output;
+  r = run(fleet + "preauthorize field device-4 'no good' 2>&1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;  // refused by the script before sending
+  // Targeted before either device was ever seen.
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"pa1","artifact_name":"release-1","group":"field"})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_NE(reply.find("\"devices\":2"), std::string::npos) << reply;
+  // The devices appear: accepted from their first message.
+  b.device_pub("device-3", "inventory", R"({"device_type":"qemu","artifact_name":"factory"})", true);
+  b.device_pub("device-3", "presence", R"({"state":"online","seq":1})", true);
+  std::optional<std::string> rec;
+  for (int i = 0; i < 100; ++i) {
+    rec = b.retained("tern/fleet/devices/device-3");
+    if (rec && rec->find("\"presence\":\"online\"") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"accepted\""), std::string::npos) << *rec;
+  EXPECT_NE(rec->find("\"group\":\"field\""), std::string::npos) << *rec;
+  ASSERT_TRUE(b.retained(protocol::topics::deployment("device-3")));
+  // Retired: its retained deployment, inventory and presence are gone from the broker.
+  r = run(fleet + "decommission device-3 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* kind : {"deployment", "inventory", "presence"}) {
+    auto m = b.retained(std::string("tern/devices/device-3/") + kind);
+    EXPECT_FALSE(m) << kind << ": " << m.value_or("");
+  }
+  rec = b.retained("tern/fleet/devices/device-3");
+  ASSERT_TRUE(rec);
+  EXPECT_NE(rec->find("\"admission\":\"decommissioned\""), std::string::npos) << *rec;
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+// Several bridges on one broker and one PostgreSQL: shared subscriptions split the device traffic
+// and the commands between them; each command is answered once; a rollout goes on when one bridge
+// is killed with -9 in the middle of it, with every status counted once.
+TEST(BridgeIntegration, TwoBridgesShareTheWorkAndOneSurvivesTheOthersKill) {
+  if (!test_store_is_postgres()) GTEST_SKIP() << "PostgreSQL only: runs as pg.BridgeIntegration.*";
+  Broker broker;
+  TempDir dir{"tern-bridges"};
+  fs::create_directories(dir / "artifacts");
+  {
+    write_file(dir / "r.img", std::string(100000, 'y'));
+    artifacts::WriterOptions w;
+    w.payload = dir / "r.img";
+    w.device_types = {"qemu"};
+    w.artifact_name = "release-1";
+    ASSERT_TRUE(artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"));
+  }
+  const std::string db = test_store(dir.path());
+  std::vector<std::unique_ptr<Process>> bridges;
+  auto start_bridge = [&](int n) {
+    auto conf = dir / ("bridge-" + std::to_string(n) + ".conf");
+    boost::json::object cfg{{"broker_uri", broker.services_uri()},
+                            {"client_id", "tern-bridge-" + std::to_string(n)},
+                            {"ca_file", (certs() / "ca.crt").string()},
+                            {"cert_file", (certs() / "bridge.crt").string()},
+                            {"key_file", (certs() / "bridge.key").string()},
+                            {"db", db},
+                            {"artifact_dir", (dir / "artifacts").string()},
+                            {"server_bind", "127.0.0.1"},
+                            {"server_port", 0},
+                            {"server_cert", (certs() / "server.crt").string()},
+                            {"server_key", (certs() / "server.key").string()},
+                            {"shared_group", "tern-bridge"},
+                            {"retained_device_state", false},
+                            {"log_level", "debug"}};
+    write_file(conf, boost::json::serialize(cfg));
+    auto log = dir / ("bridge-" + std::to_string(n) + ".log");
+    bridges.push_back(std::make_unique<Process>(
+        std::vector<std::string>{(build_dir() / "broker-bridge/tern-bridge").string(), "--config", conf.string()}, log));
+    for (int i = 0; i < 300; ++i) {
+      std::string text;
+      try {
+        text = read_file(log);
+      } catch (const std::exception&) {
+      }
+      if (text.find("ready:") != std::string::npos) return;
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL() << "bridge " << n << " not ready:\n" << read_file(log);
+  };
+  start_bridge(1);
+  start_bridge(2);
+  auto dump_logs = [&] {
+    std::string all;
+    for (int n : {1, 2}) {
+      try {
+        all += "---- bridge-" + std::to_string(n) + "\n" + read_file(dir / ("bridge-" + std::to_string(n) + ".log"));
+      } catch (const std::exception&) {
+      }
+    }
+    return all;
+  };
+
+  // Commands: answered once each, whichever bridge takes them.
+  Process watcher({"sh", "-c", "exec mosquitto_sub " + broker.client_args("operator") + " -q 1 -v -t 'tern/fleet/replies/#'"},
+                  dir / "watcher.log");
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    run("mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/replies/probe -m p");
+    std::this_thread::sleep_for(100ms);
+    ready = watcher.log().find("tern/fleet/replies/probe p") != std::string::npos;
+  }
+  ASSERT_TRUE(ready) << watcher.log();
+  auto rr = [&](const std::string& topic, const std::string& body) {
+    auto r = run("mosquitto_rr " + broker.client_args("operator") + " -q 1 -t " + shell_quote(topic) +
+                 " -e tern/fleet/replies/two -W 10 -m " + shell_quote(body) + " 2>&1");
+    return r.output;
+  };
+  auto reply = rr("tern/fleet/devices/preauthorize", R"({"devices":["device-1","device-2","device-3","device-4","device-5"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << dump_logs();
+  reply = rr("tern/fleet/deployments/create", R"({"id":"m1","artifact_name":"release-1","all":true,"phases":[40,100]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << dump_logs();
+  for (int i = 0; i < 50; ++i) {
+    auto log = watcher.log();
+    if (log.find("tern/fleet/replies/two") != std::string::npos &&
+        log.find("deployments") != std::string::npos)
+      break;
+    std::this_thread::sleep_for(50ms);
+  }
+  std::this_thread::sleep_for(500ms);  // a duplicate reply would have arrived by now
+  auto wlog = watcher.log();
+  int replies = 0;
+  for (auto p = wlog.find("tern/fleet/replies/two "); p != std::string::npos; p = wlog.find("tern/fleet/replies/two ", p + 1))
+    ++replies;
+  EXPECT_EQ(replies, 2) << wlog;
+
+  auto status = [&](const std::string& id, const std::string& word, std::uint64_t seq) {
+    auto r = run("mosquitto_pub " + broker.client_args(id) + " -q 1 -t tern/devices/" + id + "/status -m " +
+                 shell_quote(status_json("m1", word, seq)) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  };
+  auto summary = [&] {
+    auto r = run("mosquitto_sub " + broker.client_args("operator") + " -t tern/fleet/deployments/m1 -C 1 -W 2 --retained-only 2>/dev/null");
+    return r.output;
+  };
+  auto wait_summary = [&](const std::string& needle) {
+    std::string last;
+    for (int i = 0; i < 200; ++i) {
+      last = summary();
+      if (last.find(needle) != std::string::npos) return last;
+      std::this_thread::sleep_for(100ms);
+    }
+    ADD_FAILURE() << "summary never had " << needle << "; last: " << last << dump_logs();
+    return last;
+  };
+  // Phase 1 (2 devices of 5): both succeed, phase 2 starts.
+  status("device-1", "downloading", 1);
+  status("device-2", "downloading", 1);
+  status("device-1", "success", 2);
+  status("device-2", "success", 2);
+  wait_summary("\"phase\":2");
+  // Bridge 1 dies mid-rollout; bridge 2 carries on alone.
+  bridges[0]->kill();
+  for (auto id : {"device-3", "device-4", "device-5"}) {
+    status(id, "downloading", 1);
+    status(id, "downloading", 1);  // a duplicate (QoS 1 redelivery)
+    status(id, "success", 2);
+  }
+  auto s = wait_summary("\"state\":\"finished\"");
+  EXPECT_NE(s.find("\"success\":5"), std::string::npos) << s;
+  EXPECT_NE(s.find("\"total\":5"), std::string::npos) << s;
+  // Every status recorded once: no seq of a device twice in the history.
+  const auto name = db.substr(db.rfind('/') + 1);
+  auto dups = Postgres::shared().psql(name, "SELECT device, seq, count(*) FROM history GROUP BY device, seq HAVING count(*) > 1");
+  EXPECT_EQ(dups, "") << dups;
+  auto count = Postgres::shared().psql(name, "SELECT count(*) FROM history WHERE deployment = 'm1'");
+  EXPECT_EQ(count.substr(0, count.find('\n')), "10") << count;
+  // Both bridges took statuses before the kill (the shared subscription split the work).
+  auto log1 = read_file(dir / "bridge-1.log"), log2 = read_file(dir / "bridge-2.log");
+  EXPECT_NE(log1.find("status of device-"), std::string::npos) << "bridge 1 got no status:\n" << dump_logs();
+  EXPECT_NE(log2.find("status of device-"), std::string::npos) << "bridge 2 got no status:\n" << dump_logs();
+  if (HasFailure()) std::cerr << dump_logs() << broker.log();
 }
 
 }  // namespace

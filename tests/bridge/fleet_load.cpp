@@ -1,10 +1,12 @@
 // tern-fleet-load: N lightweight device sessions (tern::mqtt::Client, no agent) for
 // scripts/bench-fleet. Devices are device-1..device-N with certificates from gen-certs.
 //
-//   tern-fleet-load baseline URI CERTS N
+// URI is the broker's devices listener, SERVICES_URI its services listener (bridge, operators).
+//
+//   tern-fleet-load baseline URI SERVICES_URI CERTS N
 //       each device publishes 5 status messages; one consumer (the bridge's identity, clean
 //       session) receives them: prints "baseline_ms=T" from the first publish to the last receipt.
-//   tern-fleet-load bridge URI CERTS N ARTIFACT
+//   tern-fleet-load bridge URI SERVICES_URI CERTS N ARTIFACT
 //       with tern-bridge running: accepts the N devices (operator commands), creates a deployment
 //       for all of them, each device answers the deployment it receives with 5 statuses; prints
 //       "deploy_ms=T1 ingest_ms=T2": until every device had its deployment, and until the bridge's
@@ -33,13 +35,13 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 struct Args {
-  std::string mode, uri, certs, artifact;
+  std::string mode, uri, services_uri, certs, artifact;
   int n = 0;
 };
 
 mqtt::Options options_for(const Args& a, const std::string& file, const std::string& client_id) {
   mqtt::Options o;
-  o.server_uri = a.uri;
+  o.server_uri = file.starts_with("device") ? a.uri : a.services_uri;
   o.client_id = client_id;
   o.ca_file = a.certs + "/ca.crt";
   o.cert_file = a.certs + "/" + file + ".crt";
@@ -224,13 +226,13 @@ asio::awaitable<void> with_bridge(const Args& a) {
 
 int main(int argc, char** argv) {
   log::set_program("tern-fleet-load");
-  if (argc < 5) {
-    std::cerr << "usage: tern-fleet-load baseline|bridge URI CERTS N [ARTIFACT]\n";
+  if (argc < 6) {
+    std::cerr << "usage: tern-fleet-load baseline|bridge URI SERVICES_URI CERTS N [ARTIFACT]\n";
     return 2;
   }
-  Args a{argv[1], argv[2], argv[3], argc > 5 ? argv[5] : "", std::atoi(argv[4])};
+  Args a{argv[1], argv[2], argv[3], argv[4], argc > 6 ? argv[6] : "", std::atoi(argv[5])};
   if (a.n <= 0 || (a.mode == "bridge" && a.artifact.empty())) {
-    std::cerr << "usage: tern-fleet-load baseline|bridge URI CERTS N [ARTIFACT]\n";
+    std::cerr << "usage: tern-fleet-load baseline|bridge URI SERVICES_URI CERTS N [ARTIFACT]\n";
     return 2;
   }
   asio::io_context io(1);

@@ -8,6 +8,7 @@
 #include "broker-bridge/store.hpp"
 #include "common/json.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
 #include <sqlite3.h>
@@ -67,7 +68,7 @@ struct FleetEnv {
   FleetEnv() {
     fs::create_directories(dir / "artifacts");
     make_artifact(dir / "artifacts", "release-1");
-    store = Store::open(dir / "bridge.db").value();
+    store = Store::open(test_store(dir.path())).value();
     bridge::FleetOptions o;
     o.artifact_base_url = "https://127.0.0.1:1/artifacts";
     o.artifact_dir = dir / "artifacts";
@@ -116,8 +117,9 @@ struct FleetEnv {
 
 TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
   TempDir dir;
+  const auto where = test_store(dir.path());
   {
-    auto s = Store::open(dir / "b.db");
+    auto s = Store::open(where);
     ASSERT_TRUE(s) << s.error().message();
     EXPECT_EQ((*s)->version().value(), bridge::schema_version);
     bridge::DeviceRecord d;
@@ -125,7 +127,7 @@ TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
     d.admission = "accepted";
     ASSERT_TRUE((*s)->put_device(d));
   }
-  auto s = Store::open(dir / "b.db");
+  auto s = Store::open(where);
   ASSERT_TRUE(s) << s.error().message();
   EXPECT_EQ((*s)->version().value(), bridge::schema_version);
   auto d = (*s)->device("device-1").value();
@@ -135,19 +137,17 @@ TEST(BridgeStore, FreshFileIsMigratedAndReopens) {
 
 TEST(BridgeStore, RefusesASchemaFromANewerBridge) {
   TempDir dir;
-  { ASSERT_TRUE(Store::open(dir / "b.db")); }
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open((dir / "b.db").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "UPDATE schema_version SET version = 99", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
-  auto s = Store::open(dir / "b.db");
+  const auto where = test_store(dir.path());
+  { ASSERT_TRUE(Store::open(where)); }
+  store_exec(where, "UPDATE schema_version SET version = 99");
+  auto s = Store::open(where);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("newer"), std::string::npos) << s.error().message();
 }
 
 TEST(BridgeStore, FailedTransactionChangesNothing) {
   TempDir dir;
-  auto s = Store::open(dir / "b.db").value();
+  auto s = Store::open(test_store(dir.path())).value();
   auto r = s->transaction([&]() -> Result<void> {
     bridge::DeviceRecord d;
     d.id = "device-1";
@@ -337,7 +337,7 @@ TEST(BridgeFleet, InvalidCommandsGetErrorsAndChangeNothing) {
   EXPECT_EQ(env.retained_deployment("device-1"), "<none>");
   auto reply = env.command("tern/fleet/deployments/zzz/abort", "");
   EXPECT_NE(reply.find("unknown deployment 'zzz'"), std::string::npos) << reply;
-  reply = env.command("tern/fleet/devices/device-8/reject", "");
+  reply = env.command("tern/fleet/devices/device-8/decommission", "");
   EXPECT_NE(reply.find("unknown device 'device-8'"), std::string::npos) << reply;
 }
 
@@ -376,7 +376,7 @@ TEST(BridgeCatalog, OnlySignedArtifactsWhenAKeyIsConfigured) {
   make_artifact(dir.path(), "release-s", read_file(certs() / "artifact-key.pem"));
   make_artifact(dir.path(), "release-u");
   write_file(dir / "broken.mender", "not a tar at all");
-  auto store = Store::open(dir / "b.db").value();
+  auto store = Store::open(test_store(dir.path())).value();
   auto report = bridge::scan_artifacts(*store, dir.path(), read_file(certs() / "artifact-key.pub"));
   ASSERT_TRUE(report) << report.error().message();
   EXPECT_EQ(report->added, std::vector<std::string>{"release-s"});
@@ -410,6 +410,88 @@ TEST(BridgeFleet, AddArtifactCommandCopiesAVerifiedFile) {
   reply = env.command("tern/fleet/artifacts/add", "{\"path\":\"" + (elsewhere / "junk.mender").string() + "\"}");
   EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << reply;
   EXPECT_FALSE(fs::exists(env.dir / "artifacts" / "junk.mender"));
+}
+
+}  // namespace
+}  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+TEST(BridgeFleet, AcceptAndRejectOfANeverSeenDeviceCreateItsRecord) {
+  FleetEnv env;
+  auto r = env.command("tern/fleet/devices/device-7/accept", R"({"group":"field"})");
+  EXPECT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  r = env.command("tern/fleet/devices/device-8/reject", "");
+  EXPECT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  auto d7 = env.store->device("device-7").value();
+  ASSERT_TRUE(d7);
+  EXPECT_EQ(d7->admission, "accepted");
+  EXPECT_EQ(d7->group, "field");
+  auto d8 = env.store->device("device-8").value();
+  ASSERT_TRUE(d8);
+  EXPECT_EQ(d8->admission, "rejected");
+  // Its first messages keep the decision and fill in the rest.
+  env.handle(msg("tern/devices/device-7/inventory", R"({"device_type":"qemu"})"));
+  env.handle(msg("tern/devices/device-8/inventory", R"({"device_type":"qemu"})"));
+  EXPECT_EQ(env.store->device("device-7").value()->admission, "accepted");
+  EXPECT_EQ(env.store->device("device-7").value()->device_type, "qemu");
+  EXPECT_EQ(env.store->device("device-8").value()->admission, "rejected");
+  // Decommission and group still need a known device.
+  r = env.command("tern/fleet/devices/device-9/decommission", "");
+  EXPECT_NE(r.find("unknown device 'device-9'"), std::string::npos) << r;
+  r = env.command("tern/fleet/devices/device-9/group", R"({"group":"x"})");
+  EXPECT_NE(r.find("unknown device 'device-9'"), std::string::npos) << r;
+  EXPECT_FALSE(env.store->device("device-9").value());
+}
+
+TEST(BridgeFleet, PreauthorizedDevicesAreAcceptedFromTheirFirstMessage) {
+  FleetEnv env;
+  auto r = env.command("tern/fleet/devices/preauthorize", R"({"devices":["device-1","device-2"],"group":"lab"})");
+  EXPECT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  EXPECT_NE(r.find("\"devices\":[\"device-1\",\"device-2\"]"), std::string::npos) << r;
+  // A status of a deployment it does not have yet is its first message: it stays accepted.
+  env.handle(msg("tern/devices/device-1/presence", R"({"state":"online","seq":1})"));
+  auto d1 = env.store->device("device-1").value();
+  ASSERT_TRUE(d1);
+  EXPECT_EQ(d1->admission, "accepted");
+  EXPECT_EQ(d1->group, "lab");
+  EXPECT_EQ(d1->presence, "online");
+  // Deployable by group before device-2 was ever seen.
+  r = env.command("tern/fleet/deployments/create", R"({"id":"g1","artifact_name":"release-1","group":"lab"})");
+  EXPECT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  EXPECT_NE(env.retained_deployment("device-2"), "<none>");
+  // One bad id refuses the whole list; nothing of it is stored.
+  r = env.command("tern/fleet/devices/preauthorize", R"({"devices":["device-5","bad id"]})");
+  EXPECT_NE(r.find("\"ok\":false"), std::string::npos) << r;
+  EXPECT_NE(r.find("'bad id' is not a valid device id"), std::string::npos) << r;
+  EXPECT_FALSE(env.store->device("device-5").value());
+  r = env.command("tern/fleet/devices/preauthorize", R"({"devices":[]})");
+  EXPECT_NE(r.find("field 'devices' is empty"), std::string::npos) << r;
+  r = env.command("tern/fleet/devices/preauthorize", R"({"group":"lab"})");
+  EXPECT_NE(r.find("'devices'"), std::string::npos) << r;
+  r = env.command("tern/fleet/devices/preauthorize", R"({"devices":["device-5"],"colour":"red"})");
+  EXPECT_NE(r.find("colour"), std::string::npos) << r;
+  EXPECT_FALSE(env.store->device("device-5").value());
+}
+
+TEST(BridgeFleet, DecommissionClearsTheDevicesRetainedState) {
+  FleetEnv env;
+  env.accept("device-1");
+  env.handle(msg("tern/devices/device-1/inventory", R"({"device_type":"qemu"})"));
+  auto r = env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(r.find("\"ok\":true"), std::string::npos) << r;
+  env.published.clear();
+  r = env.command("tern/fleet/devices/device-1/decommission", "");
+  EXPECT_NE(r.find("\"admission\":\"decommissioned\""), std::string::npos) << r;
+  for (const char* kind : {"deployment", "inventory", "presence"}) {
+    auto m = last_on(env.published, std::string("tern/devices/device-1/") + kind);
+    ASSERT_TRUE(m) << kind << " not cleared";
+    EXPECT_TRUE(m->payload.empty()) << kind;
+    EXPECT_TRUE(m->retained) << kind;
+  }
+  EXPECT_EQ(env.row("x1", "device-1").status, "aborted");
+  EXPECT_EQ(env.store->device("device-1").value()->admission, "decommissioned");
 }
 
 }  // namespace

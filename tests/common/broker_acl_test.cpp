@@ -5,6 +5,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <thread>
 
 #include "common/mqtt/client.hpp"
 #include "tests/support/broker.hpp"
@@ -145,6 +146,115 @@ TEST(BrokerAcl, OperatorDrivesTheFleetTopicsAndBridgeHearsThem) {
         }
       },
       60s);
+}
+
+// A device certificate with another device's client id: the broker makes its client id its CN, so
+// the other device's session is untouched and the topics stay the CN's.
+TEST(BrokerAcl, DeviceCertificateCannotUseAnotherClientIdOrItsTopics) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(broker, "bridge");
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        auto d2 = co_await connected(broker, "device-2");
+        auto o = broker.client_options("device-1");
+        o.client_id = "device-2";  // trying to take over device-2's session
+        auto ex = co_await asio::this_coro::executor;
+        auto thief = mqtt::Client::create(ex, o).value();
+        auto c = co_await thief->connect();
+        CO_ASSERT_TRUE(c, c.error().message());
+        const mqtt::Message forged{"tern/devices/device-2/status", "forged", 1, false};
+        auto denied = co_await thief->publish(forged);
+        CO_ASSERT_FALSE(denied);
+        EXPECT_NE(denied.error().message().find("reason code 135"), std::string::npos)
+            << denied.error().message();
+        // device-2 was not kicked off: still connected, its own status goes through, first.
+        EXPECT_TRUE(d2->connected());
+        const mqtt::Message own{"tern/devices/device-2/status", "mine", 1, false};
+        auto ok = co_await d2->publish(own);
+        EXPECT_TRUE(ok) << (ok ? "" : ok.error().message());
+        auto got = co_await next_message(*bridge, 5s);
+        CO_ASSERT_TRUE(got);
+        EXPECT_EQ(got->payload, "mine");
+        auto log = broker.log();
+        EXPECT_EQ(log.find("Client device-2 already connected"), std::string::npos) << log;
+        // The broker gave the thief its CN as client id.
+        EXPECT_NE(log.find("as device-1 (p5"), std::string::npos) << log;
+        co_await thief->disconnect();
+      },
+      60s);
+}
+
+// Devices and services have their own listeners and CAs: a device certificate is refused on the
+// services listener (where client ids are free), a service certificate on the devices listener.
+TEST(BrokerAcl, EachListenerTakesOnlyItsOwnCertificates) {
+  Broker broker;
+  auto ca = shell_quote((certs() / "ca.crt").string());
+  auto as = [&](int port, const std::string& id) {
+    return "mosquitto_pub -h 127.0.0.1 -p " + std::to_string(port) + " -V mqttv5 --cafile " + ca +
+           " --cert " + shell_quote((certs() / (id + ".crt")).string()) + " --key " +
+           shell_quote((certs() / (id + ".key")).string()) + " -q 1 ";
+  };
+  auto dev_on_services =
+      run(as(broker.services_port(), "device-1") + "-i tern-bridge -t tern/fleet/x -m hi 2>&1");
+  EXPECT_NE(dev_on_services.exit_code, 0) << dev_on_services.output;
+  auto op_on_devices = run(as(broker.port(), "operator") + "-t tern/fleet/x -m hi 2>&1");
+  EXPECT_NE(op_on_devices.exit_code, 0) << op_on_devices.output;
+  auto bridge_on_devices = run(as(broker.port(), "bridge") + "-t tern/devices/device-1/status -m hi 2>&1");
+  EXPECT_NE(bridge_on_devices.exit_code, 0) << bridge_on_devices.output;
+  // Positive controls: each on its own listener.
+  auto op = run(as(broker.services_port(), "operator") + "-t tern/fleet/x -m hi 2>&1");
+  EXPECT_EQ(op.exit_code, 0) << op.output;
+  auto dev = run(as(broker.port(), "device-1") + "-t tern/devices/device-1/status -m hi 2>&1");
+  EXPECT_EQ(dev.exit_code, 0) << dev.output;
+}
+
+// One operator identity, many clients: a watcher stays connected while 20 more clients with the
+// same certificate come and go, and receives every one of their messages. The broker log names the
+// certificate (username) of each.
+TEST(BrokerAcl, OneOperatorIdentityRunsManyClientsAtOnce) {
+  Broker broker;
+  TempDir work;
+  Process watcher(
+      {"sh", "-c",
+       "exec mosquitto_sub " + broker.client_args("operator") + " -q 1 -v -t 'tern/fleet/test/#'"},
+      work / "watcher.log");
+  // Ready when a probe arrives (a subscription cannot be observed otherwise).
+  bool ready = false;
+  for (int i = 0; i < 100 && !ready; ++i) {
+    run("mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/test/probe -m p");
+    std::this_thread::sleep_for(100ms);
+    ready = watcher.log().find("tern/fleet/test/probe p") != std::string::npos;
+  }
+  ASSERT_TRUE(ready) << watcher.log();
+  std::string batch;
+  for (int i = 1; i <= 20; ++i)
+    batch += "mosquitto_pub " + broker.client_args("operator") + " -q 1 -t tern/fleet/test/c" +
+             std::to_string(i) + " -m m" + std::to_string(i) + " & ";
+  auto r = run(batch + "wait");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  std::string log;
+  for (int i = 0; i < 100; ++i) {
+    log = watcher.log();
+    int seen = 0;
+    for (int k = 1; k <= 20; ++k)
+      seen += log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n") !=
+              std::string::npos;
+    if (seen == 20) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  for (int k = 1; k <= 20; ++k)
+    EXPECT_NE(log.find("tern/fleet/test/c" + std::to_string(k) + " m" + std::to_string(k) + "\n"),
+              std::string::npos)
+        << "message " << k << " missing; watcher saw:\n"
+        << log;
+  EXPECT_TRUE(watcher.running()) << watcher.log();
+  auto blog = broker.log();
+  EXPECT_EQ(blog.find("already connected, closing old connection"), std::string::npos) << blog;
+  EXPECT_NE(blog.find("u'tern-operator')"), std::string::npos) << blog;
 }
 
 TEST(BrokerAcl, ClientsWithoutAFleetCertificateAreRefused) {

@@ -7,7 +7,10 @@
 
 namespace tern::test {
 
-Broker::Broker() : port_(free_port()) { start(); }
+Broker::Broker() : port_(free_port()), services_port_(free_port()) {
+  while (services_port_ == port_) services_port_ = free_port();
+  start();
+}
 
 Broker::~Broker() {
   if (process_) process_->stop(15, 5s);
@@ -19,12 +22,15 @@ void Broker::start() {
   if (process_ && process_->running()) return;
   process_ = std::make_unique<Process>(
       std::vector<std::string>{(source_dir() / "scripts/run-broker").string(), state_.path().string(),
-                               std::to_string(port_), "--bind", "127.0.0.1", "--certs", certs().string()},
+                               std::to_string(port_), "--services-port",
+                               std::to_string(services_port_), "--bind", "127.0.0.1", "--certs", certs().string()},
       state_.path() / "broker.log");
-  if (!wait_for_port(port_, 10s)) {
-    process_->kill();
-    throw std::runtime_error("mosquitto did not accept connections on port " + std::to_string(port_) +
-                             ":\n" + log());
+  for (int p : {port_, services_port_}) {
+    if (!wait_for_port(p, 10s)) {
+      process_->kill();
+      throw std::runtime_error("mosquitto did not accept connections on port " + std::to_string(p) + ":\n" +
+                               log());
+    }
   }
 }
 
@@ -38,10 +44,15 @@ void Broker::kill() {
 
 bool Broker::running() { return process_ && process_->running(); }
 
+int Broker::port_for(std::string_view identity) const {
+  const bool service = identity == "bridge" || identity == "operator" || identity.starts_with("operator-");
+  return service ? services_port_ : port_;
+}
+
 std::string Broker::client_args(std::string_view identity) const {
   auto dir = certs();
   std::string id(identity);
-  return "-h 127.0.0.1 -p " + std::to_string(port_) + " -V mqttv5 --cafile " +
+  return "-h 127.0.0.1 -p " + std::to_string(port_for(identity)) + " -V mqttv5 --cafile " +
          shell_quote((dir / "ca.crt").string()) + " --cert " + shell_quote((dir / (id + ".crt")).string()) +
          " --key " + shell_quote((dir / (id + ".key")).string());
 }
@@ -49,7 +60,7 @@ std::string Broker::client_args(std::string_view identity) const {
 mqtt::Options Broker::client_options(std::string_view identity, fs::path persistence_dir) const {
   mqtt::Options o;
   std::string id(identity);
-  o.server_uri = uri();
+  o.server_uri = "ssl://127.0.0.1:" + std::to_string(port_for(identity));
   o.client_id = id == "operator" ? "tern-operator" : id == "bridge" ? "tern-bridge" : id;
   o.ca_file = (certs() / "ca.crt").string();
   o.cert_file = (certs() / (id + ".crt")).string();

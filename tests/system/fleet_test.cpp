@@ -34,7 +34,7 @@ class Fleet : public ::testing::Test {
     ASSERT_TRUE(enough_certs);
     fs::create_directories(tmp / "artifacts");
     broker_link = std::make_unique<FaultProxy>(static_cast<std::uint16_t>(broker.port()));
-    ops_env = "TERN_BROKER_HOST=127.0.0.1 TERN_BROKER_PORT=" + std::to_string(broker.port()) +
+    ops_env = "TERN_BROKER_HOST=127.0.0.1 TERN_BROKER_PORT=" + std::to_string(broker.services_port()) +
               " TERN_CERTS=" + q(certs()) + " ";
   }
   void TearDown() override {
@@ -49,7 +49,7 @@ class Fleet : public ::testing::Test {
 
   void start_bridge(const std::string& verify_key = "") {
     auto c = certs();
-    boost::json::object cfg{{"broker_uri", broker.uri()},
+    boost::json::object cfg{{"broker_uri", broker.services_uri()},
                             {"ca_file", (c / "ca.crt").string()},
                             {"cert_file", (c / "bridge.crt").string()},
                             {"key_file", (c / "bridge.key").string()},
