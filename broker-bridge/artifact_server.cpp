@@ -5,6 +5,7 @@
 // bytes read with pread() into a fixed buffer, so memory does not grow with the file.
 #include "broker-bridge/artifact_server.hpp"
 
+#include "common/file.hpp"
 #include "common/log.hpp"
 #include "common/text.hpp"
 
@@ -50,17 +51,6 @@ constexpr std::size_t kChunk = 64 * 1024;
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 // Heap is trimmed when the open connections fall to half of a peak at least this high.
 constexpr std::size_t kTrimPeak = 256;
-
-/// Closes a file descriptor on scope exit.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-};
 
 std::string http_date(std::time_t t) {
   std::tm tm{};
@@ -359,11 +349,11 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
                               "not an artifact path: " + std::string(req.target()));
   }
   const std::string path = (opts.root / *name).string();
-  Fd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st {};
-  if (file.fd < 0 || ::fstat(file.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (!file || ::fstat(file.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     const int err = errno;
-    if (file.fd < 0 && err != ENOENT && err != ENOTDIR) {
+    if (!file && err != ENOENT && err != ENOTDIR) {
       log::warn("artifact server: opening ", path, ": ", std::strerror(err));
       co_return co_await simple(stream, tcp, req, http::status::internal_server_error,
                                 "cannot open " + *name);
@@ -422,7 +412,7 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
   std::uint64_t pos = range.first, left = range.length;
   while (left > 0) {
     const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
-    const ssize_t got = ::pread(file.fd, buf.data(), want, static_cast<off_t>(pos));
+    const ssize_t got = ::pread(file.get(), buf.data(), want, static_cast<off_t>(pos));
     if (got <= 0) {
       // The file shrank or failed under us: the announced length cannot be met; close.
       log::warn("artifact server: reading ", path, " at ", pos, ": ",

@@ -43,6 +43,7 @@
 #include "broker-bridge/artifact_server.hpp"
 #include "broker-bridge/bridge.hpp"
 #include "common/config.hpp"
+#include "common/file.hpp"
 #include "common/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -50,9 +51,7 @@
 #include <boost/asio/signal_set.hpp>
 
 #include <csignal>
-#include <fstream>
 #include <iostream>
-#include <sstream>
 
 namespace asio = boost::asio;
 using namespace tern;
@@ -66,14 +65,6 @@ constexpr const char* usage_text =
 int usage() {
   std::cerr << usage_text;
   return 2;
-}
-
-Result<std::string> read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error::from_errno("reading " + path, errno);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 int run(const std::string& config_path) {
@@ -123,7 +114,7 @@ int run(const std::string& config_path) {
     o.fleet.artifact_dir = get(cfg->string("artifact_dir", ""));
     auto key_path = get(cfg->string("verify_key", ""));
     if (!key_path.empty()) {
-      auto key = read_text(key_path);
+      auto key = read_file(key_path, 1u << 20);
       if (!key) throw ErrorException(key.error().context(config_path + ": verify_key"));
       o.fleet.verify_key_pem = *key;
     }
