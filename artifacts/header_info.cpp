@@ -38,8 +38,8 @@ namespace {
 
 Error malformed(std::string m) { return artifact_error(ArtifactErrc::malformed, std::move(m)); }
 
-Result<json::Object> parse_json(const std::string& text, const std::string& what) {
-  auto doc = json::Document::parse(text, what, 1024 * 1024);
+Result<json::Object> parse_json(const std::string& text, const std::string& what, std::size_t limit = 1024 * 1024) {
+  auto doc = json::Document::parse(text, what, limit);
   if (!doc) return malformed(doc.error().message());
   auto root = doc->root();
   if (!root) return malformed(root.error().message());
@@ -123,8 +123,16 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
       h.clears_provides = *clears;
     } else if (name == "headers/0000/meta-data") {
       if (!content.empty()) {
-        auto o = parse_json(content, "meta-data");
+        // The chunk index makes meta-data large: 8 bytes per block of the payload, base64.
+        auto o = parse_json(content, "meta-data", 48 * 1024 * 1024);
         if (!o) return o.error();
+        if (o->has(chunk_index_key)) {
+          auto text = o->string(chunk_index_key);
+          if (!text) return malformed("headers/0000/meta-data: " + text.error().message());
+          auto index = ChunkIndex::decode(*text);
+          if (!index) return index.error().context("headers/0000/meta-data");
+          h.chunk_index = std::make_shared<const ChunkIndex>(std::move(*index));
+        }
       }
       h.meta_data_json = content;
     } else if (name.starts_with("scripts/")) {

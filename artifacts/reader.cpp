@@ -275,6 +275,7 @@ struct Reader::Impl {
     } else if (stage == Stage::data && is_data_name(h->name)) {
       r = start_member(Member::data, 0);
       data_starting = true;
+      header.data_size = h->size;
     } else if (stage == Stage::done && h->name.starts_with("data/")) {
       return artifact_error(ArtifactErrc::unsupported,
                             "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
@@ -603,9 +604,29 @@ struct Reader::Impl {
     header.payload_name = name;
     header.payload_size = h.size;
     header.payload_sha256 = it->second;
+    header.data_offset = data_start;
+    if (auto r = check_index(); !r) return r;
     if (on_header)
       if (auto r = on_header(header); !r) return r;
     header_reported = true;
+    return {};
+  }
+
+  // The chunk index must describe this payload and this data member.
+  Result<void> check_index() const {
+    const auto* x = header.chunk_index.get();
+    if (!x) return {};
+    auto bad = [](const std::string& m) { return malformed("headers/0000/meta-data: chunk index: " + m); };
+    if (x->payload_size != header.payload_size)
+      return bad("it is for a payload of " + std::to_string(x->payload_size) + " bytes, the payload has " +
+                 std::to_string(header.payload_size));
+    Compression c = by_name(member_name);
+    if (x->compression != c || (c != Compression::zstd && c != Compression::none))
+      return bad("its frames are " + std::string(to_string(x->compression)) + ", the data member is " +
+                 std::string(to_string(c)));
+    if (x->frames_offset + x->compressed_size() > header.data_size)
+      return bad("its frames end at byte " + std::to_string(x->frames_offset + x->compressed_size()) +
+                 " of data/0000.tar, which has " + std::to_string(header.data_size));
     return {};
   }
 
