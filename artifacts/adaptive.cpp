@@ -1,5 +1,6 @@
 #include "artifacts/adaptive.hpp"
 
+#include "artifacts/crypto.hpp"
 #include "artifacts/header_info.hpp"
 
 #include <zstd.h>
@@ -212,6 +213,46 @@ Result<void> FrameBuilder::decode_fetched(std::size_t i, std::span<const std::ui
                             what + ": " + std::to_string(n) + " bytes decompressed, " + std::to_string(len) + " expected");
   }
   return check_frame(i);
+}
+
+// ---- the reference loop -------------------------------------------------------------------------
+
+Result<ApplyStats> apply_plan(const ChunkIndex& index, const LocalTable& table, const Plan& plan,
+                              const std::string& payload_sha256, const FrameBuilder::LocalReader& read_local,
+                              const RangeFetcher& fetch, const PayloadWriter& write) {
+  if (plan.local.size() != index.frames.size())
+    return fail(Errc::invalid_argument, "applying a plan: it has " + std::to_string(plan.local.size()) +
+                                            " frames, the index " + std::to_string(index.frames.size()));
+  ApplyStats st;
+  FrameBuilder b(index, table);
+  Sha256 whole;
+  for (std::size_t i = 0; i < index.frames.size(); ++i) {
+    bool built = false;
+    if (plan.local[i]) {
+      built = static_cast<bool>(b.build_local(i, read_local));
+      if (built) {
+        ++st.frames_local;
+        st.bytes_reused += b.frame().size();
+      } else {
+        ++st.frames_refetched;
+      }
+    }
+    if (!built) {
+      auto range = plan.frame_range(index, i);
+      auto bytes = fetch(i, range);
+      if (!bytes) return bytes.error().context("fetching frame " + std::to_string(i));
+      st.bytes_fetched += bytes->size();
+      if (auto r = b.decode_fetched(i, *bytes); !r) return r.error();
+      if (!plan.local[i]) ++st.frames_fetched;
+    }
+    whole.update(b.frame());
+    if (auto r = write(index.frame_payload_offset(i), b.frame()); !r) return r.error();
+  }
+  auto digest = whole.hex_final();
+  if (digest != payload_sha256)
+    return artifact_error(ArtifactErrc::manifest_mismatch,
+                          "the rebuilt payload's sha256 " + digest + " does not match the manifest (" + payload_sha256 + ")");
+  return st;
 }
 
 }  // namespace tern::artifacts

@@ -143,4 +143,26 @@ class FrameBuilder {
   std::unique_ptr<Zstd> zstd_;
 };
 
+/// What apply_plan() did.
+struct ApplyStats {
+  std::uint64_t frames_local = 0;     ///< built from local data
+  std::uint64_t frames_fetched = 0;   ///< fetched as planned
+  std::uint64_t frames_refetched = 0; ///< planned local, but the local data no longer matched
+  std::uint64_t bytes_fetched = 0;    ///< compressed bytes asked of `fetch`
+  std::uint64_t bytes_reused = 0;     ///< payload bytes built locally
+};
+
+/// Runs a plan synchronously with I/O callbacks (the reference loop for an installer, and what
+/// `tern-artifact plan --build` runs): every frame in payload order, built locally or fetched and
+/// decoded (a local frame that fails its checks is fetched instead), handed to `write` with its
+/// payload offset, and the whole payload's SHA-256 compared with `payload_sha256` (hex, from the
+/// manifest) at the end. `fetch` gets exactly Plan::frame_range(i) and returns those bytes.
+/// Errors: ArtifactErrc::manifest_mismatch when the whole payload's SHA-256 differs; a fetched
+/// frame that fails decode_fetched(); the callbacks' errors.
+using RangeFetcher = std::function<Result<std::vector<std::uint8_t>>(std::size_t frame, ByteRange range)>;
+using PayloadWriter = std::function<Result<void>(std::uint64_t payload_offset, std::span<const std::uint8_t> bytes)>;
+Result<ApplyStats> apply_plan(const ChunkIndex& index, const LocalTable& table, const Plan& plan,
+                              const std::string& payload_sha256, const FrameBuilder::LocalReader& read_local,
+                              const RangeFetcher& fetch, const PayloadWriter& write);
+
 }  // namespace tern::artifacts

@@ -824,4 +824,26 @@ Result<Header> read_file(const std::filesystem::path& path, ReaderOptions option
   return header;
 }
 
+Result<Header> read_header(const std::filesystem::path& path, ReaderOptions options) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + path.string(), errno);
+  std::optional<Header> header;
+  // The handler stops the reader once it has the header.
+  Reader reader(std::move(options), [&](const Header& h) -> Result<void> {
+    header = h;
+    return fail(Errc::cancelled, "header read");
+  }, nullptr);
+  std::vector<std::uint8_t> buf(64 * 1024);
+  while (in && !header) {
+    in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+    auto n = static_cast<std::size_t>(in.gcount());
+    if (n == 0) break;
+    if (auto r = reader.feed({buf.data(), n}); !r && !header) return r.error().context(path.string());
+  }
+  if (in.bad()) return Error::from_errno("reading " + path.string(), errno);
+  if (!header)
+    return artifact_error(ArtifactErrc::truncated, path.string() + ": the artifact ends before its payload");
+  return std::move(*header);
+}
+
 }  // namespace tern::artifacts

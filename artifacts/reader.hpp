@@ -170,6 +170,10 @@ class Reader {
 Result<Header> read_file(const std::filesystem::path& path, ReaderOptions options,
                          Reader::PayloadSink sink = nullptr);
 
+/// Reads an artifact file only up to its header (the HeaderHandler's point: signature, manifest,
+/// header.tar and chunk index verified; no payload byte read past the data member's first frame).
+Result<Header> read_header(const std::filesystem::path& path, ReaderOptions options);
+
 }  // namespace tern::artifacts
 
 template <>
