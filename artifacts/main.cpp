@@ -280,6 +280,7 @@ int cmd_plan(int argc, char** argv) {
   }
   std::cout << "frames built locally: " << plan.frames_local << " (" << mib(plan.bytes_reused) << ")\n"
             << "frames fetched: " << plan.frames_fetched << " in " << plan.ranges.size() << " ranges\n"
+            << "header and index: " << plan.prefix_bytes << " bytes\n"
             << "bytes to fetch: " << plan.bytes_to_fetch << " of " << plan.artifact_size << " (";
   std::printf("%.2f%%)\n", plan.fetch_fraction * 100);
   std::fflush(stdout);
