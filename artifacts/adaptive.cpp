@@ -1,22 +1,23 @@
 #include "artifacts/adaptive.hpp"
 
-#include "artifacts/crypto.hpp"
-#include "artifacts/header_info.hpp"
-
+#include <fcntl.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fcntl.h>
-#include <unistd.h>
+
+#include "artifacts/crypto.hpp"
+#include "artifacts/header_info.hpp"
 
 namespace tern::artifacts {
 
 using detail::artifact_error;
 
 std::optional<std::uint64_t> LocalTable::find(std::uint64_t hash) const {
-  auto it = std::lower_bound(entries.begin(), entries.end(), std::pair<std::uint64_t, std::uint64_t>{hash, 0});
+  auto it =
+      std::lower_bound(entries.begin(), entries.end(), std::pair<std::uint64_t, std::uint64_t>{hash, 0});
   if (it == entries.end() || it->first != hash) return std::nullopt;
   return it->second;
 }
@@ -33,7 +34,8 @@ LocalIndexer::LocalIndexer(const ChunkIndex& wanted) : wanted_(wanted.block_hash
 
 void LocalIndexer::add_block(std::span<const std::uint8_t> block) {
   auto h = hasher_.block_hash(block);
-  if (std::binary_search(wanted_.begin(), wanted_.end(), h)) table_.entries.emplace_back(h, table_.bytes_indexed);
+  if (std::binary_search(wanted_.begin(), wanted_.end(), h))
+    table_.entries.emplace_back(h, table_.bytes_indexed);
   table_.bytes_indexed += block.size();
 }
 
@@ -109,7 +111,8 @@ Plan plan_full(std::uint64_t artifact_size, std::string reason) {
 Plan plan_adaptive(const ChunkIndex& index, const LocalTable& table, const PlanOptions& o) {
   if (table.block_size != index.block_size)
     return plan_full(o.artifact_size, "the local data was indexed with " + std::to_string(table.block_size) +
-                                          "-byte blocks, the artifact's index has " + std::to_string(index.block_size));
+                                          "-byte blocks, the artifact's index has " +
+                                          std::to_string(index.block_size));
   Plan p;
   p.artifact_size = o.artifact_size;
   p.data_offset = o.data_offset;
@@ -141,7 +144,8 @@ Plan plan_adaptive(const ChunkIndex& index, const LocalTable& table, const PlanO
   if (p.fetch_fraction > o.full_threshold) {
     p.full_download = true;
     p.reason = "the plan fetches " + std::to_string(static_cast<int>(p.fetch_fraction * 100 + 0.5)) +
-               "% of the artifact (over " + std::to_string(static_cast<int>(o.full_threshold * 100 + 0.5)) + "%)";
+               "% of the artifact (over " + std::to_string(static_cast<int>(o.full_threshold * 100 + 0.5)) +
+               "%)";
   }
   return p;
 }
@@ -168,7 +172,8 @@ Result<void> FrameBuilder::check_frame(std::size_t i) {
 
 Result<void> FrameBuilder::build_local(std::size_t i, const LocalReader& read) {
   if (i >= index_.frames.size())
-    return artifact_error(ArtifactErrc::malformed, "frame " + std::to_string(i) + " is not in the chunk index");
+    return artifact_error(ArtifactErrc::malformed,
+                          "frame " + std::to_string(i) + " is not in the chunk index");
   const std::uint32_t len = index_.frame_length(i);
   frame_.resize(len);
   const std::size_t bs = index_.block_size;
@@ -177,21 +182,23 @@ Result<void> FrameBuilder::build_local(std::size_t i, const LocalReader& read) {
     const std::uint64_t want = index_.block_hashes[b];
     auto where = table_.find(want);
     if (!where)
-      return artifact_error(ArtifactErrc::malformed,
-                            "frame " + std::to_string(i) + ": block " + std::to_string(b) + " is not in the local data");
+      return artifact_error(ArtifactErrc::malformed, "frame " + std::to_string(i) + ": block " +
+                                                         std::to_string(b) + " is not in the local data");
     auto block = std::span<std::uint8_t>(frame_).subspan(at, std::min<std::size_t>(bs, len - at));
     if (auto r = read(*where, block); !r) return r.error().context("frame " + std::to_string(i));
     if (hasher_.block_hash(block) != want)
       return artifact_error(ArtifactErrc::manifest_mismatch,
-                            "frame " + std::to_string(i) + ": the local block at byte " + std::to_string(*where) +
-                                " no longer matches block " + std::to_string(b) + " of the chunk index");
+                            "frame " + std::to_string(i) + ": the local block at byte " +
+                                std::to_string(*where) + " no longer matches block " + std::to_string(b) +
+                                " of the chunk index");
   }
   return check_frame(i);
 }
 
 Result<void> FrameBuilder::decode_fetched(std::size_t i, std::span<const std::uint8_t> compressed) {
   if (i >= index_.frames.size())
-    return artifact_error(ArtifactErrc::malformed, "frame " + std::to_string(i) + " is not in the chunk index");
+    return artifact_error(ArtifactErrc::malformed,
+                          "frame " + std::to_string(i) + " is not in the chunk index");
   const std::uint32_t len = index_.frame_length(i);
   auto what = "fetched frame " + std::to_string(i);
   if (compressed.size() != index_.frames[i].size)
@@ -206,11 +213,14 @@ Result<void> FrameBuilder::decode_fetched(std::size_t i, std::span<const std::ui
     ZSTD_DCtx_reset(zstd_->ctx, ZSTD_reset_session_only);
     if (ZSTD_findFrameCompressedSize(compressed.data(), compressed.size()) != compressed.size())
       return artifact_error(ArtifactErrc::malformed, what + ": not exactly one zstd frame");
-    std::size_t n = ZSTD_decompressDCtx(zstd_->ctx, frame_.data(), frame_.size(), compressed.data(), compressed.size());
-    if (ZSTD_isError(n)) return artifact_error(ArtifactErrc::malformed, what + ": zstd: " + ZSTD_getErrorName(n));
+    std::size_t n =
+        ZSTD_decompressDCtx(zstd_->ctx, frame_.data(), frame_.size(), compressed.data(), compressed.size());
+    if (ZSTD_isError(n))
+      return artifact_error(ArtifactErrc::malformed, what + ": zstd: " + ZSTD_getErrorName(n));
     if (n != len)
-      return artifact_error(ArtifactErrc::malformed,
-                            what + ": " + std::to_string(n) + " bytes decompressed, " + std::to_string(len) + " expected");
+      return artifact_error(
+          ArtifactErrc::malformed,
+          what + ": " + std::to_string(n) + " bytes decompressed, " + std::to_string(len) + " expected");
   }
   return check_frame(i);
 }
@@ -250,8 +260,9 @@ Result<ApplyStats> apply_plan(const ChunkIndex& index, const LocalTable& table, 
   }
   auto digest = whole.hex_final();
   if (digest != payload_sha256)
-    return artifact_error(ArtifactErrc::manifest_mismatch,
-                          "the rebuilt payload's sha256 " + digest + " does not match the manifest (" + payload_sha256 + ")");
+    return artifact_error(
+        ArtifactErrc::manifest_mismatch,
+        "the rebuilt payload's sha256 " + digest + " does not match the manifest (" + payload_sha256 + ")");
   return st;
 }
 

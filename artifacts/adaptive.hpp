@@ -23,9 +23,6 @@
 // wanted block (at most the new payload's block count), FrameBuilder one frame.
 #pragma once
 
-#include "artifacts/chunk_index.hpp"
-#include "common/error.hpp"
-
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -34,6 +31,9 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "artifacts/chunk_index.hpp"
+#include "common/error.hpp"
 
 namespace tern::artifacts {
 
@@ -87,17 +87,17 @@ struct PlanOptions {
 };
 
 struct Plan {
-  std::vector<bool> local;            ///< per frame: build from local data (else fetch)
-  std::vector<ByteRange> ranges;      ///< coalesced, in artifact order, to fetch
+  std::vector<bool> local;        ///< per frame: build from local data (else fetch)
+  std::vector<ByteRange> ranges;  ///< coalesced, in artifact order, to fetch
   std::uint64_t frames_local = 0;
   std::uint64_t frames_fetched = 0;
-  std::uint64_t bytes_reused = 0;     ///< uncompressed payload bytes built locally
-  std::uint64_t prefix_bytes = 0;     ///< artifact bytes before frame 0 (read for the header anyway)
-  std::uint64_t bytes_to_fetch = 0;   ///< prefix_bytes + the ranges
+  std::uint64_t bytes_reused = 0;    ///< uncompressed payload bytes built locally
+  std::uint64_t prefix_bytes = 0;    ///< artifact bytes before frame 0 (read for the header anyway)
+  std::uint64_t bytes_to_fetch = 0;  ///< prefix_bytes + the ranges
   std::uint64_t artifact_size = 0;
-  double fetch_fraction = 1.0;        ///< bytes_to_fetch / artifact_size
-  bool full_download = false;         ///< do not bother: stream the whole artifact
-  std::string reason;                 ///< why full_download
+  double fetch_fraction = 1.0;  ///< bytes_to_fetch / artifact_size
+  bool full_download = false;   ///< do not bother: stream the whole artifact
+  std::string reason;           ///< why full_download
 
   /// Artifact bytes of frame i's compressed data (offset from data_offset + the index).
   ByteRange frame_range(const ChunkIndex& index, std::size_t i) const;
@@ -145,11 +145,11 @@ class FrameBuilder {
 
 /// What apply_plan() did.
 struct ApplyStats {
-  std::uint64_t frames_local = 0;     ///< built from local data
-  std::uint64_t frames_fetched = 0;   ///< fetched as planned
-  std::uint64_t frames_refetched = 0; ///< planned local, but the local data no longer matched
-  std::uint64_t bytes_fetched = 0;    ///< compressed bytes asked of `fetch`
-  std::uint64_t bytes_reused = 0;     ///< payload bytes built locally
+  std::uint64_t frames_local = 0;      ///< built from local data
+  std::uint64_t frames_fetched = 0;    ///< fetched as planned
+  std::uint64_t frames_refetched = 0;  ///< planned local, but the local data no longer matched
+  std::uint64_t bytes_fetched = 0;     ///< compressed bytes asked of `fetch`
+  std::uint64_t bytes_reused = 0;      ///< payload bytes built locally
 };
 
 /// Runs a plan synchronously with I/O callbacks (the reference loop for an installer, and what
@@ -160,7 +160,8 @@ struct ApplyStats {
 /// Errors: ArtifactErrc::manifest_mismatch when the whole payload's SHA-256 differs; a fetched
 /// frame that fails decode_fetched(); the callbacks' errors.
 using RangeFetcher = std::function<Result<std::vector<std::uint8_t>>(std::size_t frame, ByteRange range)>;
-using PayloadWriter = std::function<Result<void>(std::uint64_t payload_offset, std::span<const std::uint8_t> bytes)>;
+using PayloadWriter =
+    std::function<Result<void>(std::uint64_t payload_offset, std::span<const std::uint8_t> bytes)>;
 Result<ApplyStats> apply_plan(const ChunkIndex& index, const LocalTable& table, const Plan& plan,
                               const std::string& payload_sha256, const FrameBuilder::LocalReader& read_local,
                               const RangeFetcher& fetch, const PayloadWriter& write);

@@ -1,11 +1,11 @@
 #include "artifacts/chunk_index.hpp"
 
-#include "artifacts/crypto.hpp"
-#include "artifacts/header_info.hpp"
-
 #include <openssl/evp.h>
 
 #include <cstring>
+
+#include "artifacts/crypto.hpp"
+#include "artifacts/header_info.hpp"
 
 namespace tern::artifacts {
 
@@ -21,11 +21,14 @@ constexpr std::uint64_t max_frames = 16u << 20;
 // The decoded index is held in memory: refuse more than this.
 constexpr std::size_t max_index_bytes = 64u << 20;
 
-Error bad(std::string m) { return detail::artifact_error(ArtifactErrc::malformed, "chunk index: " + std::move(m)); }
+Error bad(std::string m) {
+  return detail::artifact_error(ArtifactErrc::malformed, "chunk index: " + std::move(m));
+}
 
 template <class T>
 void put(std::string& out, T v) {
-  for (std::size_t i = 0; i < sizeof(T); ++i) out.push_back(static_cast<char>((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xff));
+  for (std::size_t i = 0; i < sizeof(T); ++i)
+    out.push_back(static_cast<char>((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xff));
 }
 
 struct Cursor {
@@ -38,19 +41,25 @@ struct Cursor {
       return 0;
     }
     std::uint64_t v = 0;
-    for (std::size_t i = 0; i < sizeof(T); ++i) v |= std::uint64_t(static_cast<std::uint8_t>(in[i])) << (8 * i);
+    for (std::size_t i = 0; i < sizeof(T); ++i)
+      v |= std::uint64_t(static_cast<std::uint8_t>(in[i])) << (8 * i);
     in.remove_prefix(sizeof(T));
     return static_cast<T>(v);
   }
 };
 
-bool power_of_two(std::uint32_t v) { return v && (v & (v - 1)) == 0; }
-std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
+bool power_of_two(std::uint32_t v) {
+  return v && (v & (v - 1)) == 0;
+}
+std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) {
+  return (a + b - 1) / b;
+}
 
 }  // namespace
 
 std::uint32_t ChunkIndex::frame_length(std::size_t i) const {
-  return static_cast<std::uint32_t>(std::min<std::uint64_t>(frame_size, payload_size - frame_payload_offset(i)));
+  return static_cast<std::uint32_t>(
+      std::min<std::uint64_t>(frame_size, payload_size - frame_payload_offset(i)));
 }
 
 std::uint64_t ChunkIndex::compressed_size() const {
@@ -85,7 +94,8 @@ std::string ChunkIndex::encode() const {
 }
 
 Result<ChunkIndex> ChunkIndex::parse(std::string_view binary) {
-  if (!binary.starts_with(magic)) return bad("does not start with '" + std::string(magic) + "' (unknown format)");
+  if (!binary.starts_with(magic))
+    return bad("does not start with '" + std::string(magic) + "' (unknown format)");
   if (binary.size() < fixed_size) return bad("shorter than its fixed header");
   Cursor c{binary.substr(magic.size())};
   ChunkIndex x;
@@ -100,16 +110,19 @@ Result<ChunkIndex> ChunkIndex::parse(std::string_view binary) {
   if (!power_of_two(x.block_size) || x.block_size < 512 || x.block_size > max_block_size)
     return bad("block size " + std::to_string(x.block_size) + " is not a power of two from 512 to 65536");
   if (x.frame_size == 0 || x.frame_size % x.block_size || x.frame_size > max_frame_size)
-    return bad("frame size " + std::to_string(x.frame_size) + " is not a multiple of the block size up to 64 MiB");
+    return bad("frame size " + std::to_string(x.frame_size) +
+               " is not a multiple of the block size up to 64 MiB");
   if (comp > 1) return bad("unknown compression " + std::to_string(comp));
   x.compression = comp == 1 ? Compression::zstd : Compression::none;
-  if (hash_size != block_hash_size) return bad("block hash size " + std::to_string(hash_size) + " (8 expected)");
+  if (hash_size != block_hash_size)
+    return bad("block hash size " + std::to_string(hash_size) + " (8 expected)");
   if (reserved != 0) return bad("reserved field is not zero");
   if (x.payload_size == 0) return bad("payload size is zero");
   const std::uint64_t frames = ceil_div(x.payload_size, x.frame_size);
   if (frames > max_frames || frame_count != frames)
-    return bad(std::to_string(frame_count) + " frames for " + std::to_string(x.payload_size) + " bytes in frames of " +
-               std::to_string(x.frame_size) + " (" + std::to_string(frames) + " expected)");
+    return bad(std::to_string(frame_count) + " frames for " + std::to_string(x.payload_size) +
+               " bytes in frames of " + std::to_string(x.frame_size) + " (" + std::to_string(frames) +
+               " expected)");
   const std::uint64_t blocks = ceil_div(x.payload_size, x.block_size);
   const std::uint64_t want = fixed_size + frames * frame_record + blocks * block_hash_size;
   if (binary.size() != want)
@@ -188,8 +201,9 @@ std::optional<std::uint32_t> ext4_block_size(std::span<const std::uint8_t> head)
 
 // ---- ChunkIndexBuilder --------------------------------------------------------------------------
 
-ChunkIndexBuilder::ChunkIndexBuilder(std::uint32_t block_size, std::uint32_t frame_size, std::uint64_t payload_size,
-                                     Compression compression, std::uint64_t frames_offset) {
+ChunkIndexBuilder::ChunkIndexBuilder(std::uint32_t block_size, std::uint32_t frame_size,
+                                     std::uint64_t payload_size, Compression compression,
+                                     std::uint64_t frames_offset) {
   index_.block_size = block_size;
   index_.frame_size = frame_size;
   index_.payload_size = payload_size;
@@ -219,17 +233,21 @@ void ChunkIndexBuilder::frame_done(std::uint64_t compressed_size) {
   if (!block_.empty()) end_block();  // the payload's short last block
   ChunkIndex::Frame f;
   f.size = static_cast<std::uint32_t>(compressed_size);
-  f.sha256 = hasher_.sha256({reinterpret_cast<const std::uint8_t*>(frame_bytes_.data()), frame_bytes_.size()});
-  f.offset = index_.frames.empty() ? index_.frames_offset : index_.frames.back().offset + index_.frames.back().size;
+  f.sha256 =
+      hasher_.sha256({reinterpret_cast<const std::uint8_t*>(frame_bytes_.data()), frame_bytes_.size()});
+  f.offset =
+      index_.frames.empty() ? index_.frames_offset : index_.frames.back().offset + index_.frames.back().size;
   index_.frames.push_back(f);
   frame_bytes_.clear();
 }
 
 Result<ChunkIndex> ChunkIndexBuilder::finish() {
   auto frames = ceil_div(index_.payload_size, index_.frame_size);
-  if (index_.frames.size() != frames || index_.block_hashes.size() != ceil_div(index_.payload_size, index_.block_size))
+  if (index_.frames.size() != frames ||
+      index_.block_hashes.size() != ceil_div(index_.payload_size, index_.block_size))
     return fail(Errc::internal, "chunk index: " + std::to_string(index_.frames.size()) + " frames and " +
-                                    std::to_string(index_.block_hashes.size()) + " blocks do not cover the payload");
+                                    std::to_string(index_.block_hashes.size()) +
+                                    " blocks do not cover the payload");
   return std::move(index_);
 }
 

@@ -23,9 +23,6 @@
 // compressed bytes follow frame i-1's in the data member. The last block may be short.
 #pragma once
 
-#include "artifacts/compress.hpp"
-#include "common/error.hpp"
-
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -35,6 +32,9 @@
 #include <string_view>
 #include <vector>
 
+#include "artifacts/compress.hpp"
+#include "common/error.hpp"
+
 namespace tern::artifacts {
 
 /// The meta-data key that holds the index.
@@ -43,8 +43,8 @@ inline constexpr std::string_view chunk_index_key = "tern.chunk-index";
 struct ChunkIndex {
   static constexpr std::size_t block_hash_size = 8;
   struct Frame {
-    std::uint64_t offset = 0;   ///< in the data member's content (frames_offset + earlier sizes)
-    std::uint32_t size = 0;     ///< compressed bytes
+    std::uint64_t offset = 0;               ///< in the data member's content (frames_offset + earlier sizes)
+    std::uint32_t size = 0;                 ///< compressed bytes
     std::array<std::uint8_t, 32> sha256{};  ///< of the uncompressed payload bytes it holds
   };
 
@@ -54,7 +54,7 @@ struct ChunkIndex {
   Compression compression = Compression::zstd;  ///< zstd or none
   std::uint64_t frames_offset = 0;
   std::vector<Frame> frames;
-  std::vector<std::uint64_t> block_hashes;      ///< block_hash() of each block, in payload order
+  std::vector<std::uint64_t> block_hashes;  ///< block_hash() of each block, in payload order
 
   /// Payload bytes of frame i, and its first block.
   std::uint64_t frame_payload_offset(std::size_t i) const { return std::uint64_t(i) * frame_size; }

@@ -182,7 +182,16 @@ int cmd_read(int argc, char** argv, bool print) {
   std::cout << "    Depends:" << (h->depends.empty() ? " Nothing" : "") << "\n";
   for (auto& [k, v] : h->depends) std::cout << "\t" << k << ": " << list(v) << "\n";
   std::cout << "    Clears Provides: " << list(h->clears_provides) << "\n"
-            << "    Metadata: " << (h->meta_data_json.empty() ? "Nothing" : h->meta_data_json) << "\n"
+            << "    Metadata: "
+            << (h->meta_data_json.empty()          ? std::string("Nothing")
+                : h->meta_data_json.size() <= 200 ? h->meta_data_json
+                                                  : h->meta_data_json.substr(0, 200) + "... (" +
+                                                        std::to_string(h->meta_data_json.size()) + " bytes)")
+            << "\n";
+  if (const auto* x = h->chunk_index.get())
+    std::cout << "    Chunk index: " << x->frames.size() << " frames of " << x->frame_size << " bytes, "
+              << x->block_hashes.size() << " blocks of " << x->block_size << " bytes\n";
+  std::cout
             << "    Files:\n      name:     " << h->payload_name << "\n      size:     " << h->payload_size
             << "\n      checksum: " << h->payload_sha256 << "\n    Compression: " << art::to_string(h->compression)
             << "\n";

@@ -24,8 +24,9 @@ constexpr std::size_t max_signature = 16 * 1024;
 constexpr std::size_t max_header_compressed = 16 * 1024 * 1024;
 constexpr std::size_t max_header_uncompressed = 16 * 1024 * 1024;
 constexpr std::size_t max_pax = 64 * 1024;
-// A prefix this large (a huge header.tar) is not worth saving: no checkpoints then.
-constexpr std::size_t max_prefix = 4 * 1024 * 1024;
+// A prefix this large (a huge header.tar) is not worth saving: no checkpoints then. The chunk index
+// makes headers of a few MiB normal (8 bytes per 1 KiB block of a 511 MiB image: 4 MiB).
+constexpr std::size_t max_prefix = 16 * 1024 * 1024;
 
 Error malformed(std::string m) { return artifact_error(ArtifactErrc::malformed, std::move(m)); }
 

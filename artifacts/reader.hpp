@@ -136,7 +136,7 @@ class Reader {
 
   /// Asks for checkpoints at most every `every` payload bytes (at the first frame boundary past
   /// that). Call before the first feed(). Only zstd data members with several frames produce them;
-  /// a prefix over 4 MiB (a huge header) disables them.
+  /// a prefix over 16 MiB (a huge header) disables them.
   void enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint);
 
   /// Rebuilds the state of `checkpoint` instead of reading from byte 0: feeds `prefix` (which

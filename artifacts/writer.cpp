@@ -19,6 +19,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+constexpr std::size_t max_index_text = 12 * 1024 * 1024;
+
 Error invalid(std::string m) { return fail(Errc::invalid_argument, std::move(m)); }
 
 boost::json::array to_array(const std::vector<std::string>& v) {
@@ -238,8 +240,13 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
   std::string meta_data;
   if (data->index) {
-    boost::json::object meta{{std::string(chunk_index_key), data->index->encode()}};
-    meta_data = json::write(meta);
+    // The reader takes header.tar up to 16 MiB: an index over 12 MiB (payloads of several GiB)
+    // is left out, and such an artifact installs by the full stream.
+    auto encoded = data->index->encode();
+    if (encoded.size() <= max_index_text) {
+      boost::json::object meta{{std::string(chunk_index_key), std::move(encoded)}};
+      meta_data = json::write(meta);
+    }
   }
   tar::write_file(header_tar, "headers/0000/meta-data", meta_data);
   tar::write_end(header_tar);

@@ -38,7 +38,8 @@ struct WriterOptions {
   /// fetch, large enough to keep the compression ratio.
   std::uint64_t frame_size = 64 * 1024;
   /// Add the chunk index (chunk_index.hpp) to headers/0000/meta-data, for zstd and uncompressed
-  /// payloads (gzip and xz streams cannot be entered in the middle: no index).
+  /// payloads (gzip and xz streams cannot be entered in the middle: no index). Left out when its
+  /// text would pass 12 MiB (8 bytes per block: a payload of about 6 GiB at 4 KiB blocks).
   bool chunk_index = true;
   /// Block size of the index's hashes; 0: the payload's ext4 block size, or 4096 if not ext4.
   std::uint32_t chunk_block_size = 0;

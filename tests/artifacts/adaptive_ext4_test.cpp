@@ -2,24 +2,29 @@
 // replaced and added, so mkfs lays files out anew. The plan must build most frames from v1, the
 // rebuilt payload must equal v2 byte for byte, a flipped bit in v1 must make its frame fetched,
 // and an artifact without an index must mean a full download.
-#include "artifacts/adaptive.hpp"
-#include "tests/artifacts/fixtures.hpp"
-
 #include <gtest/gtest.h>
 
 #include <map>
 #include <random>
 
+#include "artifacts/adaptive.hpp"
+#include "tests/artifacts/fixtures.hpp"
+
 namespace tern::test {
 namespace {
 
-std::string q(const fs::path& p) { return shell_quote(p.string()); }
-std::string tool() { return (build_dir() / "artifacts/tern-artifact").string(); }
+std::string q(const fs::path& p) {
+  return shell_quote(p.string());
+}
+std::string tool() {
+  return (build_dir() / "artifacts/tern-artifact").string();
+}
 
 // Compressible, file-like content: words from a small vocabulary, seeded.
 std::string text_file(std::size_t size, unsigned seed) {
-  static const char* words[] = {"update ", "device ", "fleet ", "kernel ", "rootfs ", "partition ", "signed ",
-                                "frame ", "block ", "index ", "\n", "0x1f2e ", "libc.so.6 ", "GLIBC_2.34 "};
+  static const char* words[] = {"update ",    "device ", "fleet ",     "kernel ",    "rootfs ",
+                                "partition ", "signed ", "frame ",     "block ",     "index ",
+                                "\n",         "0x1f2e ", "libc.so.6 ", "GLIBC_2.34 "};
   std::mt19937 rng(seed);
   std::string s;
   while (s.size() < size) s += words[rng() % std::size(words)];
@@ -54,8 +59,8 @@ class AdaptiveExt4 : public ::testing::Test {
     // Reproducible: fixed time, UUID and hash seed, every file's mtime the same.
     const std::string uuid = "6b1c9d2e-0f4a-4c1e-9a55-7d3e2b1f0a11";
     auto r = run("find " + q(tree) + " -exec touch -h -d @1700000000 {} + && truncate -s 8M " + q(img) +
-                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid + " -E hash_seed=" + uuid +
-                 ",root_owner=0:0 -d " + q(tree) + " " + q(img));
+                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid +
+                 " -E hash_seed=" + uuid + ",root_owner=0:0 -d " + q(tree) + " " + q(img));
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
@@ -79,10 +84,12 @@ class AdaptiveExt4 : public ::testing::Test {
     const auto& x = *h.chunk_index;
     artifacts::LocalIndexer ix(x);
     for (std::size_t at = 0; at < local.size(); at += 100000)
-      ix.feed({reinterpret_cast<const std::uint8_t*>(local.data()) + at, std::min<std::size_t>(100000, local.size() - at)});
+      ix.feed({reinterpret_cast<const std::uint8_t*>(local.data()) + at,
+               std::min<std::size_t>(100000, local.size() - at)});
     auto table = ix.finish();
     const auto bytes = read_file(artifact);
-    out.plan = artifacts::plan_adaptive(x, table, {.artifact_size = bytes.size(), .data_offset = h.data_offset});
+    out.plan =
+        artifacts::plan_adaptive(x, table, {.artifact_size = bytes.size(), .data_offset = h.data_offset});
     out.rebuilt.assign(h.payload_size, '\0');
     out.stats = artifacts::apply_plan(
         x, table, out.plan, h.payload_sha256,
@@ -166,7 +173,8 @@ TEST_F(AdaptiveExt4, NoIndexMeansAFullDownloadAndTheToolSaysSo) {
   EXPECT_FALSE(h.chunk_index);
   auto r = run(tool() + " plan --local " + q(v1) + " " + q(artifact));
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("decision: full download: the artifact has no chunk index"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("decision: full download: the artifact has no chunk index"), std::string::npos)
+      << r.output;
 
   // With the index, the tool plans and builds v2 from v1 and the artifact file.
   write_artifact();

@@ -2,11 +2,12 @@
 // its refusals, the reader's checks of an index against its artifact, the local indexer, the
 // plan (coalescing, the full-download fallback) and the frame builder's checks.
 #include "artifacts/adaptive.hpp"
+
+#include <gtest/gtest.h>
+
 #include "artifacts/crypto.hpp"
 #include "artifacts/tar.hpp"
 #include "tests/artifacts/fixtures.hpp"
-
-#include <gtest/gtest.h>
 
 namespace tern::test {
 namespace {
@@ -50,7 +51,8 @@ class AdaptiveTest : public ::testing::Test {
     EXPECT_TRUE(r.result) << r.result.error().message();
     return r.header.value_or(artifacts::Header{});
   }
-  static artifacts::LocalTable table_of(const ChunkIndex& x, std::string_view local, std::size_t chunk = 1 << 20) {
+  static artifacts::LocalTable table_of(const ChunkIndex& x, std::string_view local,
+                                        std::size_t chunk = 1 << 20) {
     artifacts::LocalIndexer ix(x);
     for (std::size_t at = 0; at < local.size(); at += chunk) ix.feed(bytes_of(local.substr(at, chunk)));
     return ix.finish();
@@ -161,7 +163,8 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
   zstd_index.compression = Compression::zstd;
   for (const auto& c : std::vector<Case>{
            {artifact_with_meta(other, meta(h.chunk_index->encode())), "for a payload of 8192 bytes"},
-           {artifact_with_meta(payload, meta(zstd_index.encode())), "frames are zstd, the data member is none"},
+           {artifact_with_meta(payload, meta(zstd_index.encode())),
+            "frames are zstd, the data member is none"},
            {artifact_with_meta(payload, meta("AAAA")), "chunk index"},
            {artifact_with_meta(payload, R"({"tern.chunk-index":42})"), "headers/0000/meta-data"},
        }) {
@@ -210,7 +213,8 @@ TEST_F(AdaptiveTest, LocalBlocksAreFoundByContentWhereverTheyMoved) {
   artifacts::FrameBuilder b(x, table);
   auto r = plan.ranges[0];
   ASSERT_TRUE(b.decode_fetched(2, bytes_of(std::string_view(artifact).substr(r.offset, r.length))));
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.frame().data()), b.frame().size()), payload.substr(8192));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.frame().data()), b.frame().size()),
+            payload.substr(8192));
   EXPECT_EQ(plan.bytes_to_fetch, h.data_offset + x.frames_offset + r.length);
   EXPECT_FALSE(plan.full_download);
 
@@ -220,12 +224,13 @@ TEST_F(AdaptiveTest, LocalBlocksAreFoundByContentWhereverTheyMoved) {
     return {};
   };
   ASSERT_TRUE(b.build_local(0, read_local));
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.frame().data()), b.frame().size()), payload.substr(0, 4096));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.frame().data()), b.frame().size()),
+            payload.substr(0, 4096));
 }
 
 TEST_F(AdaptiveTest, NeighbouringFetchesCoalesceAndABigPlanFallsBackToTheFullStream) {
-  auto payload = blocks({'a', 'a', 'a', 'a', '1', '1', '1', '1', '2', '2', '2', '2', 'b', 'b', 'b', 'b', '3', '3',
-                         '3', '3', 'c', 'c', 'c', 'c'});
+  auto payload = blocks({'a', 'a', 'a', 'a', '1', '1', '1', '1', '2', '2', '2', '2',
+                         'b', 'b', 'b', 'b', '3', '3', '3', '3', 'c', 'c', 'c', 'c'});
   auto artifact = make(payload, Compression::none);
   auto h = header_of(artifact);
   const auto& x = *h.chunk_index;
@@ -279,7 +284,9 @@ TEST_F(AdaptiveTest, FrameBuilderRefusesLocalDataThatChangedAndCorruptFetches) {
   EXPECT_NE(r.error().message().find("local block at byte 4096 no longer matches block 4"), std::string::npos)
       << r.error().message();
   // A read error passes through with the frame named.
-  auto failing = [](std::uint64_t, std::span<std::uint8_t>) -> Result<void> { return fail(Errc::io, "disk gone"); };
+  auto failing = [](std::uint64_t, std::span<std::uint8_t>) -> Result<void> {
+    return fail(Errc::io, "disk gone");
+  };
   auto e = b.build_local(0, failing);
   ASSERT_FALSE(e);
   EXPECT_EQ(e.error().message(), "frame 0: disk gone");
@@ -292,7 +299,8 @@ TEST_F(AdaptiveTest, FrameBuilderRefusesLocalDataThatChangedAndCorruptFetches) {
   ASSERT_TRUE(b.decode_fetched(0, bytes_of(range(0))));
   auto shorter = range(0);
   shorter.pop_back();
-  EXPECT_NE(b.decode_fetched(0, bytes_of(shorter)).error().message().find("the chunk index says"), std::string::npos);
+  EXPECT_NE(b.decode_fetched(0, bytes_of(shorter)).error().message().find("the chunk index says"),
+            std::string::npos);
   auto corrupt = range(0);
   corrupt[corrupt.size() / 2] ^= 0xff;
   EXPECT_FALSE(b.decode_fetched(0, bytes_of(corrupt)));
