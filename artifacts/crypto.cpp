@@ -254,10 +254,14 @@ std::string base64_encode(std::span<const std::uint8_t> raw) {
 }
 
 std::optional<std::string> base64_decode(std::string_view b64) {
-  std::string s;
-  s.reserve(b64.size());
-  for (char c : b64)
-    if (c != '\n' && c != '\r' && c != ' ') s += c;
+  std::string stripped;
+  std::string_view s = b64;
+  if (b64.find_first_of("\n\r ") != std::string_view::npos) {
+    stripped.reserve(b64.size());
+    for (char c : b64)
+      if (c != '\n' && c != '\r' && c != ' ') stripped += c;
+    s = stripped;
+  }
   if (s.empty() || s.size() % 4) return std::nullopt;
   std::string out(s.size() / 4 * 3, '\0');
   int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(s.data()),

@@ -155,6 +155,16 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
   ASSERT_TRUE(ok.header->chunk_index);
   EXPECT_EQ(ok.payload, payload);
 
+  // Other keys beside it, and the index not first (the general JSON path): the same index.
+  for (const auto& m : {std::string(R"({"tern.chunk-index":")") + h.chunk_index->encode() + R"(", "note":"x"})",
+                        std::string(R"({"note":"x","tern.chunk-index":")") + h.chunk_index->encode() + "\"}"}) {
+    auto r = read_chunked(artifact_with_meta(payload, m), {}, 4096);
+    ASSERT_TRUE(r.result) << r.result.error().message();
+    ASSERT_TRUE(r.header->chunk_index);
+    EXPECT_EQ(r.header->chunk_index->serialize(), h.chunk_index->serialize());
+    EXPECT_EQ(r.header->meta_data_json, m);
+  }
+
   struct Case {
     std::string artifact, says;
   };
@@ -167,6 +177,9 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
             "frames are zstd, the data member is none"},
            {artifact_with_meta(payload, meta("AAAA")), "chunk index"},
            {artifact_with_meta(payload, R"({"tern.chunk-index":42})"), "headers/0000/meta-data"},
+           {artifact_with_meta(payload, meta(h.chunk_index->encode()).substr(0, 40) + "\",\"tern.chunk-index\":\"x\"}"),
+            "appears twice"},
+           {artifact_with_meta(payload, meta(h.chunk_index->encode()) + "trailing"), "meta-data"},
        }) {
     auto r = read_chunked(c.artifact, {}, 4096);
     ASSERT_FALSE(r.result) << c.says;
