@@ -156,8 +156,9 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
   EXPECT_EQ(ok.payload, payload);
 
   // Other keys beside it, and the index not first (the general JSON path): the same index.
-  for (const auto& m : {std::string(R"({"tern.chunk-index":")") + h.chunk_index->encode() + R"(", "note":"x"})",
-                        std::string(R"({"note":"x","tern.chunk-index":")") + h.chunk_index->encode() + "\"}"}) {
+  for (const auto& m :
+       {std::string(R"({"tern.chunk-index":")") + h.chunk_index->encode() + R"(", "note":"x"})",
+        std::string(R"({"note":"x","tern.chunk-index":")") + h.chunk_index->encode() + "\"}"}) {
     auto r = read_chunked(artifact_with_meta(payload, m), {}, 4096);
     ASSERT_TRUE(r.result) << r.result.error().message();
     ASSERT_TRUE(r.header->chunk_index);
@@ -177,7 +178,8 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
             "frames are zstd, the data member is none"},
            {artifact_with_meta(payload, meta("AAAA")), "chunk index"},
            {artifact_with_meta(payload, R"({"tern.chunk-index":42})"), "headers/0000/meta-data"},
-           {artifact_with_meta(payload, meta(h.chunk_index->encode()).substr(0, 40) + "\",\"tern.chunk-index\":\"x\"}"),
+           {artifact_with_meta(
+                payload, meta(h.chunk_index->encode()).substr(0, 40) + "\",\"tern.chunk-index\":\"x\"}"),
             "appears twice"},
            {artifact_with_meta(payload, meta(h.chunk_index->encode()) + "trailing"), "meta-data"},
        }) {
@@ -322,6 +324,58 @@ TEST_F(AdaptiveTest, FrameBuilderRefusesLocalDataThatChangedAndCorruptFetches) {
   EXPECT_TRUE(swapped.error().code() == ArtifactErrc::manifest_mismatch ||
               swapped.error().code() == ArtifactErrc::malformed)
       << swapped.error().message();
+}
+
+TEST_F(AdaptiveTest, ApplyPlanRefetchesAFrameWhoseLocalDataChangedAndChecksTheWhole) {
+  for (auto c : {Compression::zstd, Compression::none}) {
+    auto payload = blocks({'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'x', 'y', 'z', 'w'});
+    auto artifact = make(payload, c);
+    auto h = header_of(artifact);
+    ASSERT_TRUE(h.chunk_index);
+    const auto& x = *h.chunk_index;
+    std::string local = payload.substr(0, 8192);  // frames 0 and 1 are local, frame 2 is not
+    auto table = table_of(x, local);
+    auto plan =
+        artifacts::plan_adaptive(x, table, {.artifact_size = artifact.size(), .data_offset = h.data_offset});
+    ASSERT_EQ(plan.local, (std::vector<bool>{true, true, false}));
+    local[6000] ^= 1;  // the disk changes after the plan: frame 1 must be fetched after all
+    std::string out(payload.size(), '\0');
+    std::vector<std::size_t> fetched;
+    auto read_local = [&](std::uint64_t off, std::span<std::uint8_t> b) -> Result<void> {
+      std::memcpy(b.data(), local.data() + off, b.size());
+      return {};
+    };
+    auto fetch = [&](std::size_t i, artifacts::ByteRange r) -> Result<std::vector<std::uint8_t>> {
+      fetched.push_back(i);
+      return std::vector<std::uint8_t>(artifact.begin() + static_cast<std::ptrdiff_t>(r.offset),
+                                       artifact.begin() + static_cast<std::ptrdiff_t>(r.offset + r.length));
+    };
+    auto write = [&](std::uint64_t off, std::span<const std::uint8_t> b) -> Result<void> {
+      std::memcpy(out.data() + off, b.data(), b.size());
+      return {};
+    };
+    auto st = artifacts::apply_plan(x, table, plan, h.payload_sha256, read_local, fetch, write);
+    ASSERT_TRUE(st) << to_string(c) << ": " << st.error().message();
+    EXPECT_EQ(out, payload) << to_string(c);
+    EXPECT_EQ(fetched, (std::vector<std::size_t>{1, 2})) << to_string(c);
+    EXPECT_EQ(st->frames_local, 1u);
+    EXPECT_EQ(st->frames_refetched, 1u);
+    EXPECT_EQ(st->frames_fetched, 1u);
+    EXPECT_EQ(st->bytes_reused, 4096u);
+    EXPECT_EQ(st->bytes_fetched, x.frames[1].size + x.frames[2].size);
+
+    // The whole payload is checked against the manifest's SHA-256 too.
+    auto wrong = artifacts::apply_plan(x, table, plan, std::string(64, '0'), read_local, fetch, write);
+    ASSERT_FALSE(wrong);
+    EXPECT_EQ(wrong.error().code(), ArtifactErrc::manifest_mismatch);
+    // A fetch that fails stops it, naming the frame.
+    auto down = [](std::size_t, artifacts::ByteRange) -> Result<std::vector<std::uint8_t>> {
+      return fail(Errc::io, "link down");
+    };
+    auto cut = artifacts::apply_plan(x, table, plan, h.payload_sha256, read_local, down, write);
+    ASSERT_FALSE(cut);
+    EXPECT_EQ(cut.error().message(), "fetching frame 1: link down");
+  }
 }
 
 }  // namespace
