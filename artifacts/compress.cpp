@@ -5,6 +5,7 @@
 #include <zstd.h>
 
 #include <array>
+#include <memory>
 #include <cstring>
 #include <vector>
 
@@ -326,6 +327,18 @@ std::unique_ptr<Compressor> make_compressor(Compression c, int level) {
 
 Result<std::string> compress_all(Compression c, std::string_view data) {
   std::string out;
+  if (c == Compression::zstd) {
+    // One shot, so the frame records its size and decompress_all() allocates it once (header.tar
+    // holds the chunk index: megabytes).
+    std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> ctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
+    ZSTD_CCtx_setParameter(ctx.get(), ZSTD_c_compressionLevel, 3);
+    ZSTD_CCtx_setParameter(ctx.get(), ZSTD_c_checksumFlag, 1);
+    out.resize(ZSTD_compressBound(data.size()));
+    std::size_t n = ZSTD_compress2(ctx.get(), out.data(), out.size(), data.data(), data.size());
+    if (ZSTD_isError(n)) return fail(Errc::internal, std::string("zstd: ") + ZSTD_getErrorName(n));
+    out.resize(n);
+    return out;
+  }
   auto sink = [&](std::span<const std::uint8_t> b) -> Result<void> {
     out.append(reinterpret_cast<const char*>(b.data()), b.size());
     return {};
@@ -338,6 +351,10 @@ Result<std::string> compress_all(Compression c, std::string_view data) {
 
 Result<std::string> decompress_all(Compression c, std::string_view data, std::size_t limit) {
   std::string out;
+  if (c == Compression::zstd) {
+    auto n = ZSTD_getFrameContentSize(data.data(), data.size());
+    if (n != ZSTD_CONTENTSIZE_UNKNOWN && n != ZSTD_CONTENTSIZE_ERROR && n <= limit) out.reserve(n);
+  }
   auto sink = [&](std::span<const std::uint8_t> b) -> Result<void> {
     if (out.size() + b.size() > limit)
       return fail(Errc::invalid_argument, "decompressed size is over the limit of " + std::to_string(limit));

@@ -52,24 +52,10 @@ Result<Ptr<EVP_PKEY>> load_key(std::string_view pem, bool is_private) {
   return Ptr<EVP_PKEY>(key);
 }
 
-std::string base64(const std::vector<unsigned char>& raw) {
-  std::string out(4 * ((raw.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), raw.data(), static_cast<int>(raw.size()));
-  out.resize(static_cast<std::size_t>(n));
-  return out;
-}
-
 Result<std::vector<unsigned char>> unbase64(std::string_view b64) {
-  std::string s;
-  for (char c : b64)
-    if (c != '\n' && c != '\r' && c != ' ') s += c;
-  if (s.empty() || s.size() % 4) return sig_error("manifest.sig: not valid base64");
-  std::vector<unsigned char> out(s.size() / 4 * 3);
-  int n = EVP_DecodeBlock(out.data(), reinterpret_cast<const unsigned char*>(s.data()), static_cast<int>(s.size()));
-  if (n < 0) return sig_error("manifest.sig: not valid base64");
-  std::size_t pad = (s.end()[-1] == '=') + (s.end()[-2] == '=');
-  out.resize(static_cast<std::size_t>(n) - pad);
-  return out;
+  auto raw = base64_decode(b64);
+  if (!raw) return sig_error("manifest.sig: not valid base64");
+  return std::vector<unsigned char>(raw->begin(), raw->end());
 }
 
 }  // namespace
@@ -218,7 +204,7 @@ Result<std::string> sign_base64(std::string_view message, std::string_view priva
     BN_bn2binpad(ECDSA_SIG_get0_s(es.get()), raw.data() + 32, 32);
     sig = std::move(raw);
   }
-  return base64(sig);
+  return base64_encode({sig.data(), sig.size()});
 }
 
 Result<void> verify_base64(std::string_view message, std::string_view signature_b64, std::string_view public_key_pem) {
@@ -258,6 +244,32 @@ Result<std::string> public_key_of(std::string_view private_key_pem) {
   char* data = nullptr;
   long n = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<std::size_t>(n));
+}
+
+std::string base64_encode(std::span<const std::uint8_t> raw) {
+  std::string out(4 * ((raw.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), raw.data(), static_cast<int>(raw.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+std::optional<std::string> base64_decode(std::string_view b64) {
+  std::string stripped;
+  std::string_view s = b64;
+  if (b64.find_first_of("\n\r ") != std::string_view::npos) {
+    stripped.reserve(b64.size());
+    for (char c : b64)
+      if (c != '\n' && c != '\r' && c != ' ') stripped += c;
+    s = stripped;
+  }
+  if (s.empty() || s.size() % 4) return std::nullopt;
+  std::string out(s.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(s.data()),
+                          static_cast<int>(s.size()));
+  if (n < 0) return std::nullopt;
+  std::size_t pad = (s.end()[-1] == '=') + (s.end()[-2] == '=');
+  out.resize(static_cast<std::size_t>(n) - pad);
+  return out;
 }
 
 }  // namespace tern::artifacts

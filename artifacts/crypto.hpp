@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,6 +54,11 @@ Result<std::string> sign_base64(std::string_view message, std::string_view priva
 /// Errors: unreadable key, malformed base64, and "signature does not verify".
 Result<void> verify_base64(std::string_view message, std::string_view signature_b64,
                            std::string_view public_key_pem);
+
+/// Base64 (with padding, no newlines), as manifest.sig and the chunk index use it.
+std::string base64_encode(std::span<const std::uint8_t> raw);
+/// Decodes base64 (newlines and spaces ignored); nullopt when it is not valid base64.
+std::optional<std::string> base64_decode(std::string_view b64);
 
 /// Derives the PEM public key of a PEM private key (for tests and `tern-artifact`).
 Result<std::string> public_key_of(std::string_view private_key_pem);

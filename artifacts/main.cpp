@@ -1,9 +1,12 @@
 // tern-artifact: write, read, validate and sign Mender v3 artifacts, with mender-artifact's flags
 // where they overlap.
+#include "artifacts/adaptive.hpp"
 #include "artifacts/crypto.hpp"
 #include "artifacts/reader.hpp"
 #include "artifacts/writer.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -22,9 +25,13 @@ const char* usage =
     "        [--compression zstd|gzip|lzma|none] [-k PRIVATE_KEY] [-p KEY:VALUE]... [-d KEY:VALUE]...\n"
     "        [-N DEPENDS_ARTIFACT_NAME]... [-g PROVIDES_GROUP] [-G DEPENDS_GROUP]... [-s SCRIPT]...\n"
     "        [--software-version VERSION] [--clears-provides NAME]... [--frame-size BYTES]\n"
+    "        [--no-chunk-index] [--chunk-block-size BYTES]\n"
     "  tern-artifact read FILE [-k PUBLIC_KEY]\n"
     "  tern-artifact validate FILE [-k PUBLIC_KEY]\n"
-    "  tern-artifact sign FILE -k PRIVATE_KEY [-o OUT]\n";
+    "  tern-artifact sign FILE -k PRIVATE_KEY [-o OUT]\n"
+    "  tern-artifact plan --local OLD_IMAGE NEW.mender [-k PUBLIC_KEY] [--gap BYTES] [--threshold FRACTION]\n"
+    "        [--build OUT]   (what an adaptive install of NEW.mender over OLD_IMAGE fetches; --build runs it,\n"
+    "                         fetching frames from the artifact file, and checks the result's SHA-256)\n";
 
 int die(const std::string& msg) {
   std::cerr << "tern-artifact: " << msg << "\n";
@@ -45,6 +52,11 @@ bool split_kv(const std::string& s, std::string& k, std::string& v) {
   k = s.substr(0, c);
   v = s.substr(c + 1);
   return true;
+}
+
+std::optional<std::uint64_t> number(const std::string& s) {
+  if (s.empty() || s.size() > 12 || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  return std::stoull(s);
 }
 
 // A progress bar on a terminal, nothing otherwise.
@@ -70,6 +82,10 @@ int cmd_write(int argc, char** argv) {
   std::vector<std::string> clears;
   for (int i = 3; i < argc; ++i) {
     std::string a = argv[i];
+    if (a == "--no-chunk-index") {
+      o.chunk_index = false;
+      continue;
+    }
     auto next = [&]() -> std::optional<std::string> {
       if (i + 1 >= argc) return std::nullopt;
       return std::string(argv[++i]);
@@ -101,7 +117,12 @@ int cmd_write(int argc, char** argv) {
     else if (a == "-s" || a == "--script") o.scripts.push_back(*v);
     else if (a == "--software-version") o.software_version = *v;
     else if (a == "--clears-provides") clears.push_back(*v);
-    else if (a == "--frame-size") o.frame_size = std::stoull(*v);
+    else if (a == "--frame-size" || a == "--chunk-block-size") {
+      auto n = number(*v);
+      if (!n || *n == 0) return die(a + " wants a positive number of bytes, got '" + *v + "'");
+      if (a == "--frame-size") o.frame_size = *n;
+      else o.chunk_block_size = static_cast<std::uint32_t>(*n);
+    }
     else return die("write: unknown flag '" + a + "'\n" + usage);
   }
   if (o.payload.empty() || out.empty()) return die("write: -f FILE and -o OUT are required\n" + std::string(usage));
@@ -161,7 +182,16 @@ int cmd_read(int argc, char** argv, bool print) {
   std::cout << "    Depends:" << (h->depends.empty() ? " Nothing" : "") << "\n";
   for (auto& [k, v] : h->depends) std::cout << "\t" << k << ": " << list(v) << "\n";
   std::cout << "    Clears Provides: " << list(h->clears_provides) << "\n"
-            << "    Metadata: " << (h->meta_data_json.empty() ? "Nothing" : h->meta_data_json) << "\n"
+            << "    Metadata: "
+            << (h->meta_data_json.empty()          ? std::string("Nothing")
+                : h->meta_data_json.size() <= 200 ? h->meta_data_json
+                                                  : h->meta_data_json.substr(0, 200) + "... (" +
+                                                        std::to_string(h->meta_data_json.size()) + " bytes)")
+            << "\n";
+  if (const auto* x = h->chunk_index.get())
+    std::cout << "    Chunk index: " << x->frames.size() << " frames of " << x->frame_size << " bytes, "
+              << x->block_hashes.size() << " blocks of " << x->block_size << " bytes\n";
+  std::cout
             << "    Files:\n      name:     " << h->payload_name << "\n      size:     " << h->payload_size
             << "\n      checksum: " << h->payload_sha256 << "\n    Compression: " << art::to_string(h->compression)
             << "\n";
@@ -184,6 +214,116 @@ int cmd_sign(int argc, char** argv) {
   return 0;
 }
 
+std::string mib(std::uint64_t n) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f MiB", double(n) / (1 << 20));
+  return b;
+}
+
+// Reads `out.size()` bytes at `offset` of an open file.
+tern::Result<void> pread_all(int fd, const std::string& what, std::uint64_t offset, std::span<std::uint8_t> out) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return tern::Error::from_errno("reading " + what, errno);
+    if (n == 0) return tern::fail(tern::Errc::io, "reading " + what + ": ends before byte " + std::to_string(offset + out.size()));
+    done += static_cast<std::size_t>(n);
+  }
+  return {};
+}
+
+int cmd_plan(int argc, char** argv) {
+  std::string local, file, build, keyfile;
+  art::PlanOptions po;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--local") local = value();
+    else if (a == "-k" || a == "--key") keyfile = value();
+    else if (a == "--build") build = value();
+    else if (a == "--gap") {
+      auto n = number(value());
+      if (!n) return die("plan: --gap wants a number of bytes");
+      po.coalesce_gap = *n;
+    } else if (a == "--threshold") {
+      auto v = value();
+      char* end = nullptr;
+      po.full_threshold = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end || po.full_threshold <= 0 || po.full_threshold > 1)
+        return die("plan: --threshold wants a fraction in (0, 1], got '" + v + "'");
+    } else if (file.empty() && !a.starts_with("-")) file = a;
+    else return die("plan: unexpected '" + a + "'\n" + usage);
+  }
+  if (local.empty() || file.empty()) return die("plan: --local OLD_IMAGE and NEW.mender are required\n" + std::string(usage));
+  art::ReaderOptions ro;
+  if (!keyfile.empty()) {
+    auto pem = slurp(keyfile);
+    if (!pem) return die("cannot read key " + keyfile);
+    ro.verify_key_pem = *pem;
+  }
+  auto h = art::read_header(file, ro);
+  if (!h) return die(h.error().message());
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return die("cannot stat " + file);
+  po.artifact_size = static_cast<std::uint64_t>(st.st_size);
+  po.data_offset = h->data_offset;
+
+  art::Plan plan;
+  std::optional<art::LocalTable> table;
+  const art::ChunkIndex* x = h->chunk_index.get();
+  if (!x) {
+    plan = art::plan_full(po.artifact_size, "the artifact has no chunk index");
+  } else {
+    std::cout << "chunk index: " << x->frames.size() << " frames of " << x->frame_size << " bytes, "
+              << x->block_size << "-byte blocks, " << x->block_hashes.size() << " block hashes\n";
+    auto t = art::index_local_file(local, *x);
+    if (!t) {
+      plan = art::plan_full(po.artifact_size, "no usable local data: " + t.error().message());
+    } else {
+      table = std::move(*t);
+      std::cout << "local data: " << local << ", " << mib(table->bytes_indexed) << " indexed, "
+                << table->entries.size() << " distinct wanted blocks found\n";
+      plan = art::plan_adaptive(*x, *table, po);
+    }
+  }
+  std::cout << "frames built locally: " << plan.frames_local << " (" << mib(plan.bytes_reused) << ")\n"
+            << "frames fetched: " << plan.frames_fetched << " in " << plan.ranges.size() << " ranges\n"
+            << "header and index: " << plan.prefix_bytes << " bytes\n"
+            << "bytes to fetch: " << plan.bytes_to_fetch << " of " << plan.artifact_size << " (";
+  std::printf("%.2f%%)\n", plan.fetch_fraction * 100);
+  std::fflush(stdout);
+  std::cout << "decision: " << (plan.full_download ? "full download: " + plan.reason : std::string("adaptive")) << "\n";
+  if (build.empty()) return 0;
+  if (!x || !table) return die("plan: --build needs an index and local data");
+
+  // Run the plan: local frames from the old image, the others "fetched" from the artifact file.
+  int lfd = ::open(local.c_str(), O_RDONLY | O_CLOEXEC);
+  int afd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  int ofd = ::open(build.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (lfd < 0 || afd < 0 || ofd < 0) return die("plan: cannot open the local image, the artifact or " + build);
+  auto read_local = [&](std::uint64_t off, std::span<std::uint8_t> out) { return pread_all(lfd, local, off, out); };
+  auto fetch = [&](std::size_t, art::ByteRange r) -> tern::Result<std::vector<std::uint8_t>> {
+    std::vector<std::uint8_t> b(r.length);
+    if (auto e = pread_all(afd, file, r.offset, b); !e) return e.error();
+    return b;
+  };
+  auto write = [&](std::uint64_t off, std::span<const std::uint8_t> b) -> tern::Result<void> {
+    if (::pwrite(ofd, b.data(), b.size(), static_cast<off_t>(off)) != static_cast<ssize_t>(b.size()))
+      return tern::Error::from_errno("writing " + build, errno);
+    return {};
+  };
+  auto applied = art::apply_plan(*x, *table, plan, h->payload_sha256, read_local, fetch, write);
+  ::close(lfd);
+  ::close(afd);
+  if (::close(ofd) != 0 && applied) return die("closing " + build);
+  if (!applied) return die("plan --build: " + applied.error().message());
+  std::cout << "built " << build << ": " << applied->frames_local << " frames local, " << applied->frames_fetched
+            << " fetched, " << applied->frames_refetched << " re-fetched, " << applied->bytes_fetched
+            << " compressed bytes fetched; sha256 matches the manifest\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -196,6 +336,7 @@ int main(int argc, char** argv) {
   if (cmd == "read") return cmd_read(argc, argv, true);
   if (cmd == "validate") return cmd_read(argc, argv, false);
   if (cmd == "sign") return cmd_sign(argc, argv);
+  if (cmd == "plan") return cmd_plan(argc, argv);
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
     std::cout << usage;
     return 0;

@@ -24,8 +24,9 @@ constexpr std::size_t max_signature = 16 * 1024;
 constexpr std::size_t max_header_compressed = 16 * 1024 * 1024;
 constexpr std::size_t max_header_uncompressed = 16 * 1024 * 1024;
 constexpr std::size_t max_pax = 64 * 1024;
-// A prefix this large (a huge header.tar) is not worth saving: no checkpoints then.
-constexpr std::size_t max_prefix = 4 * 1024 * 1024;
+// A prefix this large (a huge header.tar) is not worth saving: no checkpoints then. The chunk index
+// makes headers of a few MiB normal (8 bytes per 1 KiB block of a 511 MiB image: 4 MiB).
+constexpr std::size_t max_prefix = 16 * 1024 * 1024;
 
 Error malformed(std::string m) { return artifact_error(ArtifactErrc::malformed, std::move(m)); }
 
@@ -275,6 +276,7 @@ struct Reader::Impl {
     } else if (stage == Stage::data && is_data_name(h->name)) {
       r = start_member(Member::data, 0);
       data_starting = true;
+      header.data_size = h->size;
     } else if (stage == Stage::done && h->name.starts_with("data/")) {
       return artifact_error(ArtifactErrc::unsupported,
                             "'" + h->name + "': more than one payload (Tern installs one rootfs-image)");
@@ -603,9 +605,29 @@ struct Reader::Impl {
     header.payload_name = name;
     header.payload_size = h.size;
     header.payload_sha256 = it->second;
+    header.data_offset = data_start;
+    if (auto r = check_index(); !r) return r;
     if (on_header)
       if (auto r = on_header(header); !r) return r;
     header_reported = true;
+    return {};
+  }
+
+  // The chunk index must describe this payload and this data member.
+  Result<void> check_index() const {
+    const auto* x = header.chunk_index.get();
+    if (!x) return {};
+    auto bad = [](const std::string& m) { return malformed("headers/0000/meta-data: chunk index: " + m); };
+    if (x->payload_size != header.payload_size)
+      return bad("it is for a payload of " + std::to_string(x->payload_size) + " bytes, the payload has " +
+                 std::to_string(header.payload_size));
+    Compression c = by_name(member_name);
+    if (x->compression != c || (c != Compression::zstd && c != Compression::none))
+      return bad("its frames are " + std::string(to_string(x->compression)) + ", the data member is " +
+                 std::string(to_string(c)));
+    if (x->frames_offset + x->compressed_size() > header.data_size)
+      return bad("its frames end at byte " + std::to_string(x->frames_offset + x->compressed_size()) +
+                 " of data/0000.tar, which has " + std::to_string(header.data_size));
     return {};
   }
 
@@ -801,6 +823,28 @@ Result<Header> read_file(const std::filesystem::path& path, ReaderOptions option
   if (in.bad()) return Error::from_errno("reading " + path.string(), errno);
   if (auto r = reader.finish(); !r) return r.error().context(path.string());
   return header;
+}
+
+Result<Header> read_header(const std::filesystem::path& path, ReaderOptions options) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + path.string(), errno);
+  std::optional<Header> header;
+  // The handler stops the reader once it has the header.
+  Reader reader(std::move(options), [&](const Header& h) -> Result<void> {
+    header = h;
+    return fail(Errc::cancelled, "header read");
+  }, nullptr);
+  std::vector<std::uint8_t> buf(64 * 1024);
+  while (in && !header) {
+    in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+    auto n = static_cast<std::size_t>(in.gcount());
+    if (n == 0) break;
+    if (auto r = reader.feed({buf.data(), n}); !r && !header) return r.error().context(path.string());
+  }
+  if (in.bad()) return Error::from_errno("reading " + path.string(), errno);
+  if (!header)
+    return artifact_error(ArtifactErrc::truncated, path.string() + ": the artifact ends before its payload");
+  return std::move(*header);
 }
 
 }  // namespace tern::artifacts

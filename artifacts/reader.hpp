@@ -17,12 +17,15 @@
 //
 // The HeaderHandler is called once, after header.tar is verified and the payload file's tar header
 // is read (so name and size are known) and before any payload byte reaches the sink: the agent
-// can refuse there (e.g. the payload does not fit the partition). An error returned by the handler
+// can refuse there (e.g. the payload does not fit the partition), and finds the chunk index there
+// (Header::chunk_index) to plan an adaptive install (adaptive.hpp). A malformed index is refused
+// with ArtifactErrc::malformed ("headers/0000/meta-data: chunk index: ..."). An error returned by the handler
 // or the sink stops the reader and is returned by feed() unchanged.
 //
 // Errors are sticky: after one, feed() and finish() return it again. Not thread-safe.
 #pragma once
 
+#include "artifacts/chunk_index.hpp"
 #include "artifacts/compress.hpp"
 #include "common/error.hpp"
 
@@ -69,6 +72,12 @@ struct Header {
   std::vector<std::pair<std::string, std::string>> scripts;  ///< state scripts: name, content
   bool signed_manifest = false;                      ///< manifest.sig present
   bool signature_verified = false;                   ///< and verified with the configured key
+  /// The chunk index from meta-data (chunk_index.hpp), checked against the payload's size and the
+  /// data member's compression and size; null when the artifact has none. Covered by the manifest
+  /// and its signature like the rest of header.tar. Shared: copying a Header does not copy it.
+  std::shared_ptr<const ChunkIndex> chunk_index;
+  std::uint64_t data_offset = 0;  ///< artifact byte where data/0000.tar.*'s content starts
+  std::uint64_t data_size = 0;    ///< its size (compressed)
 };
 
 /// A point an interrupted read can resume from: the data member's zstd decoder is exactly at a
@@ -127,7 +136,7 @@ class Reader {
 
   /// Asks for checkpoints at most every `every` payload bytes (at the first frame boundary past
   /// that). Call before the first feed(). Only zstd data members with several frames produce them;
-  /// a prefix over 4 MiB (a huge header) disables them.
+  /// a prefix over 16 MiB (a huge header) disables them.
   void enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint);
 
   /// Rebuilds the state of `checkpoint` instead of reading from byte 0: feeds `prefix` (which
@@ -160,6 +169,10 @@ class Reader {
 /// `sink` if given). Returns the header.
 Result<Header> read_file(const std::filesystem::path& path, ReaderOptions options,
                          Reader::PayloadSink sink = nullptr);
+
+/// Reads an artifact file only up to its header (the HeaderHandler's point: signature, manifest,
+/// header.tar and chunk index verified; no payload byte read past the data member's first frame).
+Result<Header> read_header(const std::filesystem::path& path, ReaderOptions options);
 
 }  // namespace tern::artifacts
 

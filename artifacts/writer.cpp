@@ -1,5 +1,6 @@
 #include "artifacts/writer.hpp"
 
+#include "artifacts/chunk_index.hpp"
 #include "artifacts/crypto.hpp"
 #include "artifacts/tar.hpp"
 #include "common/json.hpp"
@@ -17,6 +18,8 @@ namespace tern::artifacts {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr std::size_t max_index_text = 12 * 1024 * 1024;
 
 Error invalid(std::string m) { return fail(Errc::invalid_argument, std::move(m)); }
 
@@ -93,12 +96,89 @@ std::string data_member_header(std::string_view name, std::uint64_t size) {
   return out;
 }
 
+
+struct DataTar {
+  std::uint64_t size = 0;               // compressed bytes of data/0000.tar.*
+  std::optional<ChunkIndex> index;
+};
+
+// Writes the compressed data/0000.tar to `path`. zstd frames: the payload's tar header alone, then
+// one frame per frame_size bytes of payload (aligned on the payload, so on its ext4 blocks), then
+// the tar padding and end. The index records the payload frames.
+Result<DataTar> write_data_tar(const WriterOptions& o, const std::string& payload_name, std::uint64_t payload_size,
+                               const fs::path& path) {
+  std::ifstream in(o.payload, std::ios::binary);
+  if (!in) return Error::from_errno("opening payload " + o.payload.string(), errno);
+  std::vector<char> buf(1 << 20);
+  in.read(buf.data(), 4096);
+  auto head = std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(buf.data()),
+                                            static_cast<std::size_t>(in.gcount()));
+  in.clear();
+  in.seekg(0);
+  const bool framed = o.compression == Compression::zstd || o.compression == Compression::none;
+  const bool indexed = o.chunk_index && framed && payload_size > 0;
+  std::uint32_t block_size = o.chunk_block_size ? o.chunk_block_size : ext4_block_size(head).value_or(4096);
+  if (indexed && (block_size < 512 || (block_size & (block_size - 1)) || o.frame_size % block_size))
+    return invalid("writing artifact: the frame size " + std::to_string(o.frame_size) +
+                   " is not a multiple of the chunk index block size " + std::to_string(block_size));
+  if (o.frame_size > (64u << 20)) return invalid("writing artifact: frame size over 64 MiB");
+
+  Out out(path);
+  if (!out.ok()) return Error::from_errno("creating " + path.string(), errno);
+  auto z = make_compressor(o.compression, o.level);
+  Output sink = [&](std::span<const std::uint8_t> b) {
+    return out.write(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  };
+  auto feed = [&](std::string_view d) {
+    return z->feed({reinterpret_cast<const std::uint8_t*>(d.data()), d.size()}, sink);
+  };
+  struct stat st {};
+  ::stat(o.payload.c_str(), &st);
+  std::string inner;
+  tar::write_file_header(inner, payload_name, payload_size, 0644, st.st_mtime);
+  if (auto r = feed(inner); !r) return r.error();
+  if (auto r = z->end_frame(sink); !r) return r.error();
+  std::optional<ChunkIndexBuilder> builder;
+  if (indexed) builder.emplace(block_size, static_cast<std::uint32_t>(o.frame_size), payload_size, o.compression, out.pos());
+
+  std::uint64_t done = 0, frame_start = out.pos();
+  while (done < payload_size) {
+    auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), payload_size - done));
+    want = static_cast<std::size_t>(std::min<std::uint64_t>(want, o.frame_size - done % o.frame_size));
+    in.read(buf.data(), static_cast<std::streamsize>(want));
+    if (static_cast<std::size_t>(in.gcount()) != want)
+      return fail(Errc::io, "reading payload " + o.payload.string() + ": it changed while being written");
+    if (auto r = feed(std::string_view(buf.data(), want)); !r) return r.error();
+    if (builder) builder->feed({reinterpret_cast<const std::uint8_t*>(buf.data()), want});
+    done += want;
+    if (done % o.frame_size == 0 || done == payload_size) {
+      if (auto r = z->end_frame(sink); !r) return r.error();
+      if (builder) builder->frame_done(out.pos() - frame_start);
+      frame_start = out.pos();
+    }
+    if (o.progress) o.progress(done, payload_size);
+  }
+  std::string tail(tar::padding(payload_size), '\0');
+  tar::write_end(tail);
+  if (auto r = feed(tail); !r) return r.error();
+  if (auto r = z->finish(sink); !r) return r.error();
+  if (auto r = out.close(); !r) return r.error();
+  DataTar d;
+  d.size = out.pos();
+  if (builder) {
+    auto idx = builder->finish();
+    if (!idx) return idx.error();
+    d.index = std::move(*idx);
+  }
+  return d;
+}
+
 }  // namespace
 
 Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_path) {
   if (o.device_types.empty()) return invalid("writing artifact: at least one device type (-t) is required");
   if (o.artifact_name.empty()) return invalid("writing artifact: an artifact name (-n) is required");
-  if (o.compression == Compression::zstd && o.frame_size == 0) return invalid("writing artifact: zero frame size");
+  if (o.frame_size == 0) return invalid("writing artifact: zero frame size");
 
   auto payload = hash_file(o.payload);
   if (!payload) return payload.error();
@@ -133,6 +213,23 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   type_info["clears_artifact_provides"] = to_array(
       o.clears_provides.value_or(std::vector<std::string>{"artifact_group", "rootfs_image_checksum", "rootfs-image.*"}));
 
+  // data/0000.tar.*, compressed first into a temporary file: the chunk index in the header needs
+  // every frame's compressed size.
+  fs::path tmp = out_path;
+  tmp += ".tmp";
+  fs::path data_tmp = out_path;
+  data_tmp += ".data.tmp";
+  struct Cleanup {
+    fs::path a, b;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove(a, ec);
+      fs::remove(b, ec);
+    }
+  } cleanup{tmp, data_tmp};
+  auto data = write_data_tar(o, payload_name, payload_size, data_tmp);
+  if (!data) return data.error();
+
   std::string header_tar;
   tar::write_file(header_tar, "header-info", json::write(info));
   for (auto& script : o.scripts) {
@@ -141,7 +238,17 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
     tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
   }
   tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
-  tar::write_file(header_tar, "headers/0000/meta-data", "");
+  std::string meta_data;
+  if (data->index) {
+    // The reader takes header.tar up to 16 MiB: an index over 12 MiB (payloads of several GiB)
+    // is left out, and such an artifact installs by the full stream.
+    auto encoded = data->index->encode();
+    if (encoded.size() <= max_index_text) {
+      boost::json::object meta{{std::string(chunk_index_key), std::move(encoded)}};
+      meta_data = json::write(meta);
+    }
+  }
+  tar::write_file(header_tar, "headers/0000/meta-data", meta_data);
   tar::write_end(header_tar);
   auto header_z = compress_all(o.compression, header_tar);
   if (!header_z) return header_z.error().context("compressing header.tar");
@@ -156,8 +263,6 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   std::string manifest;
   for (auto& [name, digest] : entries) manifest += digest + "  " + name + "\n";
 
-  fs::path tmp = out_path;
-  tmp += ".tmp";
   Out out(tmp);
   if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
   std::string head;
@@ -169,51 +274,20 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
     tar::write_file(head, "manifest.sig", *sig);
   }
   tar::write_file(head, header_name, *header_z);
+  head += data_member_header(data_name, data->size);
   if (auto r = out.write(head); !r) return r;
 
-  // data/0000.tar.*: header placeholder, then the compressed inner tar streamed from the payload.
-  std::uint64_t data_header_at = out.pos();
-  if (auto r = out.write(data_member_header(data_name, 0)); !r) return r;
-  std::uint64_t data_start = out.pos();
-  auto z = make_compressor(o.compression, o.level);
-  Output sink = [&](std::span<const std::uint8_t> b) {
-    return out.write(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
-  };
-  auto feed = [&](std::string_view d) {
-    return z->feed({reinterpret_cast<const std::uint8_t*>(d.data()), d.size()}, sink);
-  };
-  struct stat st {};
-  ::stat(o.payload.c_str(), &st);
-  std::string inner;
-  tar::write_file_header(inner, payload_name, payload_size, 0644, st.st_mtime);
-  if (auto r = feed(inner); !r) return r;
-
-  std::ifstream in(o.payload, std::ios::binary);
-  if (!in) return Error::from_errno("opening payload " + o.payload.string(), errno);
+  std::ifstream in(data_tmp, std::ios::binary);
+  if (!in) return Error::from_errno("opening " + data_tmp.string(), errno);
   std::vector<char> buf(1 << 20);
-  std::uint64_t done = 0, in_frame = inner.size();
-  while (done < payload_size) {
-    auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), payload_size - done));
-    if (o.compression == Compression::zstd)
-      want = static_cast<std::size_t>(std::min<std::uint64_t>(want, o.frame_size - in_frame % o.frame_size));
-    in.read(buf.data(), static_cast<std::streamsize>(want));
-    if (static_cast<std::size_t>(in.gcount()) != want)
-      return fail(Errc::io, "reading payload " + o.payload.string() + ": it changed while being written");
-    if (auto r = feed(std::string_view(buf.data(), want)); !r) return r;
-    done += want;
-    in_frame += want;
-    if (o.compression == Compression::zstd && in_frame % o.frame_size == 0)
-      if (auto r = z->end_frame(sink); !r) return r;
-    if (o.progress) o.progress(done, payload_size);
+  for (std::uint64_t left = data->size; left > 0;) {
+    auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+    in.read(buf.data(), static_cast<std::streamsize>(n));
+    if (static_cast<std::size_t>(in.gcount()) != n) return fail(Errc::io, "reading back " + data_tmp.string());
+    if (auto r = out.write(std::string_view(buf.data(), n)); !r) return r;
+    left -= n;
   }
-  std::string tail(tar::padding(payload_size), '\0');
-  tar::write_end(tail);
-  if (auto r = feed(tail); !r) return r;
-  if (auto r = z->finish(sink); !r) return r;
-  std::uint64_t data_size = out.pos() - data_start;
-  if (auto r = out.write(std::string(tar::padding(data_size), '\0')); !r) return r;
-  if (auto r = out.patch(data_header_at, data_member_header(data_name, data_size)); !r) return r;
-  std::string end;
+  std::string end(tar::padding(data->size), '\0');
   tar::write_end(end);
   if (auto r = out.write(end); !r) return r;
   if (auto r = out.close(); !r) return r;

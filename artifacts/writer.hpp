@@ -1,6 +1,7 @@
 // Writes rootfs-image artifacts in Mender's format version 3, as mender-artifact 4.4 does
 // (header-info and type-info key for key), with zstd by default as independent frames of a fixed
-// uncompressed size so an interrupted install can restart at a frame boundary.
+// uncompressed size so an interrupted install can restart at a frame boundary, and a chunk index
+// of those frames (chunk_index.hpp) so a device can build most of an update from its own data.
 #pragma once
 
 #include "artifacts/compress.hpp"
@@ -31,7 +32,17 @@ struct WriterOptions {
   std::vector<std::filesystem::path> scripts;  ///< state scripts (Mender's names)
   Compression compression = Compression::zstd;
   int level = -1;                          ///< compression level, -1 for the format's default
-  std::uint64_t frame_size = 4 * 1024 * 1024;  ///< zstd: uncompressed bytes per independent frame
+  /// zstd: uncompressed payload bytes per independent frame (the payload's tar header and the tar
+  /// end have their own frames, so frames are aligned on the payload's blocks). Chosen by
+  /// measurement (README "Adaptive updates"): small enough that a changed file costs little to
+  /// fetch, large enough to keep the compression ratio.
+  std::uint64_t frame_size = 64 * 1024;
+  /// Add the chunk index (chunk_index.hpp) to headers/0000/meta-data, for zstd and uncompressed
+  /// payloads (gzip and xz streams cannot be entered in the middle: no index). Left out when its
+  /// text would pass 12 MiB (8 bytes per block: a payload of about 6 GiB at 4 KiB blocks).
+  bool chunk_index = true;
+  /// Block size of the index's hashes; 0: the payload's ext4 block size, or 4096 if not ext4.
+  std::uint32_t chunk_block_size = 0;
   std::optional<std::string> signing_key_pem;  ///< RSA, EC P-256 or Ed25519 private key
   /// Called as the payload is written: (bytes done, total).
   std::function<void(std::uint64_t, std::uint64_t)> progress;

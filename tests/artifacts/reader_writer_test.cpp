@@ -90,7 +90,9 @@ TEST_F(ArtifactTest, ZstdPayloadIsWrittenAsIndependentFrames) {
   auto [off, size] = member(a, "data/0000.tar.zst");
   std::string_view data(a.data() + off, size);
   std::size_t frames = 0;
+  std::vector<std::size_t> starts;
   while (!data.empty()) {
+    starts.push_back(size - data.size());
     std::size_t n = ZSTD_findFrameCompressedSize(data.data(), data.size());
     ASSERT_FALSE(ZSTD_isError(n)) << ZSTD_getErrorName(n);
     // Each frame decompresses on its own.
@@ -100,8 +102,21 @@ TEST_F(ArtifactTest, ZstdPayloadIsWrittenAsIndependentFrames) {
     data.remove_prefix(n);
     ++frames;
   }
-  // 512-byte tar header + 300 KiB + end blocks, in 64 KiB frames.
-  EXPECT_EQ(frames, (512 + payload.size() + 1024 + o.frame_size - 1) / o.frame_size);
+  // The 512-byte tar header alone, 300 KiB in 64 KiB frames aligned on the payload, the tar end.
+  const std::size_t payload_frames = (payload.size() + o.frame_size - 1) / o.frame_size;
+  EXPECT_EQ(frames, 1 + payload_frames + 1);
+  // The chunk index says where each payload frame starts, and how long it is.
+  auto r = read_chunked(a, {}, 65536);
+  ASSERT_TRUE(r.result) << r.result.error().message();
+  ASSERT_TRUE(r.header->chunk_index);
+  const auto& x = *r.header->chunk_index;
+  ASSERT_EQ(x.frames.size(), payload_frames);
+  EXPECT_EQ(r.header->data_offset, off);
+  EXPECT_EQ(r.header->data_size, size);
+  for (std::size_t i = 0; i < payload_frames; ++i) {
+    EXPECT_EQ(x.frames[i].offset, starts[i + 1]) << i;
+    EXPECT_EQ(x.frames[i].offset + x.frames[i].size, starts[i + 2]) << i;
+  }
 }
 
 TEST_F(ArtifactTest, SignaturesRsaEcdsaEd25519) {
