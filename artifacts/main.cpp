@@ -4,6 +4,7 @@
 #include "artifacts/crypto.hpp"
 #include "artifacts/reader.hpp"
 #include "artifacts/writer.hpp"
+#include "common/file.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -39,11 +40,9 @@ int die(const std::string& msg) {
 }
 
 std::optional<std::string> slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  auto text = tern::read_file(path);
+  if (!text) return std::nullopt;
+  return std::move(*text);
 }
 
 bool split_kv(const std::string& s, std::string& k, std::string& v) {
