@@ -123,8 +123,11 @@ TEST(StateStore, RoundTripsAtomicallyAndCountsSequences) {
   auto last = store->next_seq();
   ASSERT_TRUE(last);
   EXPECT_GT(std::stoull(on_disk), *last) << "the file holds the end of the reservation";
+  const auto reserved = std::stoull(read_file(dir / "state/seq"));
   auto third = agent::StateStore::open(dir / "state");
-  EXPECT_GT(*third->next_seq(), std::stoull(read_file(dir / "state/seq"))) << "a restart starts past every reservation";
+  auto after_restart = third->next_seq();
+  ASSERT_TRUE(after_restart);
+  EXPECT_GT(*after_restart, reserved) << "a restart starts past every reservation";
 
   for (int i = 0; i < 70; ++i) ASSERT_TRUE(store->add_finished_deployment("d" + std::to_string(i)));
   auto fin = store->finished_deployments();
