@@ -78,13 +78,7 @@ class DaemonTest : public ::testing::Test {
     }
     return out;
   }
-  /// Running, not a zombie waiting for a reaper.
-  static bool alive(int pid) {
-    if (::kill(pid, 0) != 0) return false;
-    auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-    auto close = stat.rfind(')');
-    return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] != 'Z';
-  }
+  static bool alive(int pid) { return process_alive(pid); }
   static std::size_t count_lines(const std::string& text, const std::string& prefix) {
     std::size_t n = 0;
     std::istringstream in(text);

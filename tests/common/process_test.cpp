@@ -27,13 +27,7 @@ namespace asio = boost::asio;
 using namespace asio::experimental::awaitable_operators;
 using namespace std::chrono_literals;
 
-/// Running, not a zombie waiting for a reaper (a killed orphan stays one where init does not reap).
-bool alive(pid_t pid) {
-  if (::kill(pid, 0) != 0) return false;
-  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
-  auto close = stat.rfind(')');
-  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] != 'Z';
-}
+bool alive(pid_t pid) { return process_alive(pid); }
 
 /// Waits (bounded) until a pid file written by a test script appears and holds a pid.
 pid_t pid_from(const fs::path& file) {

@@ -204,6 +204,13 @@ std::string read_file(const fs::path& p) {
   return ss.str();
 }
 
+bool process_alive(int pid) {
+  if (::kill(pid, 0) != 0) return false;
+  auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] != 'Z';
+}
+
 void write_file(const fs::path& p, std::string_view contents) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   if (!out) throw std::runtime_error("cannot write " + p.string());

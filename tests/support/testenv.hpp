@@ -90,4 +90,8 @@ std::string read_file(const fs::path& p);
 /// Writes a whole file; throws std::runtime_error naming the path if it cannot.
 void write_file(const fs::path& p, std::string_view contents);
 
+/// Whether process `pid` runs: not gone, and not a zombie waiting for a reaper (a killed orphan
+/// stays one where the container's init does not reap).
+bool process_alive(int pid);
+
 }  // namespace tern::test
