@@ -67,6 +67,7 @@ Result<std::map<std::string, std::vector<std::string>>> depends_map(const json::
 // string, and base64 needs no escapes; the rest of the object is parsed as usual. Anywhere else
 // the whole document is parsed (same result, more memory).
 Result<void> parse_meta_data(std::string_view content, Header& h) {
+  h.meta_data_json = std::string(content);
   if (content.empty()) return {};
   const std::string lead = "{\"" + std::string(chunk_index_key) + "\":\"";
   std::string rest;
@@ -84,20 +85,24 @@ Result<void> parse_meta_data(std::string_view content, Header& h) {
   }
   auto o = parse_json(fast ? rest : std::string(content), "meta-data", 48 * 1024 * 1024);
   if (!o) return o.error();
-  std::string text;
+  std::string general;  // the index's text when it was found by the JSON parser
+  std::string_view text;
   if (fast) {
     if (o->has(chunk_index_key)) return malformed("headers/0000/meta-data: '" + std::string(chunk_index_key) + "' appears twice");
-    text = std::string(*fast);
+    text = *fast;
   } else if (o->has(chunk_index_key)) {
     auto t = o->string(chunk_index_key);
     if (!t) return malformed("headers/0000/meta-data: " + t.error().message());
-    text = std::move(*t);
+    general = std::move(*t);
+    text = general;
   } else {
     return {};
   }
   auto index = ChunkIndex::decode(text);
   if (!index) return index.error().context("headers/0000/meta-data");
   h.chunk_index = std::make_shared<const ChunkIndex>(std::move(*index));
+  // The index (megabytes of base64) is kept once, decoded: not again in every copy of the header.
+  if (fast) h.meta_data_json = std::move(rest);
   return {};
 }
 
@@ -163,7 +168,6 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
       h.clears_provides = *clears;
     } else if (name == "headers/0000/meta-data") {
       if (auto r = parse_meta_data(content, h); !r) return r;
-      h.meta_data_json = content;
     } else if (name.starts_with("scripts/")) {
       h.scripts.emplace_back(name.substr(8), content);
     } else if (name.starts_with("headers/0001/")) {

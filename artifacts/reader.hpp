@@ -68,7 +68,8 @@ struct Header {
   std::uint64_t payload_size = 0;                    ///< its uncompressed size
   std::string payload_sha256;                        ///< expected, from the manifest
   Compression compression = Compression::none;       ///< of header.tar and data/0000.tar
-  std::string meta_data_json;                        ///< headers/0000/meta-data, may be empty
+  std::string meta_data_json;  ///< headers/0000/meta-data, may be empty; without Tern's chunk index
+                               ///< when it stands first (as the writer puts it): see chunk_index
   std::vector<std::pair<std::string, std::string>> scripts;  ///< state scripts: name, content
   bool signed_manifest = false;                      ///< manifest.sig present
   bool signature_verified = false;                   ///< and verified with the configured key

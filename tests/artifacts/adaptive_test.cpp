@@ -163,7 +163,13 @@ TEST_F(AdaptiveTest, ReaderRefusesAnIndexThatDoesNotFitItsArtifact) {
     ASSERT_TRUE(r.result) << r.result.error().message();
     ASSERT_TRUE(r.header->chunk_index);
     EXPECT_EQ(r.header->chunk_index->serialize(), h.chunk_index->serialize());
-    EXPECT_EQ(r.header->meta_data_json, m);
+    // Taken out of the text when it stands first (kept decoded once), left in place otherwise.
+    if (m.starts_with(R"({"tern.chunk-index")")) {
+      EXPECT_EQ(r.header->meta_data_json.find("tern.chunk-index"), std::string::npos) << r.header->meta_data_json;
+      EXPECT_NE(r.header->meta_data_json.find(R"("note":"x")"), std::string::npos) << r.header->meta_data_json;
+    } else {
+      EXPECT_EQ(r.header->meta_data_json, m);
+    }
   }
 
   struct Case {
