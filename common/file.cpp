@@ -38,6 +38,22 @@ Result<std::string> read_file(const std::filesystem::path& path, std::size_t max
   return out;
 }
 
+Result<std::string> read_head(const std::filesystem::path& path, std::size_t bytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Error::from_errno("reading " + path.string(), errno);
+  std::string out(bytes, '\0');
+  std::size_t got = 0;
+  while (got < bytes) {
+    ssize_t n = ::read(fd.get(), out.data() + got, bytes - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno("reading " + path.string(), errno);
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  out.resize(got);
+  return out;
+}
+
 Result<void> write_file_atomic(const std::filesystem::path& path, std::string_view content) {
   auto tmp = path;
   tmp += ".tmp";

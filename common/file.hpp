@@ -43,6 +43,10 @@ class UniqueFd {
 /// path (missing, unreadable), Errc::invalid_argument when the file is larger than `max_size`.
 Result<std::string> read_file(const std::filesystem::path& path, std::size_t max_size = 0);
 
+/// Reads the first `bytes` bytes of a file (fewer when the file is shorter). Errors: Errc::io naming
+/// the path.
+Result<std::string> read_head(const std::filesystem::path& path, std::size_t bytes);
+
 /// Replaces `path` with `content` atomically and durably: a temporary beside it, fsync, rename,
 /// fsync of the directory. A power cut at any instant leaves the old or the new file, never a torn
 /// one. Errors: Errc::io naming the step and the path.

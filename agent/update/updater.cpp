@@ -43,9 +43,9 @@ Result<PipelineResume> saved_resume_point(const StateStore& store, const Install
     if ((*rec)->etag.empty() && (*rec)->last_modified.empty())
       return fail(Errc::invalid_argument, "the server sent no ETag or Last-Modified to resume against");
   } else {
-    auto head = read_file(job.source, 0);
-    if (!head || head->size() < checkpoint->prefix_size ||
-        artifacts::Sha256::hex(std::string_view(*head).substr(0, checkpoint->prefix_size)) != checkpoint->prefix_sha256)
+    // Only the prefix the checkpoint vouches for (a few KiB to a few MiB), never the artifact.
+    auto head = read_head(job.source, static_cast<std::size_t>(std::min<std::uint64_t>(checkpoint->prefix_size, 64u << 20)));
+    if (!head || head->size() != checkpoint->prefix_size || artifacts::Sha256::hex(*head) != checkpoint->prefix_sha256)
       return fail(Errc::invalid_argument, job.source + " is not the file the checkpoint was taken from");
   }
   auto prefix = store.load_resume_prefix();

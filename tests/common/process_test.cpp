@@ -209,6 +209,12 @@ TEST(Files, AtomicWriteAndBoundedRead) {
   auto too_big = tern::read_file(tmp / "a.json", 4);
   ASSERT_FALSE(too_big);
   EXPECT_NE(too_big.error().message().find("a.json"), std::string::npos);
+  auto head = read_head(tmp / "a.json", 4);
+  ASSERT_TRUE(head);
+  EXPECT_EQ(*head, "{\"x\"");
+  auto whole = read_head(tmp / "a.json", 1000);
+  ASSERT_TRUE(whole);
+  EXPECT_EQ(*whole, "{\"x\":1}\n") << "a shorter file is read whole";
   auto missing = tern::read_file(tmp / "missing");
   ASSERT_FALSE(missing);
   EXPECT_NE(missing.error().message().find("missing"), std::string::npos);
