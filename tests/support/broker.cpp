@@ -7,8 +7,9 @@
 
 namespace tern::test {
 
-Broker::Broker() : port_(free_port()), services_port_(free_port()) {
+Broker::Broker() : port_(free_port()), services_port_(free_port()), websockets_port_(free_port()) {
   while (services_port_ == port_) services_port_ = free_port();
+  while (websockets_port_ == port_ || websockets_port_ == services_port_) websockets_port_ = free_port();
   start();
 }
 
@@ -23,9 +24,10 @@ void Broker::start() {
   process_ = std::make_unique<Process>(
       std::vector<std::string>{(source_dir() / "scripts/run-broker").string(), state_.path().string(),
                                std::to_string(port_), "--services-port",
-                               std::to_string(services_port_), "--bind", "127.0.0.1", "--certs", certs().string()},
+                               std::to_string(services_port_), "--websockets-port",
+                               std::to_string(websockets_port_), "--bind", "127.0.0.1", "--certs", certs().string()},
       state_.path() / "broker.log");
-  for (int p : {port_, services_port_}) {
+  for (int p : {port_, services_port_, websockets_port_}) {
     if (!wait_for_port(p, 10s)) {
       process_->kill();
       throw std::runtime_error("mosquitto did not accept connections on port " + std::to_string(p) + ":\n" +

@@ -37,6 +37,8 @@ class Broker {
   /// The listener `identity` connects to: services for "bridge", "operator" and "operator-NAME",
   /// devices for everything else.
   int port_for(std::string_view identity) const;
+  /// The dashboard listener (TLS WebSockets; operators with passwords from certs()/operators.passwd).
+  int websockets_port() const { return websockets_port_; }
   const fs::path& state_dir() const { return state_.path(); }
 
   /// (Re)starts on the same port with the same persistence; waits until it accepts.
@@ -62,6 +64,7 @@ class Broker {
   TempDir state_{"tern-broker"};
   int port_;
   int services_port_;
+  int websockets_port_;
   std::unique_ptr<Process> process_;
 };
 
