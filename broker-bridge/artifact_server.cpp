@@ -98,6 +98,50 @@ std::optional<std::string> file_name_of(std::string_view target) {
   return name;
 }
 
+/// The relative path of a static file from "/a/b.js[?query]" ("/" and ".../" name index.html),
+/// percent-decoded; nullopt for empty or hidden segments ("..", ".git"), backslashes, control
+/// characters or more than 8 levels.
+std::optional<std::string> static_path_of(std::string_view target) {
+  if (!target.starts_with("/")) return std::nullopt;
+  if (const auto q = target.find_first_of("?#"); q != std::string_view::npos) target = target.substr(0, q);
+  std::string path;
+  for (std::size_t i = 1; i < target.size(); ++i) {
+    char c = target[i];
+    if (c == '%') {
+      if (i + 2 >= target.size()) return std::nullopt;
+      const int hi = hex_digit(target[i + 1]), lo = hex_digit(target[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
+    path += c;
+  }
+  if (path.empty() || path.ends_with('/')) path += "index.html";
+  int levels = 0;
+  for (std::size_t start = 0; start <= path.size();) {
+    auto slash = path.find('/', start);
+    if (slash == std::string::npos) slash = path.size();
+    const std::string_view seg(path.data() + start, slash - start);
+    if (seg.empty() || seg.starts_with(".") || ++levels > 8) return std::nullopt;
+    start = slash + 1;
+  }
+  return path;
+}
+
+const char* content_type_of(std::string_view name) {
+  static constexpr std::pair<std::string_view, const char*> types[] = {
+      {".html", "text/html; charset=utf-8"},  {".js", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},    {".json", "application/json"},
+      {".png", "image/png"},                  {".svg", "image/svg+xml"},
+      {".ico", "image/x-icon"},               {".txt", "text/plain; charset=utf-8"},
+      {".md", "text/plain; charset=utf-8"},
+  };
+  for (auto& [ext, type] : types)
+    if (name.ends_with(ext)) return type;
+  return "application/octet-stream";
+}
+
 struct ByteRange {
   std::uint64_t first = 0, length = 0;
 };
@@ -343,15 +387,26 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
   if (req.method() != http::verb::get && !head) {
     co_return co_await simple(stream, tcp, req, http::status::method_not_allowed, "only GET and HEAD");
   }
-  const auto name = file_name_of(req.target());
+  // An artifact, or (with static_root) a static file; `name` is what the counters call it.
+  const bool artifact = !opts.root.empty() && req.target().starts_with("/artifacts/");
+  const auto name = artifact || opts.static_root.empty() ? file_name_of(req.target()) : static_path_of(req.target());
   if (!name) {
     co_return co_await simple(stream, tcp, req, http::status::bad_request,
-                              "not an artifact path: " + std::string(req.target()));
+                              std::string(artifact || opts.static_root.empty() ? "not an artifact path: " : "not a file path: ") +
+                                  std::string(req.target()));
   }
-  const std::string path = (opts.root / *name).string();
+  const std::string path = ((artifact || opts.static_root.empty() ? opts.root : opts.static_root) / *name).string();
   UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   struct stat st {};
-  if (!file || ::fstat(file.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+  bool inside = true;
+  if (file && !artifact) {
+    // A symlink may point anywhere: serve only what really lies under the static root.
+    std::error_code ec;
+    const auto real = std::filesystem::canonical(path, ec).string();
+    const auto base = std::filesystem::canonical(opts.static_root, ec).string() + "/";
+    inside = !ec && real.starts_with(base);
+  }
+  if (!file || !inside || ::fstat(file.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
     const int err = errno;
     if (!file && err != ENOENT && err != ENOTDIR) {
       log::warn("artifact server: opening ", path, ": ", std::strerror(err));
@@ -368,7 +423,14 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
 
   http::response<http::empty_body> res{http::status::ok, 11};
   res.set(http::field::server, "tern-bridge");
-  res.set(http::field::content_type, "application/octet-stream");
+  res.set(http::field::content_type, artifact ? "application/octet-stream" : content_type_of(*name));
+  if (!artifact) {
+    res.set("X-Content-Type-Options", "nosniff");
+    res.set(http::field::cache_control, "no-cache");
+    res.set("Referrer-Policy", "no-referrer");
+    res.set("Content-Security-Policy",
+            "default-src 'self'; connect-src 'self' wss:; img-src 'self' data:; frame-ancestors 'none'");
+  }
   res.set(http::field::accept_ranges, "bytes");
   res.set(http::field::etag, etag);
   res.set(http::field::last_modified, last_modified);
@@ -437,8 +499,12 @@ ArtifactServer::~ArtifactServer() { stop(); }
 Result<std::uint16_t> ArtifactServer::start() {
   auto& o = impl_->opts;
   std::error_code fec;
-  if (!std::filesystem::is_directory(o.root, fec)) {
+  if ((!o.root.empty() || o.static_root.empty()) && !std::filesystem::is_directory(o.root, fec)) {
     return fail(Errc::invalid_argument, "artifact server: root " + o.root.string() + " is not a directory");
+  }
+  if (!o.static_root.empty() && !std::filesystem::is_directory(o.static_root, fec)) {
+    return fail(Errc::invalid_argument, "artifact server: static files folder " + o.static_root.string() +
+                                            " is not a directory");
   }
   boost::system::error_code ec;
   if (!o.cert_file.empty()) {

@@ -5,6 +5,14 @@
 // Files are streamed in fixed chunks, never buffered whole. 404 for a missing file, 400 for a path
 // with subdirectories, `..` or other oddities, 405 for other methods.
 //
+// With `static_root` set it also serves a folder of static files (the dashboard) at every other
+// path: "/" is index.html, "/vendor/x.js" the file vendor/x.js under it; a Content-Type by file
+// extension, `X-Content-Type-Options: nosniff`, a Content-Security-Policy that allows scripts and
+// styles only from the server itself and connections to it and to wss: (the broker). Path
+// segments that are empty, start with "." or hold a backslash or control character are refused
+// (400), and a file whose real path (symlinks resolved) leaves the folder is not served (404).
+// `root` may then be empty: no artifacts, only the static files.
+//
 // Hostile clients (the server faces the internet): a connection must send its first bytes, finish
 // the TLS handshake and send its first request header within `handshake_timeout` (each step gets
 // it afresh, so a slow but live link passes and a silent or dribbling one is closed); between
@@ -45,6 +53,8 @@ struct ArtifactServerOptions {
   std::chrono::milliseconds io_timeout{std::chrono::seconds(60)};
   std::size_t max_connections = 4096;             ///< open at once, in total
   std::size_t max_connections_per_address = 64;   ///< open at once from one client IP address
+  /// Non-empty: static files under it at every path outside /artifacts/ (see above).
+  std::filesystem::path static_root;
 };
 
 class ArtifactServer {

@@ -29,6 +29,8 @@ std::vector<std::string> subscription_filters(const BridgeOptions& o) {
                         "tern/fleet/devices/+/decommission", "tern/fleet/devices/+/group",
                         "tern/fleet/artifacts/add", "tern/fleet/artifacts/rescan", "tern/fleet/artifacts/list"})
     f.push_back(share + c);
+  // The dashboard's paged reads (fleet_queries.hpp).
+  for (const char* c : {"tern/fleet/devices/page", "tern/fleet/deployments/+/progress"}) f.push_back(share + c);
   return f;
 }
 

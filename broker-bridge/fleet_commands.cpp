@@ -2,6 +2,7 @@
 // changes nothing when it is refused.
 #include "broker-bridge/catalog.hpp"
 #include "broker-bridge/fleet.hpp"
+#include "broker-bridge/fleet_queries.hpp"
 #include "common/json.hpp"
 #include "common/log.hpp"
 #include "common/protocol.hpp"
@@ -147,6 +148,10 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
     else result = r.error();
   } else if (n == 4 && parts[2] == "artifacts" && parts[3] == "add") {
     result = add_artifact(msg.payload);
+  } else if (n == 4 && parts[2] == "devices" && parts[3] == "page") {
+    result = page_devices(store_, msg.payload);  // fleet_queries.hpp
+  } else if (n == 5 && parts[2] == "deployments" && parts[4] == "progress") {
+    result = deployment_progress(store_, parts[3]);
   }
 
   boost::json::object reply;
@@ -537,6 +542,7 @@ Result<Fleet::Reply> Fleet::preauthorize(std::string_view body, std::int64_t now
 Result<Fleet::Reply> Fleet::list_artifacts() {
   auto all = store_.artifacts();
   if (!all) return all.error();
+  const std::string signed_by = public_key_fingerprint(options_.verify_key_pem);  // the key it was checked with
   boost::json::array a;
   for (auto& art : *all) {
     boost::json::array types;
@@ -546,7 +552,8 @@ Result<Fleet::Reply> Fleet::list_artifacts() {
                                     {"size", art.size},
                                     {"sha256", art.sha256},
                                     {"device_types", std::move(types)},
-                                    {"signed", art.is_signed}});
+                                    {"signed", art.is_signed},
+                                    {"signed_by", art.is_signed ? signed_by : std::string()}});
   }
   return Reply{{"artifacts", std::move(a)}};
 }

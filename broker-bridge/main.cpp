@@ -25,6 +25,12 @@
 //                         (further connections are closed at once; see artifact_server.hpp)
 //   public_url            what devices are told, default "https://127.0.0.1:<port>"; the files
 //                         are at <public_url>/artifacts/<file>
+//   dashboard_dir         the dashboard's static files (the dashboard/ folder; packages:
+//                         /usr/share/tern/dashboard); empty (default): no dashboard. Served over
+//                         HTTPS (server_cert) by a second server on dashboard_bind (default
+//                         server_bind) : dashboard_port (default 8444, 0: ephemeral), with the
+//                         artifact server's connection limits and never a client certificate
+//                         (browsers log in to the broker's WebSockets listener with a password)
 //   shared_group          default "" (plain subscriptions, one bridge); "tern-bridge" splits device
 //                         traffic between bridges with $share/tern-bridge/... But Mosquitto 2.0.11
 //                         does not keep shared subscriptions over a broker restart: messages
@@ -77,7 +83,8 @@ int run(const std::string& config_path) {
                                     "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
                                     "server_bind", "server_port", "server_cert", "server_key",
                                     "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
-                                    "server_max_connections", "server_max_connections_per_address", "public_url", "shared_group", "retained_device_state", "session_expiry_seconds",
+                                    "server_max_connections", "server_max_connections_per_address", "public_url",
+                                    "dashboard_dir", "dashboard_bind", "dashboard_port", "shared_group", "retained_device_state", "session_expiry_seconds",
                                     "inbox_capacity", "log_level"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
@@ -153,6 +160,25 @@ int run(const std::string& config_path) {
     } else if (public_url.empty()) {
       throw ErrorException(fail(Errc::invalid_argument, config_path + ": public_url is required without serve_artifacts"));
     }
+    std::unique_ptr<bridge::ArtifactServer> dashboard;
+    if (auto dir = get(cfg->string("dashboard_dir", "")); !dir.empty()) {
+      bridge::ArtifactServerOptions so;
+      so.static_root = dir;
+      so.bind_address = get(cfg->string("dashboard_bind", get(cfg->string("server_bind", "0.0.0.0"))));
+      auto port = get(cfg->u64("dashboard_port", 8444));
+      if (port > 65535) throw ErrorException(fail(Errc::invalid_argument, config_path + ": dashboard_port is over 65535"));
+      so.port = static_cast<std::uint16_t>(port);
+      so.cert_file = get(cfg->string("server_cert", ""));
+      so.key_file = get(cfg->string("server_key", ""));
+      so.handshake_timeout = std::chrono::seconds(get(cfg->u64("server_handshake_seconds", 10)));
+      so.idle_timeout = std::chrono::seconds(get(cfg->u64("server_idle_seconds", 30)));
+      so.max_connections = get(cfg->u64("server_max_connections", 4096));
+      so.max_connections_per_address = get(cfg->u64("server_max_connections_per_address", 64));
+      dashboard = std::make_unique<bridge::ArtifactServer>(io.get_executor(), so);
+      auto bound = dashboard->start();
+      if (!bound) throw ErrorException(bound.error().context("starting the dashboard server"));
+      log::info("dashboard on ", so.cert_file.empty() ? "http" : "https", "://", so.bind_address, ":", *bound, "/");
+    }
     while (public_url.ends_with('/')) public_url.pop_back();
     o.fleet.artifact_base_url = public_url + "/artifacts";
 
@@ -182,6 +208,7 @@ int run(const std::string& config_path) {
       }
       signals.cancel();
       if (server) server->stop();
+      if (dashboard) dashboard->stop();
     });
     io.run();
     return status;
