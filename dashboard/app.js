@@ -341,7 +341,8 @@ const deployments = {
   render() {
     const list = $('#deployments');
     const shown = this.shown();
-    list.replaceChildren(...shown.map((s) => this.card(s)));
+    const legend = el('p', { class: 'legend' }, 'Statuses:', STATUSES.map((k) => el('span', { class: 's-' + k }, k)), el('span', { class: 's-other' }, 'other'));
+    list.replaceChildren(legend, ...shown.map((s) => this.card(s)));
     if (this.summaries.size > shown.length) list.append(el('p', { class: 'hint' }, (this.summaries.size - shown.length) + ' older deployments not shown.'));
     if (!shown.length) list.append(el('p', { class: 'hint' }, 'No deployments yet.'));
   },

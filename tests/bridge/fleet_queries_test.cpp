@@ -1,0 +1,181 @@
+// The dashboard's reads (fleet_queries.hpp) through Fleet::handle, like any command: devices/page
+// (filters, search, paging, counts, bad fields) and deployments/{id}/progress (per-phase counts,
+// bytes, failure reasons), and the signing key named by artifacts/list.
+#include <gtest/gtest.h>
+
+#include "artifacts/writer.hpp"
+#include "broker-bridge/fleet.hpp"
+#include "broker-bridge/fleet_queries.hpp"
+#include "broker-bridge/store.hpp"
+#include "common/protocol.hpp"
+#include "tests/bridge/test_store.hpp"
+#include "tests/support/testenv.hpp"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+namespace tern::test {
+namespace {
+
+namespace json = boost::json;
+
+struct Env {
+  TempDir dir{"tern-fleet-queries"};
+  std::unique_ptr<bridge::Store> store;
+  std::unique_ptr<bridge::Fleet> fleet;
+  std::string public_key;
+
+  Env() {
+    fs::create_directories(dir / "artifacts");
+    const auto r = run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " +
+                       shell_quote((dir / "key.pem").string()) + " && openssl pkey -in " +
+                       shell_quote((dir / "key.pem").string()) + " -pubout");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    public_key = r.output;
+    write_file(dir / "p.img", std::string(4096, 'x'));
+    artifacts::WriterOptions w;
+    w.payload = dir / "p.img";
+    w.device_types = {"qemu"};
+    w.artifact_name = "release-1";
+    w.signing_key_pem = read_file(dir / "key.pem");
+    auto a = artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender");
+    EXPECT_TRUE(a) << a.error().message();
+    store = bridge::Store::open(test_store(dir.path())).value();
+    bridge::FleetOptions o;
+    o.artifact_base_url = "https://127.0.0.1:1/artifacts";
+    o.artifact_dir = dir / "artifacts";
+    o.verify_key_pem = public_key;
+    fleet = std::make_unique<bridge::Fleet>(*store, o);
+    EXPECT_TRUE(fleet->rescan_artifacts());
+  }
+  json::object command(const std::string& topic, const std::string& body) {
+    mqtt::Message m;
+    m.topic = topic;
+    m.payload = body;
+    m.response_topic = "tern/fleet/replies/t";
+    json::object reply;
+    for (auto& out : fleet->handle(m, 1000))
+      if (out.topic == m.response_topic) reply = json::parse(out.payload).as_object();
+    EXPECT_FALSE(reply.empty()) << "no reply to " << topic;
+    return reply;
+  }
+  void device(const std::string& id, const std::string& admission, const std::string& group, bool online) {
+    bridge::DeviceRecord d;
+    d.id = id;
+    d.admission = admission;
+    d.group = group;
+    d.device_type = "qemu";
+    d.presence = online ? "online" : "offline";
+    ASSERT_TRUE(store->put_device(d));
+  }
+  void status(const std::string& dev, const std::string& dep, const std::string& word, std::uint64_t bytes,
+              std::uint64_t seq, const std::string& error = "") {
+    protocol::StatusEvent e;
+    e.deployment_id = dep;
+    e.status = protocol::parse_status_word(word).value();
+    e.bytes = bytes;
+    e.total = 1000;
+    e.seq = seq;
+    e.error = error;
+    mqtt::Message m;
+    m.topic = "tern/devices/" + dev + "/status";
+    m.payload = protocol::serialize(e);
+    fleet->handle(m, 1000);
+  }
+};
+
+std::vector<std::string> ids(const json::object& reply) {
+  std::vector<std::string> out;
+  for (auto& d : reply.at("devices").as_array()) out.emplace_back(d.at("id").as_string());
+  return out;
+}
+
+TEST(FleetQueries, DevicePagesFilterSearchAndCount) {
+  Env env;
+  for (int i = 0; i < 120; ++i) {
+    char id[16];
+    std::snprintf(id, sizeof id, "dev-%03d", i);
+    env.device(id, i % 3 == 0 ? "pending" : "accepted", i < 60 ? "lab" : "field", i % 2 == 0);
+  }
+  auto first = env.command("tern/fleet/devices/page", R"({"limit":50})");
+  ASSERT_TRUE(first.at("ok").as_bool()) << json::serialize(first);
+  EXPECT_EQ(first.at("total").as_int64(), 120);
+  EXPECT_EQ(first.at("matched").as_int64(), 120);
+  EXPECT_EQ(ids(first).size(), 50u);
+  EXPECT_EQ(ids(first).front(), "dev-000");
+  EXPECT_EQ(first.at("admission").at("pending").as_int64(), 40);
+  EXPECT_EQ(first.at("presence").at("online").as_int64(), 60);
+  EXPECT_FALSE(first.at("devices").as_array()[0].as_object().contains("inventory")) << "pages stay small";
+
+  auto last = env.command("tern/fleet/devices/page", R"({"offset":100,"limit":50})");
+  EXPECT_EQ(ids(last).size(), 20u);
+  EXPECT_EQ(ids(last).front(), "dev-100");
+
+  auto pending_field = env.command("tern/fleet/devices/page", R"({"admission":"pending","group":"field","presence":"online"})");
+  // i in 60..119, i % 3 == 0 and even: 60, 66, ..., 114.
+  EXPECT_EQ(pending_field.at("matched").as_int64(), 10);
+  EXPECT_EQ(ids(pending_field).front(), "dev-060");
+  EXPECT_EQ(pending_field.at("total").as_int64(), 120) << "counts are over the whole fleet";
+
+  auto search = env.command("tern/fleet/devices/page", R"({"search":"DEV-11"})");
+  EXPECT_EQ(ids(search), (std::vector<std::string>{"dev-110", "dev-111", "dev-112", "dev-113", "dev-114", "dev-115",
+                                                   "dev-116", "dev-117", "dev-118", "dev-119"}));
+
+  for (const char* bad : {R"({"limit":0})", R"({"limit":501})", R"({"offset":-1})", R"({"colour":"red"})", "[1,2]",
+                          R"({"search":7})"}) {
+    auto r = env.command("tern/fleet/devices/page", bad);
+    EXPECT_FALSE(r.at("ok").as_bool()) << bad;
+    EXPECT_NE(std::string(r.at("error").as_string()).find("devices/page"), std::string::npos) << json::serialize(r);
+  }
+}
+
+TEST(FleetQueries, ProgressPerPhaseWithBytesAndReasons) {
+  Env env;
+  for (auto id : {"d-1", "d-2", "d-3", "d-4"}) env.device(id, "accepted", "", true);
+  auto created = env.command("tern/fleet/deployments/create",
+                             R"({"id":"dep","artifact_name":"release-1","all":true,"phases":[50,100]})");
+  ASSERT_TRUE(created.at("ok").as_bool()) << json::serialize(created);
+  env.status("d-1", "dep", "downloading", 400, 1);
+  env.status("d-2", "dep", "downloading", 100, 1);
+  env.status("d-2", "dep", "failure", 100, 2, "health check failed");
+  auto p = env.command("tern/fleet/deployments/dep/progress", "");
+  ASSERT_TRUE(p.at("ok").as_bool()) << json::serialize(p);
+  auto& phases = p.at("phases").as_array();
+  ASSERT_EQ(phases.size(), 2u);
+  auto& one = phases[0].as_object();
+  EXPECT_EQ(one.at("percent").as_int64(), 50);
+  EXPECT_EQ(one.at("devices").as_int64(), 2);
+  EXPECT_EQ(one.at("counts").at("downloading").as_int64(), 1);
+  EXPECT_EQ(one.at("counts").at("failure").as_int64(), 1);
+  EXPECT_EQ(one.at("bytes").as_int64(), 500);
+  EXPECT_EQ(one.at("total_bytes").as_int64(), 2000);
+  auto& two = phases[1].as_object();
+  EXPECT_EQ(two.at("devices").as_int64(), 2);
+  EXPECT_EQ(two.at("counts").at("pending").as_int64(), 2) << "the second phase has not started";
+  auto& failures = p.at("failures").as_array();
+  ASSERT_EQ(failures.size(), 1u);
+  EXPECT_EQ(failures[0].at("device").as_string(), "d-2");
+  EXPECT_EQ(failures[0].at("error").as_string(), "health check failed");
+  EXPECT_EQ(failures[0].at("phase").as_int64(), 1);
+
+  auto unknown = env.command("tern/fleet/deployments/nope/progress", "");
+  EXPECT_FALSE(unknown.at("ok").as_bool());
+  EXPECT_NE(std::string(unknown.at("error").as_string()).find("'nope'"), std::string::npos);
+}
+
+TEST(FleetQueries, ArtifactListNamesTheSigningKey) {
+  Env env;
+  auto list = env.command("tern/fleet/artifacts/list", "");
+  ASSERT_TRUE(list.at("ok").as_bool()) << json::serialize(list);
+  auto& a = list.at("artifacts").as_array().at(0).as_object();
+  EXPECT_TRUE(a.at("signed").as_bool());
+  // The same fingerprint as the openssl CLI's.
+  const auto r = run("openssl pkey -in " + shell_quote((env.dir / "key.pem").string()) +
+                     " -pubout -outform DER | sha256sum | cut -d' ' -f1");
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_EQ(a.at("signed_by").as_string(), "SHA256:" + r.output.substr(0, 64));
+  EXPECT_EQ(bridge::public_key_fingerprint(std::string("not a key")), "");
+}
+
+}  // namespace
+}  // namespace tern::test
