@@ -429,7 +429,8 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
     res.set(http::field::cache_control, "no-cache");
     res.set("Referrer-Policy", "no-referrer");
     res.set("Content-Security-Policy",
-            "default-src 'self'; connect-src 'self' wss:; img-src 'self' data:; frame-ancestors 'none'");
+            "default-src 'self'; connect-src 'self' wss:; img-src 'self' data:; frame-ancestors 'none'; "
+            "worker-src 'self' blob:");  // MQTT.js runs its keepalive timer in a blob worker
   }
   res.set(http::field::accept_ranges, "bytes");
   res.set(http::field::etag, etag);

@@ -229,15 +229,21 @@ const fleet = {
       this.rows.set(d.id, Object.assign({}, known, d));
     }
     for (const id of [...this.rows.keys()]) if (!ids.includes(id)) this.rows.delete(id);
+    // Rows whose record did not change stay the same elements (a click in flight still lands).
     const body = $('#devices tbody');
-    body.replaceChildren(...ids.map((id) => this.row(this.rows.get(id))));
+    const shown = new Map([...body.children].map((tr) => [tr.dataset.device, tr]));
+    const rows = ids.map((id) => {
+      const tr = shown.get(id), d = this.rows.get(id);
+      return tr && tr.dataset.record === JSON.stringify(d) ? tr : this.row(d);
+    });
+    if (rows.length !== body.children.length || rows.some((tr, i) => body.children[i] !== tr)) body.replaceChildren(...rows);
     this.syncSubscriptions(ids);
   },
   row(d) {
     const actions = [];
     if (d.admission !== 'accepted') actions.push(el('button', { class: 'primary', dataset: { action: 'accept' }, onclick: (e) => { e.stopPropagation(); this.admit(d.id, 'accept'); } }, 'Accept'));
     if (d.admission === 'pending' || d.admission === 'accepted') actions.push(el('button', { class: 'danger', dataset: { action: 'reject' }, onclick: (e) => { e.stopPropagation(); this.admit(d.id, 'reject'); } }, 'Reject'));
-    return el('tr', { dataset: { device: d.id }, class: d.id === this.selected ? 'selected' : '', onclick: () => this.select(d.id) },
+    return el('tr', { dataset: { device: d.id, record: JSON.stringify(d) }, class: d.id === this.selected ? 'selected' : '', onclick: () => this.select(d.id) },
       el('td', { class: 'mono' }, d.id),
       el('td', {}, el('span', { class: 'dot ' + d.presence, dataset: { field: 'presence' } }, d.presence)),
       el('td', {}, el('span', { class: 'badge ' + d.admission, dataset: { field: 'admission' } }, d.admission)),
@@ -264,7 +270,7 @@ const fleet = {
     try { d = JSON.parse(text); } catch (e) { return; }
     this.rows.set(id, d);
     const old = document.querySelector('#devices tr[data-device="' + CSS.escape(id) + '"]');
-    if (old) old.replaceWith(this.row(d));
+    if (old && old.dataset.record !== JSON.stringify(d)) old.replaceWith(this.row(d));
     if (this.selected === id) this.detail(d);
   },
   select(id) {
