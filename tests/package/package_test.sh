@@ -46,7 +46,8 @@ expect_files "$agent_deb" ./usr/bin/tern-agent ./lib/systemd/system/tern-agent.s
   ./etc/tern/agent.conf.example ./var/lib/tern/
 expect_files "$bridge_deb" ./usr/bin/tern-bridge ./usr/bin/tern-artifact ./lib/systemd/system/tern-bridge.service \
   ./etc/tern/bridge.conf.example ./var/lib/tern-bridge/artifacts/ ./usr/share/tern/mosquitto/mosquitto.conf \
-  ./usr/share/tern/mosquitto/mosquitto.acl
+  ./usr/share/tern/mosquitto/mosquitto.acl ./usr/share/tern/mosquitto/mosquitto-operators.acl \
+  ./usr/share/tern/dashboard/index.html ./usr/share/tern/dashboard/vendor/mqtt.min.js
 dpkg-deb -f "$agent_deb" Depends | grep -q libubootenv || fail "tern-agent does not depend on libubootenv"
 dpkg-deb -f "$bridge_deb" Depends | grep -q libsqlite3 || fail "tern-bridge does not depend on libsqlite3"
 for deb in "$agent_deb" "$bridge_deb"; do
