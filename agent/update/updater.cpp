@@ -197,6 +197,8 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
 
   // An interrupted install of the same artifact goes on from its last checkpoint when it can.
   auto resumed = co_await offload(serial, [&](std::stop_token) -> Result<std::optional<PipelineResume>> {
+    // A new deployment starts its log; another attempt of the same one goes on with it.
+    dlog_.begin(job.deployment_id, job.attempt <= 1 && current.phase != Phase::downloading);
     auto saved = advance(s, Event::start);
     if (!saved) return saved.error();
     std::optional<PipelineResume> resume;
@@ -223,12 +225,10 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   if (!resumed) co_return resumed.error();
   std::optional<PipelineResume> resume = std::move(*resumed);
   s.phase = Phase::downloading;
-  dlog_.begin(job.deployment_id, job.attempt <= 1 && current.phase != Phase::downloading);
-  note('I', "installing " + job.source + " into " + partition_of(target).describe() + " (running partition " +
-                std::to_string(start->running) + ", attempt " + std::to_string(job.attempt) + ")");
-
   // Download_Enter: the root filesystem's scripts may veto (exit 1) or delay (21) the download.
   auto entered = co_await offload(pool_.any(), [&](std::stop_token stop) {
+    note('I', "installing " + job.source + " into " + partition_of(target).describe() + " (running partition " +
+                  std::to_string(start->running) + ", attempt " + std::to_string(job.attempt) + ")");
     return run_scripts(ScriptState::Download, ScriptAction::Enter, stop);
   });
   if (!entered) {
@@ -379,7 +379,10 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   auto left = co_await offload(pool_.any(), [&](std::stop_token stop) -> Result<void> {
     if (auto r = run_scripts(ScriptState::ArtifactInstall, ScriptAction::Leave, stop); !r) return r;
     failed_state = ScriptState::ArtifactReboot;
-    return run_scripts(ScriptState::ArtifactReboot, ScriptAction::Enter, stop);
+    if (auto r = run_scripts(ScriptState::ArtifactReboot, ScriptAction::Enter, stop); !r) return r;
+    note('I', "installed " + s.artifact_name + " into partition " + std::to_string(target) + "; reboot to try it");
+    dlog_.sync();
+    return {};
   });
   if (!left) {
     if (left.error().code() == make_error_code(Errc::cancelled))
@@ -392,8 +395,6 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     if (!f) co_return f.error();
     co_return err;
   }
-  note('I', "installed " + s.artifact_name + " into partition " + std::to_string(target) + "; reboot to try it");
-  dlog_.sync();
   InstallReport report;
   report.header = result->header;
   report.stats = *result;

@@ -16,10 +16,8 @@ void Updater::note(char level, const std::string& text) {
 }
 
 Result<void> Updater::run_scripts(ScriptState state, ScriptAction action, std::stop_token stop, bool ignore_errors) {
-  auto r = scripts_.run(state, action, stop, ignore_errors);
-  if (!r && r.error().code() != make_error_code(Errc::cancelled))
-    dlog_.line('E', std::string(to_string(state)) + "_" + std::string(to_string(action)) + " failed: " + r.error().message());
-  return r;
+  // Each failing script is in the deployment log already; the caller logs what it does next.
+  return scripts_.run(state, action, stop, ignore_errors);
 }
 
 Result<InstallState> Updater::fail_unswitched(InstallState s, const std::string& why, ScriptState failed,
