@@ -62,6 +62,11 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_SECS(inventory_interval, "InventoryPollIntervalSeconds")
   TERN_STR(inventory_scripts, "InventoryScriptsDir")
   TERN_SECS(inventory_script_timeout, "InventoryScriptTimeoutSeconds")
+  TERN_STR(rootfs_scripts_dir, "RootfsScriptsPath")
+  TERN_STR(artifact_scripts_dir, "ArtifactScriptsPath")
+  TERN_SECS(state_script_timeout, "StateScriptTimeoutSeconds")
+  TERN_SECS(state_script_retry_timeout, "StateScriptRetryTimeoutSeconds")
+  TERN_SECS(state_script_retry_interval, "StateScriptRetryIntervalSeconds")
 #undef TERN_STR
 #undef TERN_SECS
 #undef TERN_NUM
@@ -78,7 +83,8 @@ Result<AgentConfig> from_config(const Config& c) {
             "SessionExpirySeconds", "RetryMinMilliseconds", "RetryMaxSeconds", "DownloadReadTimeoutSeconds",
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
-            "InventoryScriptTimeoutSeconds"}))
+            "InventoryScriptTimeoutSeconds", "RootfsScriptsPath", "ArtifactScriptsPath", "StateScriptTimeoutSeconds",
+            "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");
@@ -89,6 +95,9 @@ Result<AgentConfig> from_config(const Config& c) {
   if (a.health_check_timeout.count() == 0 || a.inventory_script_timeout.count() == 0)
     return fail(Errc::invalid_argument,
                 c.origin() + ": HealthCheckTimeoutSeconds and InventoryScriptTimeoutSeconds must be at least 1");
+  if (a.state_script_timeout.count() == 0)
+    return fail(Errc::invalid_argument, c.origin() + ": StateScriptTimeoutSeconds must be at least 1");
+  if (a.artifact_scripts_dir.empty()) a.artifact_scripts_dir = a.data_dir / "scripts";
   if (a.bootloader != "uboot" && a.bootloader != "grub")
     return fail(Errc::invalid_argument,
                 c.origin() + ": Bootloader must be \"uboot\" or \"grub\", not \"" + a.bootloader + "\"");

@@ -59,6 +59,13 @@ struct AgentConfig {
   std::filesystem::path inventory_scripts;       ///< InventoryScriptsDir
   std::chrono::seconds inventory_script_timeout{30};  ///< InventoryScriptTimeoutSeconds: per script
 
+  // State scripts (Mender's keys and defaults; agent/update/state_scripts.hpp)
+  std::filesystem::path rootfs_scripts_dir = "/etc/mender/scripts";  ///< RootfsScriptsPath: Download scripts
+  std::filesystem::path artifact_scripts_dir;  ///< ArtifactScriptsPath: the artifact's scripts (default DataDir/scripts)
+  std::chrono::seconds state_script_timeout{3600};         ///< StateScriptTimeoutSeconds: per script
+  std::chrono::seconds state_script_retry_timeout{1800};   ///< StateScriptRetryTimeoutSeconds: exit 21 budget
+  std::chrono::seconds state_script_retry_interval{60};    ///< StateScriptRetryIntervalSeconds
+
   /// Loads and validates a configuration file. Errors name the file and the key.
   static Result<AgentConfig> load(const std::filesystem::path& path);
   static Result<AgentConfig> parse(std::string_view text, const std::string& origin);

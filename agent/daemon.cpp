@@ -7,6 +7,7 @@
 #include "common/clock.hpp"
 #include "common/file.hpp"
 #include "common/log.hpp"
+#include "common/log_protocol.hpp"
 #include "common/mqtt/client.hpp"
 #include "common/process.hpp"
 #include "common/protocol.hpp"
@@ -132,6 +133,7 @@ class Daemon {
                   : s.aborted         ? Status::aborted
                   : s.success         ? Status::success
                                       : Status::failure;
+      if (st == Status::failure) co_await send_log(s);  // before the status: there when it is seen
       report(s.job, st, s.aborted ? 0 : s.job.size, s.job.size, s.success ? "" : s.error, s.final_seq);
     }
     auto r = co_await state_op([&]() -> Result<void> {
@@ -141,6 +143,30 @@ class Daemon {
     });
     if (!r) log::error(r.error().message());
     inventory_changed();
+  }
+
+  /// A failed deployment's log, in pieces on tern/devices/{id}/log, queued like the statuses (the
+  /// same final seq after a power cut: the bridge keeps each piece once).
+  asio::awaitable<void> send_log(const InstallState& s_arg) {
+    const InstallState s = s_arg;
+    auto text = co_await offload(updater_->blocking().any(), [this, &s](std::stop_token) {
+      return updater_->deployment_log().read(s.job.deployment_id);
+    });
+    if (!text) {
+      log::warn("deployment ", s.job.deployment_id, ": no log to send: ", text.error().message());
+      co_return;
+    }
+    auto pieces = split_log(*text);
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      const LogPiece piece{.deployment_id = s.job.deployment_id,
+                           .seq = s.final_seq,
+                           .part = static_cast<std::uint32_t>(i),
+                           .parts = static_cast<std::uint32_t>(pieces.size()),
+                           .data = std::move(pieces[i])};
+      if (auto r = client_->enqueue({.topic = topics::log(config_.device_id), .payload = serialize(piece)}); !r)
+        log::error("sending the deployment log: ", r.error().message());
+    }
+    log::info("deployment ", s.job.deployment_id, ": sent its log (", text->size(), " bytes, ", pieces.size(), " pieces)");
   }
 
   void publish_presence(bool online) {

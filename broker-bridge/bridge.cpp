@@ -23,10 +23,11 @@ std::vector<std::string> subscription_filters(const BridgeOptions& o) {
   const std::string state_prefix = o.retained_device_state ? "" : share;
   f.push_back(state_prefix + "tern/devices/+/inventory");
   f.push_back(state_prefix + "tern/devices/+/presence");
+  f.push_back(share + "tern/devices/+/log");
   for (const char* c : {"tern/fleet/deployments/create", "tern/fleet/deployments/list",
                         "tern/fleet/deployments/+/abort", "tern/fleet/deployments/+/resume",
                         "tern/fleet/devices/list", "tern/fleet/devices/preauthorize", "tern/fleet/devices/+/accept", "tern/fleet/devices/+/reject",
-                        "tern/fleet/devices/+/decommission", "tern/fleet/devices/+/group",
+                        "tern/fleet/devices/+/decommission", "tern/fleet/devices/+/group", "tern/fleet/devices/+/log",
                         "tern/fleet/artifacts/add", "tern/fleet/artifacts/rescan", "tern/fleet/artifacts/list"})
     f.push_back(share + c);
   // The dashboard's paged reads (fleet_queries.hpp).

@@ -52,6 +52,7 @@ Outgoing Fleet::handle(const mqtt::Message& msg, std::int64_t now) {
     if (dt->kind == "status") return handle_status(dt->device_id, msg, now);
     if (dt->kind == "inventory") return handle_inventory(dt->device_id, msg, now);
     if (dt->kind == "presence") return handle_presence(dt->device_id, msg, now);
+    if (dt->kind == "log") return handle_log(dt->device_id, msg, now);
     return {};  // deployment: the bridge's own output
   }
   if (msg.topic.starts_with("tern/fleet/")) return handle_command(msg, now);
@@ -450,6 +451,12 @@ Result<boost::json::object> Fleet::summary(const DeploymentRecord& d) {
       f["status"] = r.status;
       f["error"] = r.error;
       f["attempt"] = r.attempt;
+      auto log = store_.deployment_log(r.device, d.id, false);
+      if (!log) return log.error();
+      if (*log) {
+        f["log"] = true;  // tern-fleet log DEVICE DEPLOYMENT prints it
+        f["log_complete"] = (*log)->complete();
+      }
       failures.push_back(std::move(f));
     }
   }

@@ -14,7 +14,9 @@
 // Topics (DESIGN.md): device traffic under tern/devices/{id}/{status,inventory,presence};
 // commands under tern/fleet/: deployments/create, deployments/list, deployments/{id}/abort,
 // deployments/{id}/resume, devices/list, devices/preauthorize,
-// devices/{id}/{accept,reject,decommission,group}, artifacts/add, artifacts/rescan, artifacts/list.
+// devices/{id}/{accept,reject,decommission,group}, devices/{id}/log, artifacts/add, artifacts/rescan,
+// artifacts/list. Devices send the log of a failed deployment on tern/devices/{id}/log; the
+// summary's failure entry then says "log": true.
 // Admission: accept, reject and preauthorize (a list of ids, optional group) work for devices never
 // seen: their record is created then, and a preauthorized device is accepted from its first
 // message. Decommission clears the device's retained deployment, inventory and presence. A command's body is a JSON object (empty
@@ -87,6 +89,8 @@ class Fleet {
   Outgoing handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_command(const mqtt::Message& msg, std::int64_t now);
+  /// tern/devices/{id}/log: a piece of a failed deployment's log (fleet_logs.cpp).
+  Outgoing handle_log(const std::string& device, const mqtt::Message& msg, std::int64_t now);
 
   // Commands: each returns the reply body's fields, or an error naming the problem.
   using Reply = boost::json::object;
@@ -96,6 +100,8 @@ class Fleet {
   Result<Reply> list_deployments();
   Result<Reply> list_devices();
   Result<Reply> list_artifacts();
+  /// devices/{id}/log: {"deployment_id": "..."}: the log the device sent for it (fleet_logs.cpp).
+  Result<Reply> device_log(const std::string& device, std::string_view body);
   Result<Reply> add_artifact(std::string_view body);
   Result<Reply> admission(const std::string& device, const std::string& verb, std::string_view body,
                           std::int64_t now, Outgoing& out);

@@ -140,6 +140,8 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
   } else if (n == 5 && parts[2] == "devices" &&
              (parts[4] == "accept" || parts[4] == "reject" || parts[4] == "decommission" || parts[4] == "group")) {
     result = tx([&] { return admission(parts[3], parts[4], msg.payload, now, effects); });
+  } else if (n == 5 && parts[2] == "devices" && parts[4] == "log") {
+    result = device_log(parts[3], msg.payload);
   } else if (n == 4 && parts[2] == "artifacts" && parts[3] == "list") {
     result = list_artifacts();
   } else if (n == 4 && parts[2] == "artifacts" && parts[3] == "rescan") {

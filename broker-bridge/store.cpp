@@ -80,6 +80,24 @@ CREATE TABLE history (
 );
 CREATE INDEX history_by_device ON history (deployment, device, seq);
 )sql",
+    // 2: deployment logs sent by devices when a deployment fails, in pieces.
+    R"sql(
+CREATE TABLE deployment_logs (
+  device TEXT NOT NULL,
+  deployment TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  parts INTEGER NOT NULL,
+  updated BIGINT NOT NULL,
+  PRIMARY KEY (device, deployment)
+);
+CREATE TABLE deployment_log_parts (
+  device TEXT NOT NULL,
+  deployment TEXT NOT NULL,
+  part INTEGER NOT NULL,
+  data TEXT NOT NULL,
+  PRIMARY KEY (device, deployment, part)
+);
+)sql",
 };
 
 using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
@@ -660,6 +678,74 @@ Result<std::optional<std::string>> Store::active_deployment_of(const std::string
     s.bind(device);
     if (!s.step()) return std::nullopt;
     return s.text(0);
+  });
+}
+
+// --- deployment logs -------------------------------------------------------------------------------
+
+Result<bool> Store::put_log_piece(const std::string& device, const std::string& deployment, std::uint64_t seq,
+                                  int part, int parts, const std::string& data, std::int64_t now) {
+  return guard("storing the log of " + deployment + " from " + device, [&]() -> bool {
+    std::optional<std::uint64_t> stored;
+    {
+      Stmt s(*impl_, "SELECT seq FROM deployment_logs WHERE device = ? AND deployment = ?");
+      s.bind(device).bind(deployment);
+      if (s.step()) stored = s.u64(0);
+    }
+    if (stored && *stored > seq) return false;  // a piece of an older log
+    if (!stored || *stored < seq) {
+      Stmt(*impl_, "DELETE FROM deployment_log_parts WHERE device = ? AND deployment = ?").bind(device).bind(deployment).run();
+      Stmt s(*impl_,
+             "INSERT INTO deployment_logs (device, deployment, seq, parts, updated) VALUES (?, ?, ?, ?, ?) "
+             "ON CONFLICT (device, deployment) DO UPDATE SET seq = excluded.seq, parts = excluded.parts, "
+             "updated = excluded.updated");
+      s.bind(device).bind(deployment).bind(seq).bind(parts).bind(now).run();
+    }
+    bool had = false;
+    {
+      Stmt s(*impl_, "SELECT 1 FROM deployment_log_parts WHERE device = ? AND deployment = ? AND part = ?");
+      s.bind(device).bind(deployment).bind(part);
+      had = s.step();
+    }
+    if (had) return false;
+    Stmt(*impl_, "INSERT INTO deployment_log_parts (device, deployment, part, data) VALUES (?, ?, ?, ?)")
+        .bind(device).bind(deployment).bind(part).bind(data).run();
+    Stmt(*impl_, "UPDATE deployment_logs SET updated = ? WHERE device = ? AND deployment = ?")
+        .bind(now).bind(device).bind(deployment).run();
+    return true;
+  });
+}
+
+Result<std::optional<DeploymentLogRecord>> Store::deployment_log(const std::string& device,
+                                                                 const std::string& deployment, bool with_data) {
+  return guard("reading the log of " + deployment + " from " + device, [&]() -> std::optional<DeploymentLogRecord> {
+    const std::string retry = deployment + "-retry-";
+    DeploymentLogRecord rec;
+    {
+      Stmt s(*impl_,
+             "SELECT deployment, seq, parts, updated FROM deployment_logs WHERE device = ? AND "
+             "(deployment = ? OR substr(deployment, 1, " + std::to_string(retry.size()) + ") = ?) "
+             "ORDER BY seq DESC LIMIT 1");
+      s.bind(device).bind(deployment).bind(retry);
+      if (!s.step()) return std::nullopt;
+      rec.device = device;
+      rec.deployment = s.text(0);
+      rec.seq = s.u64(1);
+      rec.parts = s.i32(2);
+      rec.updated = s.i64(3);
+    }
+    rec.pieces.assign(static_cast<std::size_t>(std::max(rec.parts, 0)), std::string());
+    rec.received.assign(rec.pieces.size(), false);
+    Stmt s(*impl_, std::string("SELECT part") + (with_data ? ", data" : "") +
+                       " FROM deployment_log_parts WHERE device = ? AND deployment = ? ORDER BY part");
+    s.bind(device).bind(rec.deployment);
+    while (s.step()) {
+      auto part = static_cast<std::size_t>(s.i64(0));
+      if (part >= rec.pieces.size()) continue;
+      if (with_data) rec.pieces[part] = s.text(1);
+      rec.received[part] = true;
+    }
+    return rec;
   });
 }
 

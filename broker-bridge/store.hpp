@@ -20,6 +20,7 @@
 
 #include "common/error.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -32,7 +33,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 1;
+inline constexpr int schema_version = 2;
 
 struct DeviceRecord {
   std::string id;
@@ -100,6 +101,18 @@ struct HistoryRecord {
   int attempt = 0;
 };
 
+/// A failed deployment's log as a device sent it (common/log_protocol.hpp), possibly still partial.
+struct DeploymentLogRecord {
+  std::string device;
+  std::string deployment;  ///< the id the device ran it under ("{id}-retry-N" for a retry)
+  std::uint64_t seq = 0;   ///< the failure status's seq: a newer log replaces an older one
+  int parts = 0;           ///< pieces the log has
+  std::vector<std::string> pieces;  ///< by part; a piece not received yet is missing from `received`
+  std::vector<bool> received;
+  std::int64_t updated = 0;
+  bool complete() const { return std::find(received.begin(), received.end(), false) == received.end(); }
+};
+
 /// Deployment statuses that end a device's part of a deployment.
 bool is_final_status(std::string_view status);
 
@@ -154,6 +167,17 @@ class Store {
   Result<std::map<std::string, std::uint64_t>> status_counts(const std::string& deployment);
   /// The deployment (running, paused or created) in which `device` has not reached a final status.
   Result<std::optional<std::string>> active_deployment_of(const std::string& device);
+
+  // Deployment logs (migration 2)
+  /// Keeps one piece of a device's log of `deployment`: a piece of a newer log (higher seq)
+  /// replaces the older log, a piece of an older one is dropped, a repeated piece is kept once.
+  /// Returns whether the piece was new.
+  Result<bool> put_log_piece(const std::string& device, const std::string& deployment, std::uint64_t seq, int part,
+                             int parts, const std::string& data, std::int64_t now);
+  /// The newest log `device` sent for `deployment` or one of its retries ("{id}-retry-N").
+  /// `with_data` false: which pieces arrived, without their text (for summaries).
+  Result<std::optional<DeploymentLogRecord>> deployment_log(const std::string& device, const std::string& deployment,
+                                                            bool with_data = true);
 
   // History
   Result<void> add_history(const HistoryRecord& h);

@@ -216,7 +216,7 @@ std::optional<DeviceTopic> parse_device_topic(std::string_view topic) {
   auto id = topic.substr(0, slash);
   auto kind = topic.substr(slash + 1);
   if (!valid_id(id)) return std::nullopt;
-  if (kind != "deployment" && kind != "status" && kind != "inventory" && kind != "presence")
+  if (kind != "deployment" && kind != "status" && kind != "inventory" && kind != "presence" && kind != "log")
     return std::nullopt;
   return DeviceTopic{std::string(id), std::string(kind)};
 }

@@ -80,7 +80,8 @@ std::string fleet_deployment(std::string_view deployment_id);
 std::string fleet_device(std::string_view device_id);
 inline constexpr std::string_view deployments_create = "tern/fleet/deployments/create";
 
-/// "tern/devices/{id}/{kind}" split into its id and kind (deployment, status, inventory, presence);
+/// "tern/devices/{id}/{kind}" split into its id and kind (deployment, status, inventory, presence,
+/// log: common/log_protocol.hpp);
 /// nullopt for any other topic or an invalid id.
 struct DeviceTopic {
   std::string device_id;

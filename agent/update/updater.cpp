@@ -78,7 +78,14 @@ Updater::Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, 
       slots_(std::move(slots)),
       env_(std::move(env)),
       store_(std::move(store)),
-      lock_(std::move(lock)) {
+      lock_(std::move(lock)),
+      dlog_(config_.data_dir / "deployment-logs"),
+      scripts_(StateScriptOptions{.rootfs_dir = config_.rootfs_scripts_dir,
+                                  .artifact_dir = config_.artifact_scripts_dir,
+                                  .timeout = config_.state_script_timeout,
+                                  .retry_interval = config_.state_script_retry_interval,
+                                  .retry_timeout = config_.state_script_retry_timeout},
+               dlog_) {
   download_.ca_file = config_.server_ca;
   download_.cert_file = config_.client_cert;
   download_.key_file = config_.client_key;
@@ -132,6 +139,8 @@ Result<InstallState> Updater::save(InstallState s) {
 Result<InstallState> Updater::advance(InstallState s, Event e) {
   auto next = agent::advance(s.phase, e);
   if (!next) return next.error();
+  dlog_.line('I', "state " + std::string(to_string(s.phase)) + " -> " + std::string(to_string(*next)) + " (" +
+                      std::string(to_string(e)) + ")");
   s.phase = *next;
   return save(std::move(s));
 }
@@ -188,6 +197,8 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
 
   // An interrupted install of the same artifact goes on from its last checkpoint when it can.
   auto resumed = co_await offload(serial, [&](std::stop_token) -> Result<std::optional<PipelineResume>> {
+    // A new deployment starts its log; another attempt of the same one goes on with it.
+    dlog_.begin(job.deployment_id, job.attempt <= 1 && current.phase != Phase::downloading);
     auto saved = advance(s, Event::start);
     if (!saved) return saved.error();
     std::optional<PipelineResume> resume;
@@ -214,8 +225,22 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   if (!resumed) co_return resumed.error();
   std::optional<PipelineResume> resume = std::move(*resumed);
   s.phase = Phase::downloading;
-  log::info("installing ", job.source, " into ", partition_of(target).describe(), " (running partition ",
-            start->running, ")");
+  // Download_Enter: the root filesystem's scripts may veto (exit 1) or delay (21) the download.
+  auto entered = co_await offload(pool_.any(), [&](std::stop_token stop) {
+    note('I', "installing " + job.source + " into " + partition_of(target).describe() + " (running partition " +
+                  std::to_string(start->running) + ", attempt " + std::to_string(job.attempt) + ")");
+    return run_scripts(ScriptState::Download, ScriptAction::Enter, stop);
+  });
+  if (!entered) {
+    if (entered.error().code() == make_error_code(Errc::cancelled))
+      co_return fail(AgentErrc::interrupted, "installing " + job.source + ": stopped in Download_Enter");
+    auto err = entered.error().context("Download_Enter");
+    auto f = co_await offload(serial, [&](std::stop_token stop) {
+      return fail_unswitched(s, err.message(), ScriptState::Download, stop);
+    });
+    if (!f) co_return f.error();
+    co_return err;
+  }
 
   HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
     if (h.artifact_name == installed.artifact_name)
@@ -309,7 +334,9 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   }
   if (!result) {
     auto err = result.error().context("installing " + job.source);
-    auto f = co_await offload(serial, [&](std::stop_token) { return finish_failure(s, err.message()); });
+    auto f = co_await offload(serial, [&](std::stop_token stop) {
+      return fail_unswitched(s, err.message(), ScriptState::Download, stop);
+    });
     if (!f) co_return f.error();
     co_return err;
   }
@@ -318,6 +345,25 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   s.artifact_name = result->header.artifact_name;
   s.provides = provides_of(result->header);
   s.clears_provides = result->header.clears_provides;
+  // Download_Leave; then the artifact's scripts take over, kept on the data partition for the
+  // states after the reboot; ArtifactInstall_Enter.
+  ScriptState failed_state = ScriptState::Download;
+  auto ready = co_await offload(pool_.any(), [&](std::stop_token stop) -> Result<void> {
+    if (auto r = run_scripts(ScriptState::Download, ScriptAction::Leave, stop); !r) return r;
+    if (auto r = scripts_.store_artifact_scripts(result->header.scripts); !r) return r;
+    failed_state = ScriptState::ArtifactInstall;
+    return run_scripts(ScriptState::ArtifactInstall, ScriptAction::Enter, stop);
+  });
+  if (!ready) {
+    if (ready.error().code() == make_error_code(Errc::cancelled))
+      co_return fail(AgentErrc::interrupted, "installing " + job.source + ": stopped in a state script");
+    auto err = ready.error().context("installing " + job.source);
+    auto f = co_await offload(serial, [&](std::stop_token stop) {
+      return fail_unswitched(s, err.message(), failed_state, stop);
+    });
+    if (!f) co_return f.error();
+    co_return err;
+  }
   auto switched = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
     auto switching = advance(s, Event::payload_written);
     if (!switching) return switching.error();
@@ -329,7 +375,26 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     return advance(*switching, Event::switch_stored);
   });
   if (!switched) co_return switched.error();
-  log::info("installed ", s.artifact_name, " into partition ", target, "; reboot to try it");
+  // ArtifactInstall_Leave and ArtifactReboot_Enter: a failure switches back.
+  auto left = co_await offload(pool_.any(), [&](std::stop_token stop) -> Result<void> {
+    if (auto r = run_scripts(ScriptState::ArtifactInstall, ScriptAction::Leave, stop); !r) return r;
+    failed_state = ScriptState::ArtifactReboot;
+    if (auto r = run_scripts(ScriptState::ArtifactReboot, ScriptAction::Enter, stop); !r) return r;
+    note('I', "installed " + s.artifact_name + " into partition " + std::to_string(target) + "; reboot to try it");
+    dlog_.sync();
+    return {};
+  });
+  if (!left) {
+    if (left.error().code() == make_error_code(Errc::cancelled))
+      co_return fail(AgentErrc::interrupted, "installing " + job.source + ": stopped in a state script");
+    auto err = left.error().context("installing " + job.source);
+    const InstallState at = *switched;
+    auto f = co_await offload(serial, [&](std::stop_token stop) {
+      return fail_switched(at, err.message(), failed_state, stop);
+    });
+    if (!f) co_return f.error();
+    co_return err;
+  }
   InstallReport report;
   report.header = result->header;
   report.stats = *result;
@@ -354,10 +419,13 @@ Result<InstallState> Updater::finish_commit(InstallState s) {
   if (!installed) return installed.error();
   Installed now{s.artifact_name, merge_provides(installed->provides, s.provides, s.clears_provides)};
   if (auto r = store_.save_installed(now); !r) return r.error();
+  // Committed: too late for an error path (Mender ignores ArtifactCommit_Leave failures); a power
+  // cut before the next line runs it again.
+  (void)run_scripts(ScriptState::ArtifactCommit, ScriptAction::Leave, {}, true);
   s.success = true;
   s.error.clear();
   s.reported = false;
-  log::info("committed ", s.artifact_name, " on partition ", s.target_part);
+  note('I', "committed " + s.artifact_name + " on partition " + std::to_string(s.target_part));
   return advance(std::move(s), Event::commit_stored);
 }
 
@@ -387,6 +455,9 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
   if (!running) return running.error();
   auto d = decide(*s, *running, *vars);
   out.action = d.action;
+  dlog_.begin(s->job.deployment_id, false);
+  dlog_.line('I', "agent started: " + std::string(to_string(s->phase)) + ", running partition " +
+                      std::to_string(*running) + ": " + std::string(to_string(d.action)));
   log::info("resuming install of ", s->artifact_name.empty() ? s->job.source : s->artifact_name, " (",
             to_string(s->phase), ", running partition ", *running, "): ", to_string(d.action));
 
@@ -411,13 +482,19 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
         if (!r) return r.error();
         s = *r;
       }
+      // ArtifactReboot_Leave, ArtifactCommit_Enter, the health check: any failure rolls back.
       std::string why;
-      if (auto h = run_health_check(why, stop); !h) {
-        if (h.error().code() == make_error_code(Errc::cancelled)) return h.error();  // verified on the next start
-        log::warn(why, ": rolling back to partition ", s->previous_part);
-        s->error = why;
-        if (auto r = advance(*s, Event::unhealthy); !r) return r.error();
-        if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
+      ScriptState failed_state = ScriptState::ArtifactReboot;
+      auto checked = [&]() -> Result<void> {
+        if (auto r = run_scripts(ScriptState::ArtifactReboot, ScriptAction::Leave, stop); !r) return r;
+        failed_state = ScriptState::ArtifactCommit;
+        if (auto r = run_scripts(ScriptState::ArtifactCommit, ScriptAction::Enter, stop); !r) return r;
+        return run_health_check(why, stop);
+      }();
+      if (!checked) {
+        if (checked.error().code() == make_error_code(Errc::cancelled)) return checked.error();  // verified on the next start
+        if (why.empty()) why = checked.error().message();
+        if (auto r = roll_back_after_reboot(*s, why, failed_state, stop); !r) return r.error();
         out.reboot = true;
         return out;
       }
@@ -439,9 +516,9 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
     case Action::fail: {
       if ((*vars)[bootvar::upgrade_available] == "1" && *running == s->previous_part)
         if (auto r = env_->write(vars_for_rollback(s->previous_part)); !r) return r.error();
-      auto f = finish_failure(*s, d.error);
+      auto f = finish_failure_with_scripts(*s, d.error, stop);
       if (!f) return f.error();
-      log::warn("install of ", s->artifact_name, " failed: ", d.error);
+      note('W', "install of " + s->artifact_name + " failed: " + d.error);
       out.finished = *f;
       return out;
     }

@@ -23,7 +23,9 @@
 #include "agent/errors.hpp"
 #include "agent/install/pipeline.hpp"
 #include "agent/state.hpp"
+#include "agent/update/deployment_log.hpp"
 #include "agent/update/state_machine.hpp"
+#include "agent/update/state_scripts.hpp"
 #include "common/blocking.hpp"
 
 #include <boost/asio/awaitable.hpp>
@@ -98,6 +100,8 @@ class Updater {
   BootEnv& bootenv() { return *env_; }
   /// Where blocking work runs: serial() for the state store and the boot environment.
   BlockingPool& blocking() { return pool_; }
+  /// Each deployment's log (DataDir/deployment-logs), with the output of its state scripts.
+  DeploymentLog& deployment_log() { return dlog_; }
 
  private:
   Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock);
@@ -109,12 +113,30 @@ class Updater {
   Result<void> run_health_check(std::string& why, std::stop_token stop);
   const PartitionRef& partition_of(int part) const;
 
+  // State scripts and the deployment log (updater_scripts.cpp). Blocking.
+  /// Logs `text` to the agent's log and the deployment's.
+  void note(char level, const std::string& text);
+  /// Runs STATE_ACTION's scripts (see state_scripts.hpp).
+  Result<void> run_scripts(ScriptState state, ScriptAction action, std::stop_token stop, bool ignore_errors = false);
+  /// Mender's error path for `failed` before the boot switch: its Error scripts, ArtifactRollback
+  /// and ArtifactFailure scripts (not for Download), and the install recorded as failed.
+  Result<InstallState> fail_unswitched(InstallState s, const std::string& why, ScriptState failed, std::stop_token stop);
+  /// The same after the switch was stored, before the reboot: the switch is taken back.
+  Result<InstallState> fail_switched(InstallState s, const std::string& why, ScriptState failed, std::stop_token stop);
+  /// The same on the new partition after the reboot: rolling back, a reboot to follow.
+  Result<void> roll_back_after_reboot(InstallState s, const std::string& why, ScriptState failed, std::stop_token stop);
+  /// After a restart that ends the install as failed (`fail`): ArtifactRollbackReboot_Leave when
+  /// it rolled back, ArtifactFailure scripts around recording the failure.
+  Result<InstallState> finish_failure_with_scripts(InstallState s, const std::string& why, std::stop_token stop);
+
   AgentConfig config_;
   Slots slots_;
   std::unique_ptr<BootEnv> env_;
   StateStore store_;
   DirLock lock_;  // held while this Updater lives
   DownloadOptions download_;  // from the configuration, for every install
+  DeploymentLog dlog_;
+  StateScripts scripts_;
   BlockingPool pool_;         // last: its threads stop before the members they use go
 };
 

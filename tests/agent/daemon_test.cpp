@@ -380,5 +380,27 @@ TEST_F(DaemonTest, ATaskThatThrowsEndsTheDaemonWithItsError) {
   EXPECT_NE(log.find("the daemon ended: exit status 1"), std::string::npos) << "a non-zero status for systemd:\n" << log;
 }
 
+// A Download_Enter script that keeps asking to retry later (exit 21, an hour between tries) holds
+// the deployment, not the daemon: its scripts run off the io thread, and the operator's withdrawal
+// stops the wait and reports the deployment aborted (no second run of the script, nothing written).
+TEST_F(DaemonTest, AStateScriptWaitingToRetryLaterIsStoppedByAWithdrawal) {
+  fs::create_directories(tmp / "scripts");
+  write_file(tmp / "scripts/Download_Enter_00_wait", "#!/bin/sh\necho ran >> " + shell_quote((tmp / "ran").string()) +
+                                                       "\nexit 21\n");
+  fs::permissions(tmp / "scripts/Download_Enter_00_wait", fs::perms::owner_all);
+  auto dev = device("device-1", {{"RootfsScriptsPath", (tmp / "scripts").string()},
+                                 {"StateScriptRetryIntervalSeconds", 3600},
+                                 {"StateScriptRetryTimeoutSeconds", 7200}});
+  const auto standby = dev->partition_sha(3);
+  SimDaemon d(*dev);
+  publish("device-1", deployment("dep-w", nginx.url("release-2.mender")));
+  ASSERT_TRUE(wait_until(d, [&] { return fs::exists(tmp / "ran"); })) << d.log();
+  publish("device-1", "");
+  ASSERT_TRUE(wait_until(d, [&] { return has(statuses("device-1", "dep-w"), "aborted"); })) << d.log();
+  EXPECT_EQ(read_file(tmp / "ran"), "ran\n");
+  EXPECT_EQ(dev->partition_sha(3), standby);
+  EXPECT_TRUE(d.running()) << d.log();
+}
+
 }  // namespace
 }  // namespace tern::test

@@ -219,5 +219,32 @@ TEST_F(Fleet, ABadArtifactFailsEverywhereAndTheSummarySaysWhy) {
   }
 }
 
+// Mender's Download_Enter veto on a device running the daemon: the deployment fails, the device
+// sends its deployment log (with the script's output) to the bridge, and the operator reads it.
+TEST_F(Fleet, AVetoedDeploymentsLogReachesTheBridgeAndTernFleetPrintsIt) {
+  add_artifact("release-2", "");
+  start_bridge();
+  add_devices(1);
+  fs::create_directories(tmp / "rootfs-scripts");
+  write_file(tmp / "rootfs-scripts/Download_Enter_00_battery", "#!/bin/sh\necho 'vetoed: on battery' >&2\nexit 1\n");
+  fs::permissions(tmp / "rootfs-scripts/Download_Enter_00_battery", fs::perms::owner_all);
+  devices[0]->set("RootfsScriptsPath", boost::json::string((tmp / "rootfs-scripts").string()));
+  start_daemons();
+  ASSERT_EQ(fleet("accept device-1").exit_code, 0);
+  auto r = deploy("release-2 --all --id fleet-log");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::string s;
+  ASSERT_TRUE(wait_until([&] { return finished(s = summary("fleet-log")) && s.find("\"log\":true") != std::string::npos; },
+                         60s))
+      << s;
+  EXPECT_NE(s.find("\"failure\":1"), std::string::npos) << s;
+  auto log = fleet("log device-1 fleet-log");
+  EXPECT_EQ(log.exit_code, 0) << log.output;
+  EXPECT_NE(log.output.find("vetoed: on battery"), std::string::npos) << log.output;
+  EXPECT_NE(log.output.find("Download_Enter_00_battery failed with exit status 1"), std::string::npos) << log.output;
+  EXPECT_NE(log.output.find("installing https://"), std::string::npos) << log.output;
+  EXPECT_EQ(devices[0]->env()["upgrade_available"], "0");
+}
+
 }  // namespace
 }  // namespace tern::test
