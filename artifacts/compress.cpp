@@ -1,5 +1,7 @@
 #include "artifacts/compress.hpp"
 
+#include "artifacts/codecs.hpp"
+
 #include <lzma.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -12,16 +14,8 @@
 namespace tern::artifacts {
 namespace {
 
-constexpr std::size_t chunk = 64 * 1024;
-// Most memory a decoder may ask for. An xz header can declare a dictionary of up to 1.5 GiB:
-// without a limit liblzma allocates that for a 10 KiB artifact
-// (tests/data/fuzz-corpus/crash-xz-1536mib-dictionary), and a large payload fills it, so memory
-// would grow with the payload. xz -9 needs 65 MiB; zstd refuses windows over 128 MiB by default.
-constexpr std::uint64_t max_decoder_memory = 128 * 1024 * 1024;
-
-Error corrupt(std::string_view fmt, std::string msg) {
-  return fail(Errc::invalid_argument, std::string(fmt) + " data: " + std::move(msg));
-}
+constexpr std::size_t chunk = detail::codec_chunk;
+using detail::corrupt;
 
 class NoneDecompressor final : public Decompressor {
  public:
@@ -30,92 +24,8 @@ class NoneDecompressor final : public Decompressor {
     return out(in);
   }
   Result<void> finish() override { return {}; }
-};
-
-class GzipDecompressor final : public Decompressor {
- public:
-  GzipDecompressor() {
-    std::memset(&zs_, 0, sizeof zs_);
-    inflateInit2(&zs_, 16 + MAX_WBITS);
-  }
-  ~GzipDecompressor() override { inflateEnd(&zs_); }
-  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
-    zs_.next_in = const_cast<Bytef*>(in.data());
-    zs_.avail_in = static_cast<uInt>(in.size());
-    for (;;) {
-      if (ended_) {
-        if (zs_.avail_in) return corrupt("gzip", "trailing bytes after the end of the stream");
-        return {};
-      }
-      zs_.next_out = buf_.data();
-      zs_.avail_out = static_cast<uInt>(buf_.size());
-      int rc = inflate(&zs_, Z_NO_FLUSH);
-      if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
-        return corrupt("gzip", zs_.msg ? zs_.msg : "inflate error " + std::to_string(rc));
-      std::size_t n = buf_.size() - zs_.avail_out;
-      if (n)
-        if (auto r = out({buf_.data(), n}); !r) return r;
-      if (rc == Z_STREAM_END) {
-        ended_ = true;
-        continue;
-      }
-      if (zs_.avail_in == 0 && zs_.avail_out != 0) return {};  // all input used, output not full
-      if (rc == Z_BUF_ERROR && n == 0) return {};
-    }
-  }
-  Result<void> finish() override {
-    if (!ended_) return corrupt("gzip", "truncated stream");
-    return {};
-  }
-
- private:
-  z_stream zs_;
-  std::array<Bytef, chunk> buf_;
-  bool ended_ = false;
-};
-
-class XzDecompressor final : public Decompressor {
- public:
-  XzDecompressor() { init_ok_ = lzma_stream_decoder(&ls_, max_decoder_memory, 0) == LZMA_OK; }
-  ~XzDecompressor() override { lzma_end(&ls_); }
-  Result<void> feed(std::span<const std::uint8_t> in, const Output& out) override {
-    if (!init_ok_) return corrupt("xz", "decoder initialisation failed");
-    ls_.next_in = in.data();
-    ls_.avail_in = in.size();
-    for (;;) {
-      if (ended_) {
-        if (ls_.avail_in) return corrupt("xz", "trailing bytes after the end of the stream");
-        return {};
-      }
-      ls_.next_out = buf_.data();
-      ls_.avail_out = buf_.size();
-      lzma_ret rc = lzma_code(&ls_, LZMA_RUN);
-      std::size_t n = buf_.size() - ls_.avail_out;
-      if (n)
-        if (auto r = out({buf_.data(), n}); !r) return r;
-      if (rc == LZMA_STREAM_END) {
-        ended_ = true;
-        continue;
-      }
-      if (rc == LZMA_MEMLIMIT_ERROR)
-        return corrupt("xz", "decoding needs " + std::to_string(lzma_memusage(&ls_) >> 20) +
-                                 " MiB of memory, over the limit of " +
-                                 std::to_string(max_decoder_memory >> 20) + " MiB");
-      if (rc != LZMA_OK && rc != LZMA_BUF_ERROR) return corrupt("xz", "decoder error " + std::to_string(rc));
-      if (ls_.avail_in == 0 && ls_.avail_out != 0) return {};
-      if (rc == LZMA_BUF_ERROR) return {};
-    }
-  }
-  Result<void> finish() override {
-    if (!ended_) return corrupt("xz", "truncated stream");
-    return {};
-  }
-
- private:
-  lzma_stream ls_ = LZMA_STREAM_INIT;
-  std::array<std::uint8_t, chunk> buf_;
-  bool ended_ = false;
-  bool init_ok_ = false;
+  bool at_frame_boundary() const override { return true; }
+  std::string save_state() const override { return "none"; }
 };
 
 class ZstdDecompressor final : public Decompressor {
@@ -132,6 +42,7 @@ class ZstdDecompressor final : public Decompressor {
     return {};
   }
   bool at_frame_boundary() const override { return last_ == 0; }
+  std::string save_state() const override { return last_ == 0 ? "zstd" : ""; }
   Result<std::size_t> feed_to_frame_end(std::span<const std::uint8_t> in, const Output& out) override {
     return decode(in, out, true);
   }
@@ -307,12 +218,29 @@ Compression detect(std::span<const std::uint8_t> h) {
 
 std::unique_ptr<Decompressor> make_decompressor(Compression c) {
   switch (c) {
-    case Compression::gzip: return std::make_unique<GzipDecompressor>();
-    case Compression::xz: return std::make_unique<XzDecompressor>();
+    case Compression::gzip: return detail::make_gzip_decompressor();
+    case Compression::xz: return detail::make_xz_decompressor();
     case Compression::zstd: return std::make_unique<ZstdDecompressor>();
     case Compression::none: break;
   }
   return std::make_unique<NoneDecompressor>();
+}
+
+Result<std::unique_ptr<Decompressor>> resume_decompressor(Compression c, std::string_view state) {
+  auto name = state.substr(0, state.find(' '));
+  const bool ours = c == Compression::gzip ? name == "gzip1" : c == Compression::xz ? name == "xz1" : name == to_string(c);
+  if (!ours)
+    return fail(Errc::invalid_argument, "the resume state is for '" + std::string(name) + "', the data is " +
+                                            std::string(to_string(c)));
+  switch (c) {
+    case Compression::gzip: return detail::resume_gzip_decompressor(state);
+    case Compression::xz: return detail::resume_xz_decompressor(state);
+    case Compression::zstd:
+    case Compression::none: break;
+  }
+  // zstd restarts at a frame, uncompressed data anywhere: a fresh decoder.
+  if (state != name) return fail(Errc::invalid_argument, "the " + std::string(name) + " resume state has extra fields");
+  return make_decompressor(c);
 }
 
 std::unique_ptr<Compressor> make_compressor(Compression c, int level) {
@@ -367,4 +295,29 @@ Result<std::string> decompress_all(Compression c, std::string_view data, std::si
   return out;
 }
 
+namespace detail {
+
+Error corrupt(std::string_view fmt, std::string msg) {
+  return fail(Errc::invalid_argument, std::string(fmt) + " data: " + std::move(msg));
+}
+
+std::vector<std::string_view> split_words(std::string_view s) {
+  std::vector<std::string_view> words;
+  for (std::size_t pos = 0; pos <= s.size();) {
+    auto sp = s.find(' ', pos);
+    if (sp == std::string_view::npos) sp = s.size();
+    words.push_back(s.substr(pos, sp - pos));
+    pos = sp + 1;
+  }
+  return words;
+}
+
+std::optional<std::uint64_t> parse_u64(std::string_view s) {
+  if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string_view::npos) return std::nullopt;
+  std::uint64_t v = 0;
+  for (char c : s) v = v * 10 + static_cast<std::uint64_t>(c - '0');
+  return v;
+}
+
+}  // namespace detail
 }  // namespace tern::artifacts

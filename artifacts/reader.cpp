@@ -7,6 +7,7 @@
 #include "artifacts/header_info.hpp"
 #include "artifacts/tar.hpp"
 #include "common/json.hpp"
+#include "common/log.hpp"
 
 #include <array>
 #include <cstring>
@@ -113,6 +114,7 @@ struct Reader::Impl {
   std::string prefix;
   std::string prefix_sha256;      // set once the prefix is complete (and usable)
   bool data_starting = false;     // outer_header just read the data member's header
+  bool noted_no_boundary = false;  // the "no point to resume from" line was logged
   std::uint64_t data_start = 0;   // artifact offset of the data member's content
   std::uint64_t data_in = 0;      // data member bytes consumed by the decompressor
   std::uint64_t last_ckpt_payload = 0;
@@ -201,11 +203,6 @@ struct Reader::Impl {
     data_start = cur_base + static_cast<std::uint64_t>(rest.data() - cur_in.data());
     if (!recording) return {};
     recording = false;
-    // Only a zstd data member can have frame boundaries to resume from.
-    if (by_name(member_name) != Compression::zstd || header.compression != Compression::zstd) {
-      stop_checkpoints();
-      return {};
-    }
     prefix_sha256 = Sha256::hex(prefix);
     auto saved = on_prefix ? on_prefix({reinterpret_cast<const std::uint8_t*>(prefix.data()), prefix.size()})
                            : Result<void>{};
@@ -422,7 +419,16 @@ struct Reader::Impl {
       b = b.subspan(n);
       if (ckpt_every && dec->at_frame_boundary())
         if (auto r = maybe_checkpoint(); !r) return r;
-      if (n == 0 && !b.empty()) return malformed("data/0000.tar: the zstd decoder consumed no input");
+      if (ckpt_every && !noted_no_boundary && payload_count - last_ckpt_payload >= 2 * ckpt_every &&
+          !prefix_sha256.empty()) {
+        noted_no_boundary = true;
+        log::info(member_name, ": no point to resume from in ", (payload_count - last_ckpt_payload) >> 20,
+                  " MiB of payload: until one comes, an interrupted install starts again from byte 0",
+                  by_name(member_name) == Compression::xz
+                      ? " (an xz stream written as one block, as mender-artifact and single-threaded xz write it, has none)"
+                      : "");
+      }
+      if (n == 0 && !b.empty()) return malformed("data/0000.tar: the decoder consumed no input");
     }
     return {};
   }
@@ -441,6 +447,8 @@ struct Reader::Impl {
     c.payload_size = header.payload_size;
     c.payload_bytes = payload_count;
     c.payload_hash = payload_hash.save_state();
+    c.codec_state = dec->save_state();
+    if (c.codec_state.empty() || c.codec_state.find('\n') != std::string::npos) return {};
     if (opt.hash_artifact) {
       hash_upto(c.offset);
       c.artifact_hash = artifact_hash.save_state();
@@ -462,8 +470,10 @@ struct Reader::Impl {
     if (auto r = feed(bytes); !r) return r;
     if (state != State::content || member != Member::data || data_start != bytes.size())
       return bad("the prefix does not end at the start of the data member's content");
-    if (by_name(member_name) != Compression::zstd || header.compression != Compression::zstd)
-      return bad("the data member '" + member_name + "' is not zstd");
+    // Checkpoints from before codec_state existed were all zstd.
+    const Compression codec = by_name(member_name);
+    auto resumed = resume_decompressor(codec, c.codec_state.empty() ? "zstd" : c.codec_state);
+    if (!resumed) return bad("data member '" + member_name + "': " + resumed.error().message());
     const std::uint64_t data_size = remaining;
     if (c.offset <= data_start || c.offset >= data_start + data_size)
       return bad("offset " + std::to_string(c.offset) + " is outside the data member (bytes " +
@@ -492,8 +502,8 @@ struct Reader::Impl {
     if (auto r = payload_start(h); !r) return r;
     data_in = c.offset - data_start;
     remaining = data_size - data_in;
-    data_head = "zstd";
-    dec = make_decompressor(Compression::zstd);
+    data_head = to_string(codec);  // the decoder is started: no detection from the first bytes
+    dec = std::move(*resumed);
     inner = InnerState::content;
     inner_member = InnerMember::payload;
     iremaining = c.payload_size - c.payload_bytes;
@@ -748,6 +758,7 @@ std::string Checkpoint::serialize() const {
   body += "payload_bytes " + std::to_string(payload_bytes) + "\n";
   body += "payload_hash " + payload_hash + "\n";
   body += "artifact_hash " + artifact_hash + "\n";
+  if (!codec_state.empty()) body += "codec " + codec_state + "\n";
   return body + "check " + Sha256::hex(body) + "\n";
 }
 
@@ -801,7 +812,12 @@ Result<Checkpoint> Checkpoint::parse(std::string_view text) {
   TERN_CKPT(payload_hash, text_of)
   TERN_CKPT(artifact_hash, text_of)
 #undef TERN_CKPT
-  if (seen.size() != 8) return bad("unknown keys (expected exactly 8)");
+  // "codec" is optional: checkpoints saved before it existed are zstd.
+  if (auto it = seen.find("codec"); it != seen.end()) {
+    if (it->second.empty()) return bad("'codec' is empty");
+    c.codec_state = std::string(it->second);
+  }
+  if (seen.size() != 8u + (c.codec_state.empty() ? 0u : 1u)) return bad("unknown keys (expected 8, and codec)");
   return c;
 }
 

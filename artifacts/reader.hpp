@@ -81,12 +81,13 @@ struct Header {
   std::uint64_t data_size = 0;    ///< its size (compressed)
 };
 
-/// A point an interrupted read can resume from: the data member's zstd decoder is exactly at a
-/// frame boundary, inside the payload file. Saved by the agent with the artifact's prefix (the bytes
-/// before the data member's content); a Reader rebuilt with resume() from both accepts the artifact
-/// bytes from `offset` on and ends with the same checks and hashes as a straight read.
+/// A point an interrupted read can resume from: the data member's decoder is exactly at a
+/// boundary (a zstd frame, a deflate block of gzip, an xz block; see Decompressor::save_state),
+/// inside the payload file. Saved by the agent with the artifact's prefix (the bytes before the
+/// data member's content); a Reader rebuilt with resume() from both accepts the artifact bytes from
+/// `offset` on and ends with the same checks and hashes as a straight read.
 struct Checkpoint {
-  std::uint64_t offset = 0;          ///< artifact byte where the next frame starts: feed from here
+  std::uint64_t offset = 0;          ///< artifact byte after the boundary: feed from here
   std::uint64_t prefix_size = 0;     ///< bytes of the prefix (where the data member's content starts)
   std::string prefix_sha256;         ///< hex SHA-256 of the prefix
   std::string payload_name;          ///< the payload file inside data/0000.tar
@@ -94,6 +95,9 @@ struct Checkpoint {
   std::uint64_t payload_bytes = 0;   ///< payload bytes emitted before `offset` (written by the sink)
   std::string payload_hash;          ///< Sha256::save_state() of those bytes
   std::string artifact_hash;         ///< Sha256::save_state() of artifact bytes [0, offset), or empty
+  /// Decompressor::save_state() at the boundary: "zstd", "none", or gzip's window and bit position
+  /// (up to 44 KiB of text), xz's block sizes. Empty in checkpoints saved before it existed: zstd.
+  std::string codec_state;
 
   /// Line-based text ending with a SHA-256 over the lines before it, so a torn or edited file is
   /// refused by parse().
@@ -131,13 +135,15 @@ class Reader {
   /// An error from it only turns the checkpoints off (they are an optimisation; the caller logs
   /// why): the read goes on.
   using PrefixHandler = std::function<Result<void>(std::span<const std::uint8_t>)>;
-  /// Called at a zstd frame boundary inside the payload, after the payload bytes before it went
+  /// Called at a decoder boundary inside the payload, after the payload bytes before it went
   /// to the PayloadSink. Errors stop the reader like the sink's.
   using CheckpointHandler = std::function<Result<void>(const Checkpoint&)>;
 
-  /// Asks for checkpoints at most every `every` payload bytes (at the first frame boundary past
-  /// that). Call before the first feed(). Only zstd data members with several frames produce them;
-  /// a prefix over 16 MiB (a huge header) disables them.
+  /// Asks for checkpoints at most every `every` payload bytes (at the first boundary past that).
+  /// Call before the first feed(). zstd data members with several frames, gzip (deflate blocks
+  /// end every few tens of KiB), xz with several blocks and uncompressed ones produce them; an xz
+  /// stream of one block does not (a log line says so once 2 × `every` payload bytes passed without a
+  /// boundary). A prefix over 16 MiB (a huge header) disables them.
   void enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint);
 
   /// Rebuilds the state of `checkpoint` instead of reading from byte 0: feeds `prefix` (which

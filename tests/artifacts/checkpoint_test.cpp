@@ -63,7 +63,7 @@ TEST(Sha256State, MalformedStatesAreRefusedWithTheReason) {
 }
 
 class CheckpointTest : public ::testing::Test {
- protected:
+ public:
   TempDir dir;
   std::string payload = payload_bytes(1536 * 1024 + 777, 7);
   std::string pub = key("ec.pub");
@@ -193,15 +193,103 @@ TEST_F(CheckpointTest, ResumedAtEveryCheckpointYieldsTheSamePayloadAndHashes) {
   }
 }
 
-TEST_F(CheckpointTest, GzipAndSingleFrameArtifactsHaveNoCheckpoints) {
-  auto gz = read(make("gz", payload, Compression::gzip), 65536);
-  ASSERT_TRUE(gz.result) << gz.result.error().message();
-  EXPECT_TRUE(gz.checkpoints.empty());
-  EXPECT_TRUE(gz.prefix.empty()) << "no prefix is saved when nothing can be resumed";
+// Resumes at every checkpoint of a straight read of `a` (saved as text and parsed back, as the
+// agent does) and compares the payload and the artifact's hash with the straight read's.
+// same_points: the checkpoints do not depend on how the input is cut (not so for uncompressed
+// data, where every piece fed ends at a boundary).
+void expect_resumable_everywhere(CheckpointTest& t, const std::string& a, std::size_t min_checkpoints,
+                                 bool same_points = true) {
+  auto straight = t.read(a, 65536);
+  ASSERT_TRUE(straight.result) << straight.result.error().message();
+  ASSERT_TRUE(straight.payload == t.payload);
+  ASSERT_GE(straight.checkpoints.size(), min_checkpoints);
+  EXPECT_EQ(a.substr(0, straight.prefix.size()), straight.prefix);
+  // Fed in other pieces (odd sizes, all at once), the reader stops at the same points.
+  for (std::size_t chunk : {std::size_t{4099}, a.size()}) {
+    if (!same_points) break;
+    auto other = t.read(a, chunk);
+    ASSERT_TRUE(other.result) << chunk << ": " << other.result.error().message();
+    ASSERT_EQ(other.checkpoints.size(), straight.checkpoints.size()) << chunk;
+    for (std::size_t i = 0; i < other.checkpoints.size(); ++i)
+      EXPECT_EQ(other.checkpoints[i].serialize(), straight.checkpoints[i].serialize()) << chunk << " #" << i;
+  }
+  for (const auto& c : straight.checkpoints) {
+    SCOPED_TRACE("checkpoint at " + std::to_string(c.offset) + ", payload byte " + std::to_string(c.payload_bytes));
+    auto parsed = Checkpoint::parse(c.serialize());
+    ASSERT_TRUE(parsed) << parsed.error().message();
+    EXPECT_EQ(parsed->codec_state, c.codec_state);
+    auto r = t.resume(a, straight.prefix, *parsed);
+    ASSERT_TRUE(r.resume) << r.resume.error().message();
+    ASSERT_TRUE(r.result) << r.result.error().message();
+    EXPECT_TRUE(r.header_seen);
+    EXPECT_TRUE(r.payload == std::string_view(t.payload).substr(c.payload_bytes)) << "payload from byte " << c.payload_bytes;
+    EXPECT_EQ(r.artifact_sha256, Sha256::hex(a));
+  }
+}
+
+TEST_F(CheckpointTest, GzipArtifactsResumeAtDeflateBlockBoundaries) {
+  auto a = make("gz", payload, Compression::gzip);
+  expect_resumable_everywhere(*this, a, 4);
+  auto s = read(a, 65536);
+  ASSERT_FALSE(s.checkpoints.empty());
+  EXPECT_TRUE(s.checkpoints[0].codec_state.starts_with("gzip1 "));
+  // The window travels with the checkpoint: bounded, whatever the payload size.
+  EXPECT_LT(s.checkpoints[0].serialize().size(), 46u * 1024);
+}
+
+TEST_F(CheckpointTest, UncompressedArtifactsResumeAnywhere) {
+  expect_resumable_everywhere(*this, make("none", payload, Compression::none), 4, false);
+}
+
+// mender-artifact and tern-artifact write xz in one block; `xz -T` writes several. This artifact
+// is tern-artifact's xz one with its data member recompressed by Debian's xz in 256 KiB blocks
+// (the manifest covers the uncompressed payload, so it stays valid and signed).
+TEST_F(CheckpointTest, XzArtifactsResumeAtBlockBoundariesWhenTheyHaveSeveral) {
+  auto one = make("xz", payload, Compression::xz);
+  auto single = read(one, 65536);
+  ASSERT_TRUE(single.result) << single.result.error().message();
+  EXPECT_TRUE(single.checkpoints.empty()) << "one xz block: nothing to resume from";
+
+  auto d = dir / "unpacked";
+  fs::create_directories(d);
+  auto sh = [&](const std::string& cmd) {
+    auto r = run("cd " + shell_quote(d.string()) + " && " + cmd);
+    ASSERT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
+  };
+  sh("tar -xf " + shell_quote((dir / "xz.mender").string()));
+  sh("xz -d data/0000.tar.xz && xz -T2 --block-size=262144 data/0000.tar");
+  sh("tar --format=ustar -cf ../blocks.mender version manifest manifest.sig header.tar.xz data/0000.tar.xz");
+  auto blocks = read_file(dir / "blocks.mender");
+  expect_resumable_everywhere(*this, blocks, 4);
+  auto s = read(blocks, 65536);
+  ASSERT_FALSE(s.checkpoints.empty());
+  EXPECT_TRUE(s.checkpoints[0].codec_state.starts_with("xz1 ")) << s.checkpoints[0].codec_state;
+}
+
+TEST_F(CheckpointTest, SingleFrameZstdArtifactsHaveNoCheckpoints) {
   auto one = read(make("one", payload, Compression::zstd, 16u << 20), 65536);
   ASSERT_TRUE(one.result) << one.result.error().message();
   EXPECT_TRUE(one.checkpoints.empty());
   EXPECT_EQ(one.payload, payload);
+}
+
+TEST_F(CheckpointTest, ACheckpointOfOneFormatDoesNotResumeAnother) {
+  auto gz = make("release-2", payload, Compression::gzip);
+  auto s = read(gz, 65536);
+  ASSERT_TRUE(s.result);
+  ASSERT_FALSE(s.checkpoints.empty());
+  auto c = s.checkpoints[0];
+  c.codec_state = "zstd";
+  auto r = resume(gz, s.prefix, c);
+  ASSERT_FALSE(r.resume);
+  EXPECT_NE(r.resume.error().message().find("the resume state is for 'zstd', the data is gzip"), std::string::npos)
+      << r.resume.error().message();
+  // A checkpoint saved before codec states existed (no codec line) is a zstd one.
+  c.codec_state.clear();
+  auto old = Checkpoint::parse(c.serialize());
+  ASSERT_TRUE(old) << old.error().message();
+  EXPECT_TRUE(old->codec_state.empty());
+  EXPECT_FALSE(resume(gz, s.prefix, *old).resume);
 }
 
 TEST_F(CheckpointTest, CorruptCheckpointsAndWrongPrefixesAreRefused) {
