@@ -1,5 +1,7 @@
 #include "agent/update/updater.hpp"
 
+#include "agent/download/rate_limit.hpp"
+
 #include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
 #include "common/file.hpp"
@@ -253,7 +255,9 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
                                              .last_modified = c.last_modified,
                                              .total = c.total});
     };
-    const PipelineSource source{.job = job, .download = download_, .resume = resume};
+    DownloadOptions download = download_;
+    download.max_bytes_per_second = combined_cap(config_.download_max_rate, job.max_rate);
+    const PipelineSource source{.job = job, .download = download, .resume = resume};
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
     // The writer's descriptor is closed on the pool: closing a partition may flush.
     auto closed = co_await offload(serial, [&](std::stop_token) -> Result<void> {
@@ -318,6 +322,13 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   s.artifact_name = result->header.artifact_name;
   s.provides = provides_of(result->header);
   s.clears_provides = result->header.clears_provides;
+  if (!job.reboot.empty() && job.reboot != "immediate") {
+    // The deployment chooses when to reboot: keep the written partition, switch nothing yet.
+    auto paused = co_await offload(serial, [&](std::stop_token) { return advance(s, Event::pause); });
+    if (!paused) co_return paused.error();
+    log::info("installed ", s.artifact_name, " into partition ", target, "; the switch waits (reboot: ", job.reboot, ")");
+    co_return InstallReport{.header = result->header, .stats = *result, .paused = true};
+  }
   auto switched = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
     auto switching = advance(s, Event::payload_written);
     if (!switching) return switching.error();
@@ -395,6 +406,9 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
       return out;
     case Action::interrupted:
       out.interrupted = true;
+      return out;
+    case Action::await_reboot:
+      out.paused = true;
       return out;
     case Action::store_switch: {
       if (auto r = env_->write(vars_for_trial(s->target_part)); !r) return r.error();
