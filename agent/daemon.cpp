@@ -251,7 +251,10 @@ class Daemon {
   /// Runs deployments one at a time, the latest first; ends the daemon when one needs a reboot.
   asio::awaitable<TaskExit> installs(std::optional<InstallJob> resumed, bool paused) {
     if (resumed) {
-      auto exit = paused ? co_await await_reboot(*resumed) : co_await run_job(*resumed);
+      // g++ 12: no co_await inside a conditional expression.
+      std::optional<TaskExit> exit;
+      if (paused) exit = co_await await_reboot(*resumed);
+      else exit = co_await run_job(*resumed);
       if (exit) co_return *exit;
     }
     for (;;) {
@@ -378,7 +381,10 @@ class Daemon {
       co_return std::nullopt;
     }
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
-    if (result->paused) co_return co_await await_reboot(job);
+    if (result->paused) {
+      auto exit = co_await await_reboot(job);
+      co_return exit;
+    }
     report(job, Status::rebooting);
     co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
   }
@@ -543,7 +549,8 @@ asio::awaitable<int> Daemon::run() {
                   .cert_file = config_.client_cert,
                   .key_file = config_.client_key,
                   .session_expiry = config_.session_expiry,
-                  .keepalive = config_.keepalive};
+                  .keepalive = config_.keepalive,
+                  .tls_session_resumption = config_.mqtt_tls_resumption};
   o.will = mqtt::Message{.topic = topics::presence(config_.device_id),
                          .payload = serialize(Presence{.online = false, .seq = presence_seq_, .time = unix_now()}),
                          .retained = true};

@@ -17,7 +17,7 @@
 namespace tern::agent {
 namespace {
 
-constexpr std::array<std::pair<Phase, std::string_view>, 7> phase_words{{
+constexpr std::array<std::pair<Phase, std::string_view>, 8> phase_words{{
     {Phase::idle, "idle"},
     {Phase::downloading, "downloading"},
     {Phase::paused, "paused"},

@@ -523,6 +523,7 @@ TEST(BridgeFleet, CapAndRebootPolicyReachTheDevicesAndTheGoAheadReachesThoseNotF
   env.handle(msg("tern/devices/device-1/status", status("d1", "pause_before_rebooting", 5)));
   env.handle(msg("tern/devices/device-2/status", status("d1", "pause_before_rebooting", 5)));
   env.handle(msg("tern/devices/device-3/status", status("d1", "failure", 5, "disk full")));
+  env.tick();
   auto summary = last_on(env.published, "tern/fleet/deployments/d1");
   ASSERT_TRUE(summary);
   EXPECT_NE(summary->payload.find("\"pause_before_rebooting\""), std::string::npos) << summary->payload;
