@@ -58,10 +58,6 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_NUM(download_attempts, "DownloadMaxAttempts")
   TERN_SECS(download_max_time, "DownloadMaxSeconds")
   TERN_NUM(download_max_rate, "DownloadMaxBytesPerSecond")
-  if (auto v = c.boolean("MQTTSessionResumption", a.mqtt_tls_resumption); !v)
-    return bad(v.error());
-  else
-    a.mqtt_tls_resumption = *v;
   TERN_NUM(install_attempts, "InstallAttempts")
   TERN_SECS(progress_interval, "ProgressIntervalSeconds")
   TERN_SECS(inventory_interval, "InventoryPollIntervalSeconds")
@@ -83,8 +79,7 @@ Result<AgentConfig> from_config(const Config& c) {
             "SessionExpirySeconds", "RetryMinMilliseconds", "RetryMaxSeconds", "DownloadReadTimeoutSeconds",
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
-            "InventoryScriptTimeoutSeconds", "DownloadMaxBytesPerSecond",
-            "MQTTSessionResumption"}))
+            "InventoryScriptTimeoutSeconds", "DownloadMaxBytesPerSecond"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");

@@ -45,7 +45,6 @@ struct AgentConfig {
   std::string client_key;    ///< ClientKey
   std::string broker_uri;    ///< BrokerURI: ssl://host:8883
   std::chrono::seconds keepalive{1200};         ///< KeepaliveSeconds: under cellular NAT timeouts
-  bool mqtt_tls_resumption = true;  ///< MQTTSessionResumption: TLS 1.2 so reconnects resume the session
   std::chrono::seconds session_expiry{604800};  ///< SessionExpirySeconds
   std::chrono::milliseconds retry_min{500};     ///< RetryMinMilliseconds: first reconnect delay
   std::chrono::seconds retry_max{60};           ///< RetryMaxSeconds: largest reconnect delay

@@ -549,8 +549,7 @@ asio::awaitable<int> Daemon::run() {
                   .cert_file = config_.client_cert,
                   .key_file = config_.client_key,
                   .session_expiry = config_.session_expiry,
-                  .keepalive = config_.keepalive,
-                  .tls_session_resumption = config_.mqtt_tls_resumption};
+                  .keepalive = config_.keepalive};
   o.will = mqtt::Message{.topic = topics::presence(config_.device_id),
                          .payload = serialize(Presence{.online = false, .seq = presence_seq_, .time = unix_now()}),
                          .retained = true};

@@ -232,9 +232,6 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
                              std::max(std::chrono::duration_cast<std::chrono::seconds>(o.max_retry), 1s));
     if (o.server_uri.starts_with("ssl://") || o.server_uri.starts_with("mqtts://")) {
       b.ssl(::mqtt::ssl_options_builder()
-                // Paho offers the session of its last connection on the next one, but under TLS
-                // 1.3 it keeps it before the server's ticket arrives: only TLS 1.2 sessions resume.
-                .ssl_version(o.tls_session_resumption ? MQTT_SSL_VERSION_TLS_1_2 : MQTT_SSL_VERSION_DEFAULT)
                 .trust_store(o.ca_file)
                 .key_store(o.cert_file)
                 .private_key(o.key_file)

@@ -61,9 +61,6 @@ struct Options {
   std::chrono::seconds session_expiry{7 * 24 * 3600};
   std::chrono::seconds keepalive{60};
   std::chrono::seconds connect_timeout{10};
-  /// Reconnects resume the TLS session (an abbreviated handshake, no certificates sent again):
-  /// pins TLS 1.2, the version whose sessions Paho can resume (see client.cpp).
-  bool tls_session_resumption = false;
   std::optional<Message> will;  ///< last will, published by the broker when the client vanishes
   /// Paho's file persistence for in-flight and offline QoS 1 messages; empty keeps them in memory.
   std::filesystem::path persistence_dir;
