@@ -57,6 +57,7 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_SECS(read_timeout, "DownloadReadTimeoutSeconds")
   TERN_NUM(download_attempts, "DownloadMaxAttempts")
   TERN_SECS(download_max_time, "DownloadMaxSeconds")
+  TERN_NUM(download_max_rate, "DownloadMaxBytesPerSecond")
   TERN_NUM(install_attempts, "InstallAttempts")
   TERN_SECS(progress_interval, "ProgressIntervalSeconds")
   TERN_SECS(inventory_interval, "InventoryPollIntervalSeconds")
@@ -84,7 +85,7 @@ Result<AgentConfig> from_config(const Config& c) {
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
             "InventoryScriptTimeoutSeconds", "RootfsScriptsPath", "ArtifactScriptsPath", "StateScriptTimeoutSeconds",
-            "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds"}))
+            "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds", "DownloadMaxBytesPerSecond"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");

@@ -44,13 +44,14 @@ struct AgentConfig {
   std::string client_cert;   ///< ClientCertificate: device certificate (MQTT, optional HTTPS)
   std::string client_key;    ///< ClientKey
   std::string broker_uri;    ///< BrokerURI: ssl://host:8883
-  std::chrono::seconds keepalive{60};           ///< KeepaliveSeconds
+  std::chrono::seconds keepalive{1200};         ///< KeepaliveSeconds: under cellular NAT timeouts
   std::chrono::seconds session_expiry{604800};  ///< SessionExpirySeconds
   std::chrono::milliseconds retry_min{500};     ///< RetryMinMilliseconds: first reconnect delay
   std::chrono::seconds retry_max{60};           ///< RetryMaxSeconds: largest reconnect delay
   std::chrono::seconds read_timeout{30};        ///< DownloadReadTimeoutSeconds
   int download_attempts = 100;                  ///< DownloadMaxAttempts
   std::chrono::seconds download_max_time{6 * 3600};  ///< DownloadMaxSeconds
+  std::uint64_t download_max_rate = 0;  ///< DownloadMaxBytesPerSecond: bandwidth cap (0: none)
   std::uint32_t install_attempts = 3;   ///< InstallAttempts: tries of one deployment across restarts
 
   // Reporting

@@ -2,6 +2,7 @@
 
 #include "agent/cli.hpp"
 #include "agent/inventory.hpp"
+#include "agent/update/reboot_gate.hpp"
 #include "agent/update/updater.hpp"
 #include "common/blocking.hpp"
 #include "common/clock.hpp"
@@ -20,6 +21,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <unistd.h>
@@ -57,6 +59,11 @@ class Doorbell {
 /// The latest message on the deployment topic: a deployment to run, or a withdrawal (empty).
 using DeploymentMessage = std::optional<Deployment>;
 
+/// After a restart: an install written and waiting for its reboot window or go-ahead.
+struct Paused {
+  InstallJob job;
+};
+
 /// `op`, with an exception turned into an error value.
 template <class T>
 asio::awaitable<Result<T>> catching(asio::awaitable<Result<T>> op) {
@@ -73,14 +80,16 @@ InstallJob job_for(const Deployment& d, std::uint32_t attempt) {
                     .source = d.url,
                     .size = d.size,
                     .sha256 = d.sha256,
-                    .attempt = attempt};
+                    .attempt = attempt,
+                    .max_rate = d.max_rate,
+                    .reboot = d.reboot};
 }
 
 class Daemon {
  public:
   Daemon(asio::io_context& io, AgentConfig config, std::unique_ptr<Updater> updater)
       : io_(io), config_(std::move(config)), updater_(std::move(updater)), deployment_bell_(io.get_executor()),
-        inventory_bell_(io.get_executor()) {}
+        inventory_bell_(io.get_executor()), reboot_bell_(io.get_executor()) {}
 
   asio::awaitable<int> run();
 
@@ -95,7 +104,7 @@ class Daemon {
   // --- reporting -------------------------------------------------------------------------------
   /// `seq` 0: the next sequence number.
   void report(const InstallJob& job, Status status, std::uint64_t bytes = 0, std::uint64_t total = 0,
-              const std::string& error = {}, std::uint64_t seq_number = 0) {
+              const std::string& error = {}, std::uint64_t seq_number = 0, std::uint64_t eta = 0) {
     if (job.deployment_id.empty()) return;  // a command-line install: nobody to tell
     // From memory: the numbers are reserved on disk ahead (reserve_seq), so this never blocks.
     auto seq = seq_number ? Result<std::uint64_t>(seq_number) : updater_->store().next_seq();
@@ -110,7 +119,8 @@ class Daemon {
                    .attempt = job.attempt,
                    .error = error,
                    .time = unix_now(),
-                   .seq = *seq};
+                   .seq = *seq,
+                   .eta = eta};
     log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
     if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev)}); !r)
@@ -205,6 +215,10 @@ class Daemon {
     for (;;) {
       auto m = co_await client_->receive();
       if (!m) co_return TaskExit{1, "receiving MQTT messages: " + m.error().message()};
+      if (m->topic == topics::reboot(config_.device_id)) {
+        go_ahead_message(m->payload);
+        continue;
+      }
       if (m->topic != topics::deployment(config_.device_id)) {
         log::debug("ignoring a message on ", m->topic);
         continue;
@@ -261,9 +275,12 @@ class Daemon {
   }
 
   /// Runs deployments one at a time, the latest first; ends the daemon when one needs a reboot.
-  asio::awaitable<TaskExit> installs(std::optional<InstallJob> resumed) {
+  asio::awaitable<TaskExit> installs(std::optional<InstallJob> resumed, bool paused) {
     if (resumed) {
-      auto exit = co_await run_job(*resumed);
+      // g++ 12: no co_await inside a conditional expression.
+      std::optional<TaskExit> exit;
+      if (paused) exit = co_await await_reboot(*resumed);
+      else exit = co_await run_job(*resumed);
       if (exit) co_return *exit;
     }
     for (;;) {
@@ -342,11 +359,20 @@ class Daemon {
     current_ = job;
     report(job, Status::downloading, 0, job.size);
     auto last = std::chrono::steady_clock::now();
+    std::uint64_t last_bytes = 0;
     ProgressFn progress = [&](const PipelineProgress& p) {
       auto now = std::chrono::steady_clock::now();
       if (now - last < config_.progress_interval) return;
+      const std::uint64_t total = p.artifact_total ? p.artifact_total : job.size;
+      // ETA at the rate of the last interval: under a bandwidth cap, the cap.
+      const double seconds = std::chrono::duration<double>(now - last).count();
+      const double rate = p.artifact_bytes > last_bytes ? static_cast<double>(p.artifact_bytes - last_bytes) / seconds : 0;
+      const std::uint64_t eta = rate > 0 && total > p.artifact_bytes
+                                    ? static_cast<std::uint64_t>(static_cast<double>(total - p.artifact_bytes) / rate) + 1
+                                    : 0;
       last = now;
-      report(job, Status::downloading, p.artifact_bytes, p.artifact_total ? p.artifact_total : job.size);
+      last_bytes = p.artifact_bytes;
+      report(job, Status::downloading, p.artifact_bytes, total, {}, 0, eta);
     };
     // Both operands complete with a value: `||` waits for a success, so an exception escaping the
     // install would leave it waiting for the next deployment message.
@@ -381,14 +407,82 @@ class Daemon {
       co_return std::nullopt;
     }
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
+    if (result->paused) {
+      auto exit = co_await await_reboot(job);
+      co_return exit;
+    }
+    report(job, Status::rebooting);
+    co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
+  }
+
+  /// tern/devices/{id}/reboot: the operator's go-ahead (retained; one for another deployment is
+  /// kept too, and matters only if that deployment is the one waiting).
+  void go_ahead_message(const std::string& payload) {
+    if (payload.empty()) return;
+    auto cmd = parse_reboot_command(payload);
+    if (!cmd) {
+      log::warn("ignoring a malformed reboot command: ", cmd.error().message());
+      return;
+    }
+    go_ahead_ = cmd->deployment_id;
+    reboot_bell_.ring();
+  }
+
+  /// The go-ahead for `deployment_id`, whenever it comes.
+  asio::awaitable<void> go_ahead_for(const std::string& deployment_id) {
+    while (go_ahead_ != deployment_id) co_await reboot_bell_.wait();
+  }
+
+  /// An install written and paused: waits for its window or the go-ahead, raced against the next
+  /// deployment message (a withdrawal or a newer deployment gives it up: nothing was switched).
+  asio::awaitable<std::optional<TaskExit>> await_reboot(const InstallJob& job_arg) {
+    const InstallJob job = job_arg;
+    current_ = job;
+    auto policy = parse_reboot_policy(job.reboot);
+    if (!policy) policy = RebootPolicy{.kind = RebootPolicy::Kind::on_command};  // checked on arrival
+    const RebootGate gate(*policy, system_local_clock());
+    // An open window goes straight on: no pause to report.
+    if (!gate.open_now()) {
+      report(job, Status::pause_before_rebooting, job.size, job.size);
+      log::info("deployment ", job.deployment_id, ": written; waiting to reboot (", to_string(*policy), ")");
+    }
+    auto ex = co_await asio::this_coro::executor;
+    auto window = gate.wait_for_window(ex);
+    auto command = go_ahead_for(job.deployment_id);
+    auto interrupted = deployment_bell_.wait();
+    auto outcome = co_await (std::move(window) || std::move(command) || std::move(interrupted));
+    current_.reset();
+    if (outcome.index() == 2) {
+      log::info("deployment ", job.deployment_id, " withdrawn or replaced while waiting to reboot: cancelled");
+      auto aborted = co_await state_op([this] {
+        return updater_->fail_install("cancelled by a newer or empty deployment", true);
+      });
+      if (aborted) co_await report_finished(*aborted);
+      else log::error(aborted.error().message());
+      co_return std::nullopt;
+    }
+    auto ahead = co_await state_op([this] { return updater_->go_ahead(); });
+    if (!ahead) {
+      log::error("deployment ", job.deployment_id, ": ", ahead.error().message());
+      co_return std::nullopt;
+    }
+    auto rec = co_await offload(updater_->blocking().serial(),
+                                [this](std::stop_token stop) { return updater_->recover(stop); });
+    if (!rec || !rec->reboot) {
+      log::error("deployment ", job.deployment_id, ": storing the switch: ",
+                 rec ? "no reboot asked" : rec.error().message());
+      auto st = co_await state_op([this] { return updater_->state(); });
+      if (st && st->phase == Phase::done) co_await report_finished(*st);
+      co_return std::nullopt;
+    }
     report(job, Status::rebooting);
     co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
   }
 
   /// After a start: the state machine goes on (a reboot may have happened). Returns how the daemon
   /// ends when it needs a reboot right away, or the interrupted install to run again.
-  asio::awaitable<std::variant<std::monostate, TaskExit, InstallJob>> recover() {
-    using Out = std::variant<std::monostate, TaskExit, InstallJob>;
+  asio::awaitable<std::variant<std::monostate, TaskExit, InstallJob, Paused>> recover() {
+    using Out = std::variant<std::monostate, TaskExit, InstallJob, Paused>;
     // The health check may take minutes: on the pool, stopped (and killed) if the daemon stops.
     auto rec = co_await offload(updater_->blocking().serial(),
                                 [this](std::stop_token stop) { return updater_->recover(stop); });
@@ -412,6 +506,7 @@ class Daemon {
       if (failed) co_await report_finished(*failed);
       co_return Out{};
     }
+    if (rec->paused) co_return Out{Paused{st->job}};
     if (rec->reboot) {
       report(st->job, Status::rebooting);
       co_return Out{TaskExit{exit_reboot_requested, "reboot to go on with the install"}};
@@ -427,14 +522,17 @@ class Daemon {
     if (auto* exit = std::get_if<TaskExit>(&recovered)) co_return *exit;
     std::optional<InstallJob> resumed;
     if (auto* job = std::get_if<InstallJob>(&recovered)) resumed = *job;
+    const bool paused = std::holds_alternative<Paused>(recovered);
+    if (paused) resumed = std::get<Paused>(recovered).job;
 
     auto c = co_await client_->connect();
     if (!c) co_return TaskExit{1, c.error().message()};
     auto s = co_await client_->subscribe(topics::deployment(config_.device_id), 1);
     if (!s) log::error(s.error().message());
+    if (auto r = co_await client_->subscribe(topics::reboot(config_.device_id), 1); !r) log::error(r.error().message());
     inventory_force_ = true;
     auto ended = co_await (guarded("deployments", deployments()) || guarded("inventory", inventory()) ||
-                           guarded("installs", installs(resumed)));
+                           guarded("installs", installs(resumed, paused)));
     co_return first_exit(ended);
   }
 
@@ -446,6 +544,8 @@ class Daemon {
   std::optional<DeploymentMessage> latest_;  // the newest deployment message not acted on yet
   Doorbell deployment_bell_;  // deployments() → installs(): latest_ changed
   Doorbell inventory_bell_;   // → inventory(): send it now
+  Doorbell reboot_bell_;      // deployments() → await_reboot(): go_ahead_ changed
+  std::string go_ahead_;      // the deployment the latest go-ahead names
   bool inventory_force_ = true;
   Inventory last_inventory_;
   std::uint64_t presence_seq_ = 0;

@@ -17,9 +17,10 @@
 namespace tern::agent {
 namespace {
 
-constexpr std::array<std::pair<Phase, std::string_view>, 7> phase_words{{
+constexpr std::array<std::pair<Phase, std::string_view>, 8> phase_words{{
     {Phase::idle, "idle"},
     {Phase::downloading, "downloading"},
+    {Phase::paused, "paused"},
     {Phase::switching, "switching"},
     {Phase::switched, "switched"},
     {Phase::committing, "committing"},
@@ -172,6 +173,8 @@ Result<InstallState> StateStore::load_install() const {
     TERN_GET(job.attempt, u64_or, "attempt", 0)
     TERN_GET(job.size, u64_or, "total", 0)
     TERN_GET(job.sha256, string_or, "sha256", "")
+    TERN_GET(job.max_rate, u64_or, "max_rate", 0)
+    TERN_GET(job.reboot, string_or, "reboot", "")
     TERN_GET(success, boolean_or, "success", false)
     TERN_GET(already_installed, boolean_or, "already_installed", false)
     TERN_GET(error, string_or, "error", "")
@@ -201,6 +204,8 @@ Result<void> StateStore::save_install(const InstallState& s) {
   o["attempt"] = s.job.attempt;
   o["total"] = s.job.size;
   o["sha256"] = s.job.sha256;
+  o["max_rate"] = s.job.max_rate;
+  o["reboot"] = s.job.reboot;
   o["success"] = s.success;
   o["already_installed"] = s.already_installed;
   o["error"] = s.error;

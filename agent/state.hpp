@@ -29,6 +29,8 @@ namespace tern::agent {
 enum class Phase {
   idle,          ///< nothing in progress
   downloading,   ///< streaming the artifact into the standby partition
+  paused,        ///< payload written and synced, boot untouched; waiting for the reboot window or
+                 ///< the operator's go-ahead (agent/update/reboot_gate.hpp)
   switching,     ///< payload written and synced; the boot switch is being stored
   switched,      ///< the bootloader will boot the new partition once (upgrade_available=1)
   committing,    ///< the new partition is healthy; the commit is being stored
@@ -47,6 +49,8 @@ struct InstallJob {
   std::uint64_t size = 0;     ///< the artifact's size when known (0: unchecked)
   std::string sha256;         ///< the artifact's SHA-256 when known (empty: unchecked)
   std::uint32_t attempt = 1;  ///< 1 for the first try of this deployment
+  std::uint64_t max_rate = 0;  ///< the deployment's download cap in bytes per second (0: none)
+  std::string reboot;         ///< the deployment's reboot policy (common/reboot_policy.hpp; empty: immediate)
   bool operator==(const InstallJob&) const = default;
 };
 

@@ -25,7 +25,7 @@ std::vector<std::string> subscription_filters(const BridgeOptions& o) {
   f.push_back(state_prefix + "tern/devices/+/presence");
   f.push_back(share + "tern/devices/+/log");
   for (const char* c : {"tern/fleet/deployments/create", "tern/fleet/deployments/list",
-                        "tern/fleet/deployments/+/abort", "tern/fleet/deployments/+/resume",
+                        "tern/fleet/deployments/+/abort", "tern/fleet/deployments/+/resume", "tern/fleet/deployments/+/reboot",
                         "tern/fleet/devices/list", "tern/fleet/devices/preauthorize", "tern/fleet/devices/+/accept", "tern/fleet/devices/+/reject",
                         "tern/fleet/devices/+/decommission", "tern/fleet/devices/+/group", "tern/fleet/devices/+/log",
                         "tern/fleet/artifacts/add", "tern/fleet/artifacts/rescan", "tern/fleet/artifacts/list"})

@@ -265,6 +265,8 @@ Result<void> Fleet::send(DeviceDeploymentRecord& row, const DeploymentRecord& d,
   m.url = options_.artifact_base_url + "/" + (*art)->file;
   m.size = (*art)->size;
   m.sha256 = (*art)->sha256;
+  m.max_rate = d.max_rate;
+  m.reboot = d.reboot;
   out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
   return {};
 }
@@ -413,7 +415,8 @@ Outgoing Fleet::recover(std::int64_t now) {
         } else if (*art) {
           // In progress: the same message again (retained, so idempotent for the device).
           protocol::Deployment m{wire_id(d.id, row.attempt), (*art)->name,
-                                 options_.artifact_base_url + "/" + (*art)->file, (*art)->size, (*art)->sha256};
+                                 options_.artifact_base_url + "/" + (*art)->file, (*art)->size, (*art)->sha256,
+                                 d.max_rate, d.reboot};
           step.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
         }
       }

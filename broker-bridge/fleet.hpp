@@ -96,6 +96,8 @@ class Fleet {
   using Reply = boost::json::object;
   Result<Reply> create(std::string_view body, std::int64_t now, Outgoing& out);
   Result<Reply> abort(const std::string& id, std::int64_t now, Outgoing& out);
+  /// tern/fleet/deployments/{id}/reboot: the go-ahead for its devices waiting on "on-command".
+  Result<Reply> reboot_go_ahead(const std::string& id, Outgoing& out);
   Result<Reply> resume(const std::string& id, std::int64_t now, Outgoing& out);
   Result<Reply> list_deployments();
   Result<Reply> list_devices();

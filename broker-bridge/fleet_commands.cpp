@@ -6,6 +6,7 @@
 #include "common/json.hpp"
 #include "common/log.hpp"
 #include "common/protocol.hpp"
+#include "common/reboot_policy.hpp"
 
 #include <boost/json/array.hpp>
 
@@ -131,6 +132,8 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
     result = list_deployments();
   } else if (n == 5 && parts[2] == "deployments" && parts[4] == "abort") {
     result = tx([&] { return abort(parts[3], now, effects); });
+  } else if (n == 5 && parts[2] == "deployments" && parts[4] == "reboot") {
+    result = tx([&] { return reboot_go_ahead(parts[3], effects); });
   } else if (n == 5 && parts[2] == "deployments" && parts[4] == "resume") {
     result = tx([&] { return resume(parts[3], now, effects); });
   } else if (n == 4 && parts[2] == "devices" && parts[3] == "list") {
@@ -186,7 +189,8 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   if (!o) return o.error();
   if (auto r = only_known_keys(*o, what,
                                {"id", "artifact_name", "devices", "group", "device_type", "all", "phases",
-                                "pause_seconds", "failure_threshold", "on_threshold", "retries", "reply_to"});
+                                "pause_seconds", "failure_threshold", "on_threshold", "retries", "reply_to",
+                                "max_rate", "reboot"});
       !r)
     return r.error();
 
@@ -254,6 +258,13 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   if (!retries) return retries.error();
   if (*retries > 100) return invalid(what + ": field 'retries': " + std::to_string(*retries) + " is over 100");
   d.retries = static_cast<int>(*retries);
+  auto max_rate = o->u64_or("max_rate", 0);
+  if (!max_rate) return max_rate.error();
+  d.max_rate = *max_rate;
+  auto reboot = o->string_or("reboot", "");
+  if (!reboot) return reboot.error();
+  if (auto p = parse_reboot_policy(*reboot); !p) return invalid(what + ": field " + p.error().message());
+  d.reboot = *reboot == "immediate" ? "" : *reboot;
 
   // Targets: the listed devices or every device matching the filters, then only accepted devices
   // that can run the artifact and are not busy with another deployment.
@@ -358,6 +369,25 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   if (!s) return s.error();
   r["summary"] = std::move(*s);
   return r;
+}
+
+Result<Fleet::Reply> Fleet::reboot_go_ahead(const std::string& id, Outgoing& out) {
+  auto d = store_.deployment(id);
+  if (!d) return d.error();
+  if (!*d) return fail(Errc::not_found, "reboot: unknown deployment '" + id + "'");
+  auto rows = store_.device_deployments(id);
+  if (!rows) return rows.error();
+  // Every device sent the deployment and not finished: the go-ahead is retained, so a device still
+  // downloading, or offline, finds it when it gets to the pause.
+  boost::json::array devices;
+  for (auto& row : *rows) {
+    if (row.status == "pending" || is_final_status(row.status)) continue;
+    const protocol::RebootCommand cmd{wire_id(id, row.attempt)};
+    out.push_back(retained(protocol::topics::reboot(row.device), protocol::serialize(cmd)));
+    devices.emplace_back(row.device);
+  }
+  log::info("deployment ", id, ": reboot go-ahead for ", devices.size(), " device(s)");
+  return Reply{{"id", id}, {"devices", std::move(devices)}};
 }
 
 Result<Fleet::Reply> Fleet::abort(const std::string& id, std::int64_t now, Outgoing& out) {
@@ -498,7 +528,7 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
   if (d.admission == "decommissioned") {
     // A retired device leaves nothing behind on the broker: its retained deployment, inventory and
     // presence are cleared (the bridge's record of it stays, saying decommissioned).
-    for (const char* kind : {"deployment", "inventory", "presence"})
+    for (const char* kind : {"deployment", "inventory", "presence", "reboot"})
       out.push_back(retained("tern/devices/" + id + "/" + kind, ""));
   }
   if (auto w = store_.put_device(d); !w) return w.error();

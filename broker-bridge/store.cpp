@@ -98,6 +98,11 @@ CREATE TABLE deployment_log_parts (
   PRIMARY KEY (device, deployment, part)
 );
 )sql",
+    // 3: a deployment's download cap and reboot policy, passed to its devices (issue 17).
+    R"sql(
+ALTER TABLE deployments ADD COLUMN max_rate BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE deployments ADD COLUMN reboot TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
@@ -339,11 +344,11 @@ ArtifactRecord read_artifact(const Stmt& s) {
 
 constexpr std::string_view deployment_columns =
     "id, artifact, targets, phases, pause_seconds, threshold, on_threshold, retries, state, phase, "
-    "next_phase_at, created, reason";
+    "next_phase_at, created, reason, max_rate, reboot";
 DeploymentRecord read_deployment(const Stmt& s) {
   return DeploymentRecord{s.text(0), s.text(1), s.text(2), ints_from_json(s.text(3)), s.i64(4),
                           s.i32(5),  s.text(6), s.i32(7),  s.text(8),                s.i32(9),
-                          s.i64(10), s.i64(11), s.text(12)};
+                          s.i64(10), s.i64(11), s.text(12), s.u64(13),               s.text(14)};
 }
 
 constexpr std::string_view dd_columns =
@@ -592,10 +597,10 @@ Result<std::optional<DeploymentRecord>> Store::deployment(const std::string& id)
 Result<void> Store::insert_deployment(const DeploymentRecord& d) {
   return guard("inserting deployment " + d.id, [&] {
     Stmt s(*impl_, sql("INSERT INTO deployments (", deployment_columns,
-                                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+                                ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
     s.bind(d.id).bind(d.artifact).bind(d.targets).bind(ints_json(d.phases)).bind(d.pause_seconds);
     s.bind(d.threshold).bind(d.on_threshold).bind(d.retries).bind(d.state).bind(d.phase);
-    s.bind(d.next_phase_at).bind(d.created).bind(d.reason).run();
+    s.bind(d.next_phase_at).bind(d.created).bind(d.reason).bind(d.max_rate).bind(d.reboot).run();
   });
 }
 

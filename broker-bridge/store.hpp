@@ -33,7 +33,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 2;
+inline constexpr int schema_version = 3;
 
 struct DeviceRecord {
   std::string id;
@@ -73,6 +73,8 @@ struct DeploymentRecord {
   std::int64_t next_phase_at = 0;  ///< Unix seconds when the next phase may start (0: not waiting)
   std::int64_t created = 0;
   std::string reason;        ///< why it paused or aborted
+  std::uint64_t max_rate = 0;  ///< devices' download cap, bytes per second (0: none)
+  std::string reboot;          ///< devices' reboot policy (common/reboot_policy.hpp; empty: immediate)
   bool operator==(const DeploymentRecord&) const = default;
 };
 

@@ -1,6 +1,7 @@
 #include "common/protocol.hpp"
 
 #include "common/json.hpp"
+#include "common/reboot_policy.hpp"
 
 #include <boost/json/object.hpp>
 
@@ -10,7 +11,7 @@
 namespace tern::protocol {
 namespace {
 
-constexpr std::array<std::pair<Status, std::string_view>, 7> status_words{{
+constexpr std::array<std::pair<Status, std::string_view>, 8> status_words{{
     {Status::downloading, "downloading"},
     {Status::installing, "installing"},
     {Status::rebooting, "rebooting"},
@@ -18,6 +19,7 @@ constexpr std::array<std::pair<Status, std::string_view>, 7> status_words{{
     {Status::failure, "failure"},
     {Status::already_installed, "already-installed"},
     {Status::aborted, "aborted"},
+    {Status::pause_before_rebooting, "pause_before_rebooting"},
 }};
 
 Error invalid(std::string_view what, std::string msg) {
@@ -98,6 +100,13 @@ Result<Deployment> parse_deployment(std::string_view payload) {
   if (!sha) return sha.error();
   if (!is_hex64(*sha)) return invalid(what, "field 'sha256': expected 64 lowercase hex digits");
   d.sha256 = std::move(*sha);
+  auto rate = o->u64_or("max_rate", 0);
+  if (!rate) return rate.error();
+  d.max_rate = *rate;
+  auto reboot = o->string_or("reboot", "");
+  if (!reboot) return reboot.error();
+  if (auto policy = parse_reboot_policy(*reboot); !policy) return policy.error().context(std::string(what));
+  d.reboot = *reboot == "immediate" ? "" : std::move(*reboot);
   return d;
 }
 
@@ -108,6 +117,24 @@ std::string serialize(const Deployment& d) {
   o["url"] = d.url;
   o["size"] = d.size;
   o["sha256"] = d.sha256;
+  // Only when set: every byte of a retained message is paid for on each device's link.
+  if (d.max_rate) o["max_rate"] = d.max_rate;
+  if (!d.reboot.empty()) o["reboot"] = d.reboot;
+  return json::write(o);
+}
+
+Result<RebootCommand> parse_reboot_command(std::string_view payload) {
+  constexpr std::string_view what = "reboot command";
+  auto o = parse_root(payload, what);
+  if (!o) return o.error();
+  auto id = checked_id(*o, "deployment_id", what);
+  if (!id) return id.error();
+  return RebootCommand{std::move(*id)};
+}
+
+std::string serialize(const RebootCommand& c) {
+  boost::json::object o;
+  o["deployment_id"] = c.deployment_id;
   return json::write(o);
 }
 
@@ -143,6 +170,9 @@ Result<StatusEvent> parse_status(std::string_view payload) {
   auto seq = o->u64_or("seq", 0);
   if (!seq) return seq.error();
   s.seq = *seq;
+  auto eta = o->u64_or("eta", 0);
+  if (!eta) return eta.error();
+  s.eta = *eta;
   return s;
 }
 
@@ -156,6 +186,7 @@ std::string serialize(const StatusEvent& s) {
   o["error"] = s.error;
   o["time"] = s.time;
   o["seq"] = s.seq;
+  if (s.eta) o["eta"] = s.eta;
   return json::write(o);
 }
 
@@ -205,6 +236,10 @@ std::string status(std::string_view id) { return "tern/devices/" + std::string(i
 std::string inventory(std::string_view id) { return "tern/devices/" + std::string(id) + "/inventory"; }
 std::string presence(std::string_view id) { return "tern/devices/" + std::string(id) + "/presence"; }
 std::string fleet_deployment(std::string_view dep) { return "tern/fleet/deployments/" + std::string(dep); }
+std::string reboot(std::string_view id) { return "tern/devices/" + std::string(id) + "/reboot"; }
+std::string fleet_deployment_reboot(std::string_view dep) {
+  return "tern/fleet/deployments/" + std::string(dep) + "/reboot";
+}
 std::string fleet_device(std::string_view id) { return "tern/fleet/devices/" + std::string(id); }
 
 std::optional<DeviceTopic> parse_device_topic(std::string_view topic) {

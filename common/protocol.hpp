@@ -19,7 +19,8 @@ namespace tern::protocol {
 inline constexpr std::size_t max_message_size = 64 * 1024;
 
 /// Mender's deployment status words.
-enum class Status { downloading, installing, rebooting, success, failure, already_installed, aborted };
+enum class Status { downloading, installing, rebooting, success, failure, already_installed, aborted,
+                    pause_before_rebooting };
 
 std::string_view to_string(Status s);
 Result<Status> parse_status_word(std::string_view word);
@@ -36,6 +37,8 @@ struct Deployment {
   std::string url;      ///< http:// or https://
   std::uint64_t size = 0;  ///< artifact size in bytes
   std::string sha256;   ///< lowercase hex of the whole artifact file, 64 characters
+  std::uint64_t max_rate = 0;  ///< `max_rate`: download cap in bytes per second (0 or absent: none)
+  std::string reboot;          ///< `reboot`: RebootPolicy text (common/reboot_policy.hpp); empty: immediate
   bool operator==(const Deployment&) const = default;
 };
 Result<Deployment> parse_deployment(std::string_view payload);
@@ -51,6 +54,7 @@ struct StatusEvent {
   std::string error;         ///< why, for failure and aborted
   std::int64_t time = 0;     ///< Unix time in seconds
   std::uint64_t seq = 0;     ///< increases with every event the device sends; orders and dedups
+  std::uint64_t eta = 0;     ///< downloading: seconds left at the recent rate (0: unknown; sent only if set)
   bool operator==(const StatusEvent&) const = default;
 };
 Result<StatusEvent> parse_status(std::string_view payload);
@@ -71,7 +75,19 @@ using Inventory = std::map<std::string, std::string>;
 Result<Inventory> parse_inventory(std::string_view payload);
 std::string serialize(const Inventory& inv);
 
+/// tern/devices/{id}/reboot (retained, operator or bridge → device): the go-ahead to switch and
+/// reboot for the deployment named, when that deployment's `reboot` is "on-command".
+struct RebootCommand {
+  std::string deployment_id;
+  bool operator==(const RebootCommand&) const = default;
+};
+Result<RebootCommand> parse_reboot_command(std::string_view payload);
+std::string serialize(const RebootCommand& c);
+
 namespace topics {
+std::string reboot(std::string_view device_id);
+/// tern/fleet/deployments/{dep}/reboot: the operator's go-ahead for every device of a deployment.
+std::string fleet_deployment_reboot(std::string_view deployment_id);
 std::string deployment(std::string_view device_id);
 std::string status(std::string_view device_id);
 std::string inventory(std::string_view device_id);

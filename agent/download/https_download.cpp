@@ -7,6 +7,7 @@
 // sink. An attempt ends with an Outcome: done, retry (after backoff), redirect, restart (content
 // changed: start again from 0 at once) or fatal.
 #include "agent/download/https_download.hpp"
+#include "agent/download/rate_limit.hpp"
 
 #include "common/backoff.hpp"
 #include "common/text.hpp"
@@ -165,7 +166,7 @@ class Downloader {
   Downloader(const DownloadOptions& o, DownloadState& s, const BodySink& sink,
              const RestartHandler& restart, const ProgressHandler& progress)
       : opts_(o), state_(s), sink_(sink), on_restart_(restart), on_progress_(progress),
-        backoff_(o.backoff_initial, o.backoff_max, o.seed) {}
+        backoff_(o.backoff_initial, o.backoff_max, o.seed), limit_(o.max_bytes_per_second) {}
 
   asio::awaitable<Result<void>> run();
 
@@ -195,6 +196,7 @@ class Downloader {
   std::optional<ssl::context> tls_;
   asio::cancellation_state cancel_;
   std::array<std::uint8_t, kChunk> buf_;
+  RateLimiter limit_;  // across attempts: a reconnect does not reset the cap
 };
 
 Result<void> Downloader::make_tls_context() {
@@ -448,12 +450,13 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
 
   // Body: into the fixed buffer, chunk by chunk, to the sink.
   while (!parser.is_done()) {
+    const std::size_t ask = limit_.read_size(buf_.size());
     parser.get().body().data = buf_.data();
-    parser.get().body().size = buf_.size();
+    parser.get().body().size = ask;
     tcp.expires_after(opts_.read_timeout);
     auto [ec, n] = co_await http::async_read_some(stream, buffer, parser, kAwait);
     if (ec == http::error::need_buffer) ec = {};
-    const std::size_t got = buf_.size() - parser.get().body().size;
+    const std::size_t got = ask - parser.get().body().size;
     state_.bytes_received += got;
     std::span<const std::uint8_t> chunk(buf_.data(), got);
     const std::size_t dropped = static_cast<std::size_t>(std::min<std::uint64_t>(skip, got));
@@ -464,6 +467,12 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
       if (!r) co_return check_cancel(Outcome{Kind::fatal, r.error(), {}});
       state_.offset += chunk.size();
       progress();
+    }
+    if (const auto wait = limit_.consume(got, std::chrono::steady_clock::now()); wait.count() > 0) {
+      // The cap: not reading lets the kernel's receive window slow the server down.
+      asio::steady_timer pause(tcp.get_executor(), wait);
+      auto [waited] = co_await pause.async_wait(kAwait);
+      if (waited || cancelled()) co_return check_cancel(retry(Errc::io, "waiting for the bandwidth cap"));
     }
     if (ec) {
       std::string m = "reading body of " + url + " at byte " + std::to_string(state_.offset) + ": ";

@@ -46,6 +46,7 @@ struct DownloadOptions {
   std::chrono::seconds max_total{3600};  ///< no new connection after this long (per call)
   int max_redirects = 5;                ///< per attempt
   std::uint64_t seed = 0;               ///< jitter RNG seed (0: random)
+  std::uint64_t max_bytes_per_second = 0;  ///< bandwidth cap on the body (0: none; rate_limit.hpp)
 };
 
 struct DownloadState {  ///< persisted by the caller between runs

@@ -13,6 +13,7 @@ std::string_view to_string(Action a) {
   switch (a) {
     case Action::none: return "none";
     case Action::interrupted: return "interrupted";
+    case Action::await_reboot: return "await-reboot";
     case Action::store_switch: return "store-switch";
     case Action::reboot: return "reboot";
     case Action::verify: return "verify";
@@ -28,6 +29,7 @@ std::string_view to_string(Event e) {
     case Event::start: return "start";
     case Event::already_installed: return "already-installed";
     case Event::payload_written: return "payload-written";
+    case Event::pause: return "pause";
     case Event::switch_stored: return "switch-stored";
     case Event::healthy: return "healthy";
     case Event::commit_stored: return "commit-stored";
@@ -51,6 +53,8 @@ Result<Phase> advance(Phase from, Event e) {
       {Phase::downloading, Event::start, Phase::downloading},
       {Phase::downloading, Event::already_installed, Phase::done},
       {Phase::downloading, Event::payload_written, Phase::switching},
+      {Phase::downloading, Event::pause, Phase::paused},
+      {Phase::paused, Event::payload_written, Phase::switching},
       {Phase::switching, Event::switch_stored, Phase::switched},
       {Phase::switched, Event::healthy, Phase::committing},
       {Phase::committing, Event::commit_stored, Phase::done},
@@ -88,6 +92,10 @@ Decision decide(const InstallState& s, int running_part, const std::map<std::str
                   std::to_string(s.previous_part) + ") nor the new one (" + std::to_string(s.target_part) + ")");
 
   switch (s.phase) {
+    case Phase::paused:
+      if (on_previous) return {Action::await_reboot, {}};
+      return failed("the device booted partition " + std::to_string(running_part) +
+                    " while the install waited for its reboot");
     case Phase::switching:
       if (on_target) return {Action::verify, {}};  // the switch was stored and we rebooted into it
       return {Action::store_switch, {}};

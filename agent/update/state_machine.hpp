@@ -9,6 +9,8 @@
 //   downloading   start               → downloading    runs an interrupted install again (next attempt)
 //   downloading   already_installed   → done (success, already installed)
 //   downloading   payload_written     → switching      stores the boot switch (upgrade_available=1)
+//   downloading   pause               → paused         waits for the reboot window or go-ahead
+//   paused        payload_written     → switching      (the go-ahead) stores the boot switch
 //   switching     switch_stored       → switched       reboots into the new partition
 //   switched      healthy             → committing     stores the commit (upgrade_available=0)
 //   committing    commit_stored       → done (success)
@@ -25,6 +27,7 @@
 //   phase         running   boot variables                       → action
 //   idle, done    any       any                                  → none
 //   downloading   any       any (never switched)                 → interrupted (retry or fail)
+//   paused        previous  any (never switched)                 → await_reboot (wait again)
 //   switching     previous  any                                  → store_switch (payload is complete)
 //   switched      previous  boot_part=target, upgrade_available=1→ reboot (not rebooted yet)
 //   switched      previous  otherwise                            → fail: the bootloader rolled back
@@ -49,6 +52,7 @@ namespace tern::agent {
 enum class Action {
   none,            ///< nothing in progress
   interrupted,     ///< a download was cut short by a restart: run it again or report failure
+  await_reboot,    ///< written, waiting for the reboot window or the operator's go-ahead
   store_switch,    ///< (re)write the boot switch to the target partition, then reboot
   reboot,          ///< the switch is stored; reboot into the new partition
   verify,          ///< running the new partition on trial: health check, then commit or roll back
@@ -66,7 +70,8 @@ struct Decision {
 enum class Event {
   start,              ///< an install (or its next attempt) begins
   already_installed,  ///< the artifact's header names the running artifact
-  payload_written,    ///< the payload is written, verified and synced
+  payload_written,    ///< the payload is written, verified and synced (or, paused: the go-ahead)
+  pause,              ///< the payload is written; the deployment's reboot policy says wait
   switch_stored,      ///< the boot environment tries the new partition once
   healthy,            ///< the new partition passed its health check
   commit_stored,      ///< the boot environment keeps the new partition

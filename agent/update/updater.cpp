@@ -1,5 +1,7 @@
 #include "agent/update/updater.hpp"
 
+#include "agent/download/rate_limit.hpp"
+
 #include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
 #include "common/file.hpp"
@@ -278,7 +280,9 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
                                              .last_modified = c.last_modified,
                                              .total = c.total});
     };
-    const PipelineSource source{.job = job, .download = download_, .resume = resume};
+    DownloadOptions download = download_;
+    download.max_bytes_per_second = combined_cap(config_.download_max_rate, job.max_rate);
+    const PipelineSource source{.job = job, .download = download, .resume = resume};
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
     // The writer's descriptor is closed on the pool: closing a partition may flush.
     auto closed = co_await offload(serial, [&](std::stop_token) -> Result<void> {
@@ -363,6 +367,13 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     });
     if (!f) co_return f.error();
     co_return err;
+  }
+  if (!job.reboot.empty() && job.reboot != "immediate") {
+    // The deployment chooses when to reboot: keep the written partition, switch nothing yet.
+    auto paused = co_await offload(serial, [&](std::stop_token) { return advance(s, Event::pause); });
+    if (!paused) co_return paused.error();
+    log::info("installed ", s.artifact_name, " into partition ", target, "; the switch waits (reboot: ", job.reboot, ")");
+    co_return InstallReport{.header = result->header, .stats = *result, .paused = true};
   }
   auto switched = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
     auto switching = advance(s, Event::payload_written);
@@ -467,9 +478,29 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
     case Action::interrupted:
       out.interrupted = true;
       return out;
+    case Action::await_reboot:
+      out.paused = true;
+      return out;
     case Action::store_switch: {
       if (auto r = env_->write(vars_for_trial(s->target_part)); !r) return r.error();
-      if (auto r = advance(*s, Event::switch_stored); !r) return r.error();
+      auto stored = advance(*s, Event::switch_stored);
+      if (!stored) return stored.error();
+      // After a pause for the reboot window or go-ahead (or a cut before the switch was stored):
+      // ArtifactInstall_Leave and ArtifactReboot_Enter, as an install that goes straight on runs
+      // them. A failure switches back.
+      ScriptState failed_state = ScriptState::ArtifactInstall;
+      auto left = [&]() -> Result<void> {
+        if (auto r = run_scripts(ScriptState::ArtifactInstall, ScriptAction::Leave, stop); !r) return r;
+        failed_state = ScriptState::ArtifactReboot;
+        return run_scripts(ScriptState::ArtifactReboot, ScriptAction::Enter, stop);
+      }();
+      if (!left) {
+        if (left.error().code() == make_error_code(Errc::cancelled)) return left.error();
+        auto f = fail_switched(*stored, left.error().message(), failed_state, stop);
+        if (!f) return f.error();
+        out.finished = *f;
+        return out;
+      }
       out.reboot = true;
       return out;
     }

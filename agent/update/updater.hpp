@@ -39,6 +39,7 @@ namespace tern::agent {
 struct InstallReport {
   artifacts::Header header;
   PipelineResult stats;
+  bool paused = false;  ///< written, not switched: the deployment's reboot policy says wait (go_ahead())
 };
 
 /// What recover() did and what the caller must do now.
@@ -46,6 +47,7 @@ struct Recovery {
   Action action = Action::none;  ///< what decide() said
   bool reboot = false;           ///< reboot now to continue
   bool interrupted = false;      ///< a download was cut short: the caller retries or calls fail_install()
+  bool paused = false;           ///< written, waiting for the reboot window or go-ahead: then go_ahead()
   std::optional<InstallState> finished;  ///< the install ended (success or failure) in this call
 };
 
@@ -89,6 +91,10 @@ class Updater {
   Result<InstallState> final_status_seq();
   /// Marks the finished install as reported to the fleet.
   Result<void> mark_reported();
+  /// A paused install may switch now (its reboot window opened, or the operator said so): moves it
+  /// to `switching`; recover() then stores the switch and asks for the reboot. Errors: nothing
+  /// paused (Errc::invalid_argument). In agent/update/reboot_gate.cpp.
+  Result<InstallState> go_ahead();
 
   Result<InstallState> state() const { return store_.load_install(); }
   Result<Installed> installed() const { return store_.load_installed(config_.initial_artifact_name); }

@@ -496,3 +496,51 @@ TEST(BridgeFleet, DecommissionClearsTheDevicesRetainedState) {
 
 }  // namespace
 }  // namespace tern::test
+
+namespace tern::test {
+namespace {
+
+TEST(BridgeFleet, CapAndRebootPolicyReachTheDevicesAndTheGoAheadReachesThoseNotFinished) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2", "device-3"}) env.accept(id);
+  auto bad = env.command("tern/fleet/deployments/create",
+                         R"({"id":"d0","artifact_name":"release-1","all":true,"reboot":"tonight"})");
+  EXPECT_NE(bad.find("\"ok\":false"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("'tonight'"), std::string::npos) << bad;
+  EXPECT_EQ(env.retained_deployment("device-1"), "<none>") << "nothing sent for a refused deployment";
+
+  auto reply = env.command("tern/fleet/deployments/create",
+                           R"({"id":"d1","artifact_name":"release-1","all":true,"max_rate":65536,"reboot":"on-command"})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  for (auto id : {"device-1", "device-2", "device-3"}) {
+    auto dep = protocol::parse_deployment(env.retained_deployment(id));
+    ASSERT_TRUE(dep) << id;
+    EXPECT_EQ(dep->max_rate, 65536u);
+    EXPECT_EQ(dep->reboot, "on-command");
+  }
+  EXPECT_EQ(env.store->deployment("d1").value()->reboot, "on-command") << "kept in the store";
+
+  env.handle(msg("tern/devices/device-1/status", status("d1", "pause_before_rebooting", 5)));
+  env.handle(msg("tern/devices/device-2/status", status("d1", "pause_before_rebooting", 5)));
+  env.handle(msg("tern/devices/device-3/status", status("d1", "failure", 5, "disk full")));
+  env.tick();
+  auto summary = last_on(env.published, "tern/fleet/deployments/d1");
+  ASSERT_TRUE(summary);
+  EXPECT_NE(summary->payload.find("\"pause_before_rebooting\""), std::string::npos) << summary->payload;
+
+  env.published.clear();
+  auto go = env.command("tern/fleet/deployments/d1/reboot", "{}");
+  EXPECT_NE(go.find("\"ok\":true"), std::string::npos) << go;
+  for (auto id : {"device-1", "device-2"}) {
+    auto m = last_on(env.published, protocol::topics::reboot(id));
+    ASSERT_TRUE(m) << id;
+    EXPECT_TRUE(m->retained);
+    EXPECT_EQ(protocol::parse_reboot_command(m->payload)->deployment_id, "d1");
+  }
+  EXPECT_FALSE(last_on(env.published, protocol::topics::reboot("device-3"))) << "finished: no go-ahead";
+  auto unknown = env.command("tern/fleet/deployments/nope/reboot", "{}");
+  EXPECT_NE(unknown.find("\"ok\":false"), std::string::npos) << unknown;
+}
+
+}  // namespace
+}  // namespace tern::test
