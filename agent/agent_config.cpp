@@ -62,6 +62,8 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_SECS(inventory_interval, "InventoryPollIntervalSeconds")
   TERN_STR(inventory_scripts, "InventoryScriptsDir")
   TERN_SECS(inventory_script_timeout, "InventoryScriptTimeoutSeconds")
+  TERN_STR(modules_dir, "ModulesDir")
+  TERN_SECS(module_timeout, "ModuleTimeoutSeconds")
 #undef TERN_STR
 #undef TERN_SECS
 #undef TERN_NUM
@@ -78,7 +80,7 @@ Result<AgentConfig> from_config(const Config& c) {
             "SessionExpirySeconds", "RetryMinMilliseconds", "RetryMaxSeconds", "DownloadReadTimeoutSeconds",
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
-            "InventoryScriptTimeoutSeconds"}))
+            "InventoryScriptTimeoutSeconds", "ModulesDir", "ModuleTimeoutSeconds"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");
@@ -89,6 +91,8 @@ Result<AgentConfig> from_config(const Config& c) {
   if (a.health_check_timeout.count() == 0 || a.inventory_script_timeout.count() == 0)
     return fail(Errc::invalid_argument,
                 c.origin() + ": HealthCheckTimeoutSeconds and InventoryScriptTimeoutSeconds must be at least 1");
+  if (a.module_timeout.count() == 0)
+    return fail(Errc::invalid_argument, c.origin() + ": ModuleTimeoutSeconds must be at least 1");
   if (a.bootloader != "uboot" && a.bootloader != "grub")
     return fail(Errc::invalid_argument,
                 c.origin() + ": Bootloader must be \"uboot\" or \"grub\", not \"" + a.bootloader + "\"");

@@ -59,6 +59,10 @@ struct AgentConfig {
   std::filesystem::path inventory_scripts;       ///< InventoryScriptsDir
   std::chrono::seconds inventory_script_timeout{30};  ///< InventoryScriptTimeoutSeconds: per script
 
+  // Update modules (agent/update/update_module.hpp)
+  std::filesystem::path modules_dir = "/usr/share/mender/modules/v3";  ///< ModulesDir
+  std::chrono::seconds module_timeout{14400};  ///< ModuleTimeoutSeconds: per call of a module
+
   /// Loads and validates a configuration file. Errors name the file and the key.
   static Result<AgentConfig> load(const std::filesystem::path& path);
   static Result<AgentConfig> parse(std::string_view text, const std::string& origin);

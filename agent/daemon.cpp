@@ -355,6 +355,10 @@ class Daemon {
       co_return std::nullopt;
     }
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
+    if (result->finished) {  // an update module that needed no reboot: committed already
+      co_await report_finished(*result->finished);
+      co_return std::nullopt;
+    }
     report(job, Status::rebooting);
     co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
   }

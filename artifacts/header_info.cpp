@@ -114,6 +114,7 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
   for (auto& [name, content] : files) {
     if (name == "header-info") {
       header_info = true;
+      h.header_info_json = content;
       auto o = parse_json(content, "header-info");
       if (!o) return o.error();
       // payloads: exactly one: a rootfs image, or the type of an update module.
@@ -151,6 +152,7 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
       h.depends_groups = *groups;
     } else if (name == "headers/0000/type-info") {
       type_info = true;
+      h.type_info_json = content;
       auto o = parse_json(content, "type-info");
       if (!o) return o.error();
       auto t = o->string_or("type", "");

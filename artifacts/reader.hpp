@@ -70,6 +70,7 @@ struct Header {
   /// Update module payloads (any type but rootfs-image) carry any number of files (zero too):
   /// their names, from the manifest (sorted). A rootfs-image has exactly one file.
   std::vector<std::string> files;
+  std::string header_info_json, type_info_json;  ///< header-info and headers/0000/type-info, verbatim
   bool is_rootfs() const { return payload_type == "rootfs-image"; }
   Compression compression = Compression::none;       ///< of header.tar and data/0000.tar
   std::string meta_data_json;  ///< headers/0000/meta-data, may be empty; without Tern's chunk index

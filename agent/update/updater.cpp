@@ -1,5 +1,7 @@
 #include "agent/update/updater.hpp"
 
+#include "agent/update/update_module.hpp"
+
 #include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
 #include "common/file.hpp"
@@ -217,9 +219,14 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   log::info("installing ", job.source, " into ", partition_of(target).describe(), " (running partition ",
             start->running, ")");
 
+  std::optional<artifacts::Header> module_header;  // the artifact is for an update module
   HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
     if (h.artifact_name == installed.artifact_name)
       return fail(AgentErrc::already_installed, h.artifact_name + " is the running artifact");
+    if (!h.is_rootfs()) {
+      module_header = h;
+      return fail(Errc::unsupported, "payload type " + h.payload_type + " is installed by its update module");
+    }
     return {};
   };
 
@@ -291,6 +298,8 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     }
   }
 
+  // Not a rootfs image: its update module installs it (the pipeline stopped at its header).
+  if (module_header) co_return co_await ModuleInstall::install(*this, job, s, *module_header, ro, progress);
   if (!result && is(result.error(), AgentErrc::already_installed)) {
     auto done = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
       InstallState d = s;
@@ -381,6 +390,7 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
   if (!s) return s.error();
   Recovery out;
   if (s->phase == Phase::idle || s->phase == Phase::done) return out;
+  if (auto m = ModuleInstall::recover(*this, *s)) return *m;  // an update module's install
   auto vars = env_->read();
   if (!vars) return vars.error().context("reading the boot environment");
   auto running = running_part();

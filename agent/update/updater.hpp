@@ -37,6 +37,9 @@ namespace tern::agent {
 struct InstallReport {
   artifacts::Header header;
   PipelineResult stats;
+  /// Set when the install already ended (an update module that needs no reboot): report it, do
+  /// not reboot.
+  std::optional<InstallState> finished;
 };
 
 /// What recover() did and what the caller must do now.
@@ -100,6 +103,7 @@ class Updater {
   BlockingPool& blocking() { return pool_; }
 
  private:
+  friend class ModuleInstall;  // update modules (update_module.hpp): the same state and store
   Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock);
   /// Moves `s` along the forward table and saves it.
   Result<InstallState> advance(InstallState s, Event e);
