@@ -6,6 +6,7 @@
 #include "common/log.hpp"
 #include "common/process.hpp"
 
+#include <boost/asio/this_coro.hpp>
 #include <boost/json/object.hpp>
 #include <boost/json/serialize.hpp>
 
@@ -516,7 +517,9 @@ asio::awaitable<Result<InstallReport>> ModuleInstall::install(Updater& u, const 
     co_return co_await failed(downloaded.error().context("installing " + job.source));
   }
 
-  // Verified and stored: the module's states from here on, never cancelled halfway.
+  // Verified and stored: the module's states from here on, never cancelled halfway (a newer
+  // deployment waits for them; the caller finds the outcome in the state).
+  co_await asio::this_coro::throw_if_cancelled(false);
   s.artifact_name = header.artifact_name;
   s.provides = header.provides;
   if (!header.artifact_group.empty()) s.provides["artifact_group"] = header.artifact_group;

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include <signal.h>
 #include <stdlib.h>
 
 namespace tern::test {
@@ -251,6 +252,61 @@ TEST_F(ModuleDaemonTest, AModuleThatAsksForARebootIsVerifiedAndCommittedAfterIt)
   EXPECT_TRUE(has(s, "rebooting"));
   EXPECT_EQ(dev->installed(), "fw-2");
   EXPECT_EQ(dev->env()["mender_boot_part"], "2") << "a module's reboot is no boot switch";
+}
+
+/// A module written for the tests: logs each state, says it supports rollback, and holds
+/// ArtifactInstall until the test creates `go` (its pid in `pid`, `started` once it is in it).
+void write_gated_module(const fs::path& modules, const fs::path& dir) {
+  write_file(modules / "gated",
+             "#!/bin/sh\necho \"$1\" >> " + q(dir / "calls.log") +
+                 "\ncase \"$1\" in\n  SupportsRollback) echo Yes ;;\n  ArtifactInstall)\n    echo $$ > " +
+                 q(dir / "pid") + "\n    touch " + q(dir / "started") + "\n    while [ ! -e " + q(dir / "go") +
+                 " ]; do sleep 0.05; done ;;\nesac\n");
+  fs::permissions(modules / "gated", fs::perms::owner_all);
+}
+
+TEST_F(ModuleDaemonTest, AnAgentKilledDuringArtifactInstallRollsBackAfterTheRestart) {
+  write_gated_module(modules, tmp.path());
+  auto art = module_artifact("gated-1", "gated", {{"f", "x"}});
+  auto dev = device("device-1");
+  deploy("device-1", "dep-kill", art);
+  SimDaemon d(*dev);
+  auto end = std::chrono::steady_clock::now() + 60s;
+  while (!fs::exists(tmp / "started") && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(fs::exists(tmp / "started")) << d.log();
+  d.kill();  // -9, as a power cut: the module is left mid-install
+  ::kill(std::stoi(read_file(tmp / "pid")), SIGKILL);
+  d.start();
+  ASSERT_EQ(final_status(d, "device-1", "dep-kill"), "failure") << d.log();
+  EXPECT_EQ(read_file(tmp / "calls.log"),
+            "Download\nArtifactInstall\nSupportsRollback\nArtifactRollback\nArtifactFailure\nCleanup\n");
+  EXPECT_EQ(dev->installed(), "factory-image");
+  auto s = statuses("device-1", "dep-kill");
+  EXPECT_EQ(std::count(s.begin(), s.end(), "failure"), 1);
+}
+
+TEST_F(ModuleDaemonTest, ADeploymentArrivingWhileAModuleRunsWaitsForItsEnd) {
+  write_gated_module(modules, tmp.path());
+  auto first = module_artifact("gated-1", "gated", {{"f", "x"}});
+  auto second = module_artifact("gated-2", "gated", {{"f", "y"}});
+  auto dev = device("device-2");
+  deploy("device-2", "dep-first", first);
+  SimDaemon d(*dev);
+  auto end = std::chrono::steady_clock::now() + 60s;
+  while (!fs::exists(tmp / "started") && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(20ms);
+  ASSERT_TRUE(fs::exists(tmp / "started")) << d.log();
+  deploy("device-2", "dep-second", second);
+  // The daemon has the new deployment (its log says so) while the module still holds.
+  end = std::chrono::steady_clock::now() + 30s;
+  while (d.log().find("deployment dep-second received") == std::string::npos && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_NE(d.log().find("deployment dep-second received"), std::string::npos) << d.log();
+  write_file(tmp / "go", "");
+  EXPECT_EQ(final_status(d, "device-2", "dep-first"), "success") << d.log();
+  EXPECT_EQ(final_status(d, "device-2", "dep-second"), "success") << d.log();
+  EXPECT_EQ(dev->installed(), "gated-2");
+  EXPECT_FALSE(has(statuses("device-2", "dep-first"), "failure"));
+  EXPECT_FALSE(has(statuses("device-2", "dep-first"), "aborted"));
 }
 
 }  // namespace
