@@ -554,6 +554,14 @@ asio::awaitable<Result<InstallReport>> ModuleInstall::install(Updater& u, const 
   co_return report;
 }
 
+bool ModuleInstall::owns(const Updater& u, const InstallState& s) {
+  if (s.phase != Phase::switching && s.phase != Phase::switched && s.phase != Phase::committing &&
+      s.phase != Phase::rolling_back)
+    return false;
+  auto rec = load_record(u.config_);
+  return rec && *rec && (*rec)->deployment_id == s.job.deployment_id && (*rec)->source == s.job.source;
+}
+
 std::optional<Result<Recovery>> ModuleInstall::recover(Updater& u, const InstallState& s_arg) {
   if (s_arg.phase != Phase::switching && s_arg.phase != Phase::switched && s_arg.phase != Phase::committing &&
       s_arg.phase != Phase::rolling_back)

@@ -121,6 +121,9 @@ class ModuleInstall {
   /// the rootfs table). Blocks while the module runs.
   static std::optional<Result<Recovery>> recover(Updater& u, const InstallState& s);
 
+  /// Whether `s` is an update module's install waiting for its states (after its download).
+  static bool owns(const Updater& u, const InstallState& s);
+
   /// DataDir/modules/v3/payloads/0000/tree.
   static std::filesystem::path work_dir(const AgentConfig& c);
 };

@@ -464,6 +464,8 @@ Result<InstallState> Updater::commit() {
   if (!s) return s.error();
   auto running = running_part();
   if (!running) return running.error();
+  if (ModuleInstall::owns(*this, *s))
+    return fail(Errc::invalid_argument, "an update module's install commits by itself: run 'tern-agent resume'");
   if ((s->phase != Phase::switched && s->phase != Phase::committing) || *running != s->target_part)
     return fail(Errc::invalid_argument, "nothing to commit: no new partition is running on trial");
   return finish_commit(*s);
@@ -474,6 +476,8 @@ Result<bool> Updater::rollback(const std::string& reason) {
   if (!s) return s.error();
   auto running = running_part();
   if (!running) return running.error();
+  if (ModuleInstall::owns(*this, *s))
+    return fail(Errc::invalid_argument, "an update module's install rolls back by itself: run 'tern-agent resume'");
   if (s->phase != Phase::switched && s->phase != Phase::switching && s->phase != Phase::rolling_back)
     return fail(Errc::invalid_argument, "nothing to roll back: no install is waiting for commit");
   if (*running == s->previous_part) {

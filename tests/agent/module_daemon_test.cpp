@@ -276,6 +276,12 @@ TEST_F(ModuleDaemonTest, AnAgentKilledDuringArtifactInstallRollsBackAfterTheRest
   ASSERT_TRUE(fs::exists(tmp / "started")) << d.log();
   d.kill();  // -9, as a power cut: the module is left mid-install
   ::kill(std::stoi(read_file(tmp / "pid")), SIGKILL);
+  // By hand, commit and rollback leave a module's install to its module.
+  for (auto cmd : {"commit", "rollback"}) {
+    auto r = dev->agent(cmd);
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("update module's install"), std::string::npos) << r.output;
+  }
   d.start();
   ASSERT_EQ(final_status(d, "device-1", "dep-kill"), "failure") << d.log();
   EXPECT_EQ(read_file(tmp / "calls.log"),
