@@ -101,6 +101,12 @@ struct ModuleOutcome {
 /// above). Errors: only the SaveRecord's (the module's own failures are the outcome).
 Result<ModuleOutcome> drive(ModuleRecord& rec, const ModuleCall& call, const SaveRecord& save);
 
+/// DataDir/module.json: saved atomically before each step. load: nothing when there is none;
+/// errors name the file and what is wrong in it.
+std::filesystem::path module_record_path(const AgentConfig& c);
+Result<void> save_module_record(const AgentConfig& c, const ModuleRecord& r);
+Result<std::optional<ModuleRecord>> load_module_record(const AgentConfig& c);
+
 /// Calls `executable STATE work_dir` in work_dir with a deadline; the output is logged.
 Result<std::string> call_module(const std::filesystem::path& executable, const std::filesystem::path& work_dir,
                                 std::string_view state, std::chrono::milliseconds timeout, std::stop_token stop = {});
