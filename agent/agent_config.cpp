@@ -68,6 +68,8 @@ Result<AgentConfig> from_config(const Config& c) {
   TERN_SECS(state_script_timeout, "StateScriptTimeoutSeconds")
   TERN_SECS(state_script_retry_timeout, "StateScriptRetryTimeoutSeconds")
   TERN_SECS(state_script_retry_interval, "StateScriptRetryIntervalSeconds")
+  TERN_STR(modules_dir, "ModulesDir")
+  TERN_SECS(module_timeout, "ModuleTimeoutSeconds")
 #undef TERN_STR
 #undef TERN_SECS
 #undef TERN_NUM
@@ -85,7 +87,8 @@ Result<AgentConfig> from_config(const Config& c) {
             "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
             "InventoryScriptTimeoutSeconds", "RootfsScriptsPath", "ArtifactScriptsPath", "StateScriptTimeoutSeconds",
-            "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds", "DownloadMaxBytesPerSecond"}))
+            "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds", "DownloadMaxBytesPerSecond",
+            "ModulesDir", "ModuleTimeoutSeconds"}))
     log::warn(c.origin(), ": unknown key '", key, "' ignored");
 
   if (a.device_type.empty()) return fail(Errc::invalid_argument, c.origin() + ": DeviceType is required");
@@ -99,6 +102,8 @@ Result<AgentConfig> from_config(const Config& c) {
   if (a.state_script_timeout.count() == 0)
     return fail(Errc::invalid_argument, c.origin() + ": StateScriptTimeoutSeconds must be at least 1");
   if (a.artifact_scripts_dir.empty()) a.artifact_scripts_dir = a.data_dir / "scripts";
+  if (a.module_timeout.count() == 0)
+    return fail(Errc::invalid_argument, c.origin() + ": ModuleTimeoutSeconds must be at least 1");
   if (a.bootloader != "uboot" && a.bootloader != "grub")
     return fail(Errc::invalid_argument,
                 c.origin() + ": Bootloader must be \"uboot\" or \"grub\", not \"" + a.bootloader + "\"");

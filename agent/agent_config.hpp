@@ -66,6 +66,9 @@ struct AgentConfig {
   std::chrono::seconds state_script_timeout{3600};         ///< StateScriptTimeoutSeconds: per script
   std::chrono::seconds state_script_retry_timeout{1800};   ///< StateScriptRetryTimeoutSeconds: exit 21 budget
   std::chrono::seconds state_script_retry_interval{60};    ///< StateScriptRetryIntervalSeconds
+  // Update modules (agent/update/update_module.hpp)
+  std::filesystem::path modules_dir = "/usr/share/mender/modules/v3";  ///< ModulesDir
+  std::chrono::seconds module_timeout{14400};  ///< ModuleTimeoutSeconds: per call of a module
 
   /// Loads and validates a configuration file. Errors name the file and the key.
   static Result<AgentConfig> load(const std::filesystem::path& path);

@@ -73,6 +73,11 @@ int cmd_install(const AgentConfig& cfg, const InstallJob& job, bool reboot_exit_
     return 0;
   }
   if (!r) return failed(r.error());
+  if (r->finished) {  // an update module that needed no reboot
+    std::cout << "Installed and committed " << r->header.artifact_name << " (update module " << r->header.payload_type
+              << ").\n";
+    return 0;
+  }
   std::cout << "Installed " << r->header.artifact_name << " (" << human_bytes(r->stats.written)
             << "). Reboot to try the new partition, then run 'tern-agent commit' (or let the daemon do it).\n";
   return reboot_exit_code ? exit_reboot_needed : 0;

@@ -235,6 +235,7 @@ class Daemon {
           continue;
         }
         if (current_ && current_->deployment_id == d->deployment_id) continue;  // already running
+        log::debug("deployment ", d->deployment_id, " received");
         latest = std::move(*d);
       } else if (!current_) {
         latest_.reset();  // a withdrawal with nothing running: forget a deployment not started yet
@@ -387,6 +388,18 @@ class Daemon {
     }
 
     if (outcome.index() == 1) {
+      // Past its download (an update module's states run to their end), the install is not given
+      // up: it finished, or waits for its reboot.
+      auto now = co_await state_op([this] { return updater_->state(); });
+      if (now && now->job.deployment_id == job.deployment_id &&
+          (now->phase == Phase::done || now->phase == Phase::switched)) {
+        if (now->phase == Phase::done) {
+          co_await report_finished(*now);
+          co_return std::nullopt;
+        }
+        report(job, Status::rebooting);
+        co_return TaskExit{exit_reboot_requested, "reboot to go on with the install"};
+      }
       // A newer deployment, or the withdrawal of this one: this install is given up.
       log::info("deployment ", job.deployment_id, latest_ && *latest_ ? " replaced by " + (*latest_)->deployment_id
                                                                       : std::string(" withdrawn"),
@@ -407,6 +420,10 @@ class Daemon {
       co_return std::nullopt;
     }
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
+    if (result->finished) {  // an update module that needed no reboot: committed already
+      co_await report_finished(*result->finished);
+      co_return std::nullopt;
+    }
     if (result->paused) {
       auto exit = co_await await_reboot(job);
       co_return exit;

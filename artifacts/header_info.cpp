@@ -110,12 +110,14 @@ Result<void> parse_meta_data(std::string_view content, Header& h) {
 
 Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::string>>& files, Header& h) {
   bool header_info = false, type_info = false;
+  std::string type_info_type;
   for (auto& [name, content] : files) {
     if (name == "header-info") {
       header_info = true;
+      h.header_info_json = content;
       auto o = parse_json(content, "header-info");
       if (!o) return o.error();
-      // payloads: exactly one, a rootfs image.
+      // payloads: exactly one: a rootfs image, or the type of an update module.
       auto payloads = o->objects("payloads");
       if (!payloads) return malformed(payloads.error().message());
       if (payloads->empty()) return malformed("header-info: 'payloads' is empty");
@@ -125,8 +127,7 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
                                   " payloads (Tern installs one rootfs-image)");
       auto t = (*payloads)[0].string("type");
       if (!t) return malformed(t.error().message());
-      if (*t != "rootfs-image")
-        return artifact_error(ArtifactErrc::unsupported, "header-info: payload type '" + *t + "' is not supported (rootfs-image)");
+      if (t->empty()) return malformed("header-info: the payload type is empty");
       h.payload_type = *t;
 
       auto prov = o->object("artifact_provides");
@@ -151,12 +152,12 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
       h.depends_groups = *groups;
     } else if (name == "headers/0000/type-info") {
       type_info = true;
+      h.type_info_json = content;
       auto o = parse_json(content, "type-info");
       if (!o) return o.error();
       auto t = o->string_or("type", "");
       if (!t) return malformed(t.error().message());
-      if (!t->empty() && *t != "rootfs-image")
-        return artifact_error(ArtifactErrc::unsupported, "type-info: payload type '" + *t + "' is not supported");
+      type_info_type = *t;
       auto prov = o->string_map_or_empty("artifact_provides");
       if (!prov) return malformed(prov.error().message());
       h.provides = *prov;
@@ -176,6 +177,9 @@ Result<void> parse_header_tar(const std::vector<std::pair<std::string, std::stri
   }
   if (!header_info) return malformed("header.tar: missing header-info");
   if (!type_info) return malformed("header.tar: missing headers/0000/type-info");
+  // Readers accept an empty type in type-info (old rootfs artifacts); any other must agree.
+  if (!type_info_type.empty() && type_info_type != h.payload_type)
+    return malformed("type-info: payload type '" + type_info_type + "' is not header-info's '" + h.payload_type + "'");
   return {};
 }
 

@@ -27,6 +27,10 @@ const char* usage =
     "        [-N DEPENDS_ARTIFACT_NAME]... [-g PROVIDES_GROUP] [-G DEPENDS_GROUP]... [-s SCRIPT]...\n"
     "        [--software-version VERSION] [--clears-provides NAME]... [--frame-size BYTES]\n"
     "        [--no-chunk-index] [--chunk-block-size BYTES]\n"
+    "  tern-artifact write module-image -T TYPE [-f FILE]... -t DEVICE_TYPE [-t ...] -n NAME -o OUT\n"
+    "        [-m META_DATA.json] [--compression zstd|gzip|lzma|none] [-k PRIVATE_KEY] [-p KEY:VALUE]...\n"
+    "        [-d KEY:VALUE]... [-N NAME]... [-g GROUP] [-G GROUP]... [-s SCRIPT]... [--software-version V]\n"
+    "        [--clears-provides NAME]...   (an update module's artifact, as mender-artifact writes it)\n"
     "  tern-artifact read FILE [-k PUBLIC_KEY]\n"
     "  tern-artifact validate FILE [-k PUBLIC_KEY]\n"
     "  tern-artifact sign FILE -k PRIVATE_KEY [-o OUT]\n"
@@ -75,7 +79,9 @@ struct Progress {
 };
 
 int cmd_write(int argc, char** argv) {
-  if (argc < 3 || std::strcmp(argv[2], "rootfs-image") != 0) return die("write: only 'rootfs-image' is supported\n" + std::string(usage));
+  const bool module = argc >= 3 && std::strcmp(argv[2], "module-image") == 0;
+  if (argc < 3 || (!module && std::strcmp(argv[2], "rootfs-image") != 0))
+    return die("write: 'rootfs-image' or 'module-image'\n" + std::string(usage));
   art::WriterOptions o;
   std::string out;
   std::vector<std::string> clears;
@@ -92,7 +98,10 @@ int cmd_write(int argc, char** argv) {
     auto v = next();
     if (!v) return die("write: " + a + " needs a value");
     std::string k, val;
-    if (a == "-f" || a == "--file") o.payload = *v;
+    if ((a == "-f" || a == "--file") && module) o.files.emplace_back(*v);
+    else if ((a == "-T" || a == "--type") && module) o.payload_type = *v;
+    else if ((a == "-m" || a == "--meta-data") && module) o.meta_data = *v;
+    else if (a == "-f" || a == "--file") o.payload = *v;
     else if (a == "-t" || a == "--device-type") o.device_types.push_back(*v);
     else if (a == "-n" || a == "--artifact-name") o.artifact_name = *v;
     else if (a == "-o" || a == "--output-path") out = *v;
@@ -124,8 +133,14 @@ int cmd_write(int argc, char** argv) {
     }
     else return die("write: unknown flag '" + a + "'\n" + usage);
   }
-  if (o.payload.empty() || out.empty()) return die("write: -f FILE and -o OUT are required\n" + std::string(usage));
   if (!clears.empty()) o.clears_provides = clears;
+  if (module) {
+    if (o.payload_type.empty() || out.empty())
+      return die("write: module-image needs -T TYPE and -o OUT\n" + std::string(usage));
+    if (auto r = art::write_module_artifact(o, out); !r) return die(r.error().message());
+    return 0;
+  }
+  if (o.payload.empty() || out.empty()) return die("write: -f FILE and -o OUT are required\n" + std::string(usage));
   Progress bar;
   o.progress = [&](std::uint64_t d, std::uint64_t t) { bar(d, t); };
   if (auto r = art::write_rootfs_artifact(o, out); !r) return die(r.error().message());
@@ -190,6 +205,12 @@ int cmd_read(int argc, char** argv, bool print) {
   if (const auto* x = h->chunk_index.get())
     std::cout << "    Chunk index: " << x->frames.size() << " frames of " << x->frame_size << " bytes, "
               << x->block_hashes.size() << " blocks of " << x->block_size << " bytes\n";
+  if (!h->is_rootfs()) {
+    std::cout << "    Files:" << (h->files.empty() ? " none" : "") << "\n";
+    for (auto& f : h->files) std::cout << "      name:     " << f << "\n";
+    std::cout << "    Compression: " << art::to_string(h->compression) << "\n";
+    return 0;
+  }
   std::cout
             << "    Files:\n      name:     " << h->payload_name << "\n      size:     " << h->payload_size
             << "\n      checksum: " << h->payload_sha256 << "\n    Compression: " << art::to_string(h->compression)

@@ -105,6 +105,10 @@ struct Reader::Impl {
   bool payload_seen = false;
   bool payload_done = false;
   Sha256 payload_hash;
+  // The file being read (update modules: one of several), and how many of them are done.
+  std::string file_name, file_sha256;
+  std::size_t files_done = 0;
+  FileHandler on_file;
 
   // ---- checkpoints and the whole-artifact hash -------------------------------------------------
   std::uint64_t ckpt_every = 0;   // 0: no checkpoints
@@ -434,7 +438,7 @@ struct Reader::Impl {
   }
 
   Result<void> maybe_checkpoint() {
-    if (prefix_sha256.empty() || inner != InnerState::content || inner_member != InnerMember::payload ||
+    if (prefix_sha256.empty() || !header.is_rootfs() || inner != InnerState::content || inner_member != InnerMember::payload ||
         iremaining == 0 || payload_count - last_ckpt_payload < ckpt_every ||
         header.payload_name.find('\n') != std::string::npos)
       return {};
@@ -520,6 +524,18 @@ struct Reader::Impl {
   Result<void> data_end() {
     if (!dec) start_decompressor();  // an empty member
     if (auto r = dec->finish(); !r) return artifact_error(ArtifactErrc::truncated, "data/0000.tar: " + r.error().message());
+    if (!header.is_rootfs()) {
+      if (payload_seen && !payload_done)
+        return artifact_error(ArtifactErrc::truncated, "data/0000.tar: the file '" + file_name + "' is cut short");
+      if (files_done != header.files.size())
+        return malformed("data/0000.tar: " + std::to_string(files_done) + " files, the manifest lists " +
+                         std::to_string(header.files.size()));
+      if (!header_reported)  // a module payload without files: the header is reported here
+        if (auto r = report_header(); !r) return r;
+      stage = Stage::done;
+      if (state == State::header) state = State::end;
+      return {};
+    }
     if (!payload_seen) return malformed("data/0000.tar: no payload file");
     if (!payload_done)
       return artifact_error(ArtifactErrc::truncated, "data/0000.tar: the payload file '" + header.payload_name + "' is cut short");
@@ -567,7 +583,7 @@ struct Reader::Impl {
 
   Result<void> inner_header() {
     if (tar::is_zero_block(iblk.block())) {
-      if (!payload_seen) return malformed("data/0000.tar: no payload file");
+      if (!payload_seen && header.is_rootfs()) return malformed("data/0000.tar: no payload file");
       inner = InnerState::end;
       return {};
     }
@@ -601,21 +617,42 @@ struct Reader::Impl {
   }
 
   Result<void> payload_start(const tar::Header& h) {
-    if (payload_seen)
+    if (payload_seen && header.is_rootfs())
       return artifact_error(ArtifactErrc::unsupported, "data/0000.tar: more than one file ('" + h.name +
                                                            "'); a rootfs-image payload is one file");
-    payload_seen = true;
     std::string name = h.name.starts_with("./") ? h.name.substr(2) : h.name;
+    if (!header.is_rootfs() && (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".."))
+      return malformed("data/0000.tar: '" + h.name + "' is not a plain file name");
     auto it = manifest.find("data/0000/" + name);
     if (it == manifest.end()) return malformed("manifest: no entry for the payload 'data/0000/" + name + "'");
     if (h.size > opt.max_payload_size)
       return artifact_error(ArtifactErrc::too_large, "payload '" + name + "' is " + std::to_string(h.size) +
                                                          " bytes, over the limit of " +
                                                          std::to_string(opt.max_payload_size));
-    header.payload_name = name;
-    header.payload_size = h.size;
-    header.payload_sha256 = it->second;
+    if (payload_seen && !payload_done)
+      return artifact_error(ArtifactErrc::truncated, "data/0000.tar: the file '" + file_name + "' is cut short");
+    if (name == file_name) return malformed("data/0000.tar: '" + name + "' appears twice");
+    file_name = name;
+    file_sha256 = it->second;
+    payload_done = false;
+    payload_hash = Sha256();
+    if (!payload_seen) {
+      payload_seen = true;
+      header.payload_name = name;
+      header.payload_size = h.size;
+      header.payload_sha256 = it->second;
+      if (auto r = report_header(); !r) return r;
+    }
+    if (on_file)
+      if (auto r = on_file(name, h.size); !r) return r;
+    return {};
+  }
+
+  Result<void> report_header() {
     header.data_offset = data_start;
+    header.files.clear();
+    for (auto& [entry, digest] : manifest)
+      if (entry.starts_with("data/0000/")) header.files.push_back(entry.substr(10));
     if (auto r = check_index(); !r) return r;
     if (on_header)
       if (auto r = on_header(header); !r) return r;
@@ -667,11 +704,12 @@ struct Reader::Impl {
       case InnerMember::long_name: ilong_name = std::string(ismall.c_str()); return {};
       case InnerMember::payload: {
         payload_done = true;
+        ++files_done;
         auto digest = payload_hash.hex_final();
-        if (digest != header.payload_sha256)
+        if (digest != file_sha256)
           return artifact_error(ArtifactErrc::manifest_mismatch,
-                                "data/0000/" + header.payload_name + ": sha256 " + digest +
-                                    " does not match the manifest (" + header.payload_sha256 + ")");
+                                "data/0000/" + file_name + ": sha256 " + digest +
+                                    " does not match the manifest (" + file_sha256 + ")");
         return {};
       }
       case InnerMember::skip: return {};
@@ -698,6 +736,8 @@ Reader::Reader(ReaderOptions o, HeaderHandler h, PayloadSink p)
 Reader::~Reader() = default;
 Reader::Reader(Reader&&) noexcept = default;
 Reader& Reader::operator=(Reader&&) noexcept = default;
+
+void Reader::set_file_handler(FileHandler on_file) { impl_->on_file = std::move(on_file); }
 
 void Reader::enable_checkpoints(std::uint64_t every, PrefixHandler on_prefix, CheckpointHandler on_checkpoint) {
   impl_->ckpt_every = every;

@@ -63,10 +63,15 @@ struct Header {
   std::map<std::string, std::string> provides;       ///< type-info artifact_provides
   std::map<std::string, std::vector<std::string>> depends;  ///< type-info artifact_depends
   std::vector<std::string> clears_provides;          ///< type-info clears_artifact_provides
-  std::string payload_type;                          ///< "rootfs-image"
-  std::string payload_name;                          ///< the file inside data/0000.tar
+  std::string payload_type;                          ///< "rootfs-image", or an update module's type
+  std::string payload_name;                          ///< the (first) file inside data/0000.tar
   std::uint64_t payload_size = 0;                    ///< its uncompressed size
   std::string payload_sha256;                        ///< expected, from the manifest
+  /// Update module payloads (any type but rootfs-image) carry any number of files (zero too):
+  /// their names, from the manifest (sorted). A rootfs-image has exactly one file.
+  std::vector<std::string> files;
+  std::string header_info_json, type_info_json;  ///< header-info and headers/0000/type-info, verbatim
+  bool is_rootfs() const { return payload_type == "rootfs-image"; }
   Compression compression = Compression::none;       ///< of header.tar and data/0000.tar
   std::string meta_data_json;  ///< headers/0000/meta-data, may be empty; without Tern's chunk index
                                ///< when it stands first (as the writer puts it): see chunk_index
@@ -138,6 +143,13 @@ class Reader {
   /// Called at a decoder boundary inside the payload, after the payload bytes before it went
   /// to the PayloadSink. Errors stop the reader like the sink's.
   using CheckpointHandler = std::function<Result<void>(const Checkpoint&)>;
+
+  /// Called at the start of each file of data/0000.tar with its name and size, before its bytes
+  /// reach the PayloadSink (for the first, after the HeaderHandler); an error stops the reader like
+  /// the sink's. Update module payloads have several files: this is where one ends and the next
+  /// begins. Call before the first feed().
+  using FileHandler = std::function<Result<void>(const std::string& name, std::uint64_t size)>;
+  void set_file_handler(FileHandler on_file);
 
   /// Asks for checkpoints at most every `every` payload bytes (at the first boundary past that).
   /// Call before the first feed(). zstd data members with several frames, gzip (deflate blocks

@@ -297,6 +297,159 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   return {};
 }
 
+Result<void> write_module_artifact(const WriterOptions& o, const fs::path& out_path) {
+  if (o.device_types.empty()) return invalid("writing artifact: at least one device type (-t) is required");
+  if (o.artifact_name.empty()) return invalid("writing artifact: an artifact name (-n) is required");
+  const std::string& type = o.payload_type;
+  // The type names the module's executable on the device.
+  if (type.empty() || type == "." || type == ".." || type.find_first_of("/\n\t ") != std::string::npos)
+    return invalid("writing artifact: '" + type + "' is not a valid update module type (-T)");
+  if (type == "rootfs-image") return invalid("writing artifact: rootfs-image is written with 'write rootfs-image'");
+
+  struct File {
+    fs::path path;
+    std::string name, sha256;
+    std::uint64_t size = 0;
+    std::uint32_t mode = 0644;
+    std::int64_t mtime = 0;
+  };
+  std::vector<File> files;
+  std::map<std::string, std::string> entries;  // the manifest, sorted by name like mender-artifact's
+  for (auto& p : o.files) {
+    File f{.path = p, .name = p.filename().string()};
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return Error::from_errno("opening payload " + p.string(), errno);
+    if (!S_ISREG(st.st_mode)) return invalid("writing artifact: " + p.string() + " is not a regular file");
+    f.mode = st.st_mode & 07777;
+    f.mtime = st.st_mtime;
+    auto hashed = hash_file(p);
+    if (!hashed) return hashed.error();
+    std::tie(f.sha256, f.size) = *hashed;
+    if (!entries.emplace("data/0000/" + f.name, f.sha256).second)
+      return invalid("writing artifact: two files named '" + f.name + "'");
+    files.push_back(std::move(f));
+  }
+
+  boost::json::object info;
+  boost::json::array payloads;
+  payloads.emplace_back(boost::json::object{{"type", type}});
+  info["payloads"] = payloads;
+  boost::json::object prov{{"artifact_name", o.artifact_name}};
+  if (!o.artifact_group.empty()) prov["artifact_group"] = o.artifact_group;
+  info["artifact_provides"] = prov;
+  boost::json::object deps{{"device_type", to_array(o.device_types)}};
+  if (!o.depends_artifact_names.empty()) deps["artifact_name"] = to_array(o.depends_artifact_names);
+  if (!o.depends_groups.empty()) deps["artifact_group"] = to_array(o.depends_groups);
+  info["artifact_depends"] = deps;
+
+  boost::json::object type_info;
+  type_info["type"] = type;
+  if (!o.depends.empty()) {
+    boost::json::object d;
+    for (auto& [k, v] : o.depends) d[k] = v;
+    type_info["artifact_depends"] = d;
+  }
+  boost::json::object tprov;
+  for (auto& [k, v] : o.provides) tprov[k] = v;
+  tprov["rootfs-image." + type + ".version"] = o.software_version.empty() ? o.artifact_name : o.software_version;
+  type_info["artifact_provides"] = tprov;
+  type_info["clears_artifact_provides"] =
+      to_array(o.clears_provides.value_or(std::vector<std::string>{"rootfs-image." + type + ".*"}));
+
+  std::string header_tar;
+  tar::write_file(header_tar, "header-info", json::write(info));
+  for (auto& script : o.scripts) {
+    auto content = read_small(script, "state script");
+    if (!content) return content.error();
+    tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
+  }
+  tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
+  if (o.meta_data) {
+    auto meta = read_small(*o.meta_data, "meta-data");
+    if (!meta) return meta.error();
+    auto parsed = json::Document::parse(*meta, "meta-data " + o.meta_data->string(), 4u << 20);
+    if (!parsed) return parsed.error();
+    if (auto root = parsed->root(); !root) return root.error().context("meta-data " + o.meta_data->string());
+    tar::write_file(header_tar, "headers/0000/meta-data", *meta);
+  }
+  tar::write_end(header_tar);
+  auto header_z = compress_all(o.compression, header_tar);
+  if (!header_z) return header_z.error().context("compressing header.tar");
+  std::string header_name = "header.tar" + std::string(suffix(o.compression));
+  std::string data_name = "data/0000.tar" + std::string(suffix(o.compression));
+
+  const std::string version = R"({"format":"mender","version":3})";
+  entries.emplace("version", Sha256::hex(version));
+  entries.emplace(header_name, Sha256::hex(*header_z));
+  std::string manifest;
+  for (auto& [name, digest] : entries) manifest += digest + "  " + name + "\n";
+
+  fs::path tmp = out_path;
+  tmp += ".tmp";
+  struct Cleanup {
+    fs::path a;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove(a, ec);
+    }
+  } cleanup{tmp};
+  Out out(tmp);
+  if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
+  std::string head;
+  tar::write_file(head, "version", version);
+  tar::write_file(head, "manifest", manifest);
+  if (o.signing_key_pem) {
+    auto sig = sign_base64(manifest, *o.signing_key_pem);
+    if (!sig) return sig.error();
+    tar::write_file(head, "manifest.sig", *sig);
+  }
+  tar::write_file(head, header_name, *header_z);
+  // The data member's size is known only once it is compressed: its header is patched after.
+  const std::uint64_t data_header_at = out.pos() + head.size();
+  head += data_member_header(data_name, 0);
+  if (auto r = out.write(head); !r) return r;
+  const std::uint64_t data_start = out.pos();
+
+  auto z = make_compressor(o.compression, o.level);
+  Output sink = [&](std::span<const std::uint8_t> b) {
+    return out.write(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  };
+  auto feed = [&](std::string_view d) {
+    return z->feed({reinterpret_cast<const std::uint8_t*>(d.data()), d.size()}, sink);
+  };
+  std::vector<char> buf(1 << 20);
+  for (auto& f : files) {
+    std::string h;
+    tar::write_file_header(h, f.name, f.size, f.mode, f.mtime);
+    if (auto r = feed(h); !r) return r.error();
+    std::ifstream in(f.path, std::ios::binary);
+    if (!in) return Error::from_errno("opening payload " + f.path.string(), errno);
+    for (std::uint64_t left = f.size; left > 0;) {
+      auto n = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
+      in.read(buf.data(), static_cast<std::streamsize>(n));
+      if (static_cast<std::size_t>(in.gcount()) != n)
+        return fail(Errc::io, "reading payload " + f.path.string() + ": it changed while being written");
+      if (auto r = feed(std::string_view(buf.data(), n)); !r) return r.error();
+      left -= n;
+    }
+    if (auto r = feed(std::string(tar::padding(f.size), '\0')); !r) return r.error();
+  }
+  std::string tail;
+  tar::write_end(tail);
+  if (auto r = feed(tail); !r) return r.error();
+  if (auto r = z->finish(sink); !r) return r.error();
+  const std::uint64_t data_size = out.pos() - data_start;
+  if (auto r = out.patch(data_header_at, data_member_header(data_name, data_size)); !r) return r;
+  std::string end(tar::padding(data_size), '\0');
+  tar::write_end(end);
+  if (auto r = out.write(end); !r) return r;
+  if (auto r = out.close(); !r) return r;
+  std::error_code ec;
+  fs::rename(tmp, out_path, ec);
+  if (ec) return Error(ec, "renaming " + tmp.string() + " to " + out_path.string());
+  return {};
+}
+
 Result<void> sign_artifact(const fs::path& in_path, const std::string& key_pem, const fs::path& out_path) {
   std::ifstream in(in_path, std::ios::binary);
   if (!in) return Error::from_errno("opening " + in_path.string(), errno);

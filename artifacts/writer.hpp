@@ -46,11 +46,24 @@ struct WriterOptions {
   std::optional<std::string> signing_key_pem;  ///< RSA, EC P-256 or Ed25519 private key
   /// Called as the payload is written: (bytes done, total).
   std::function<void(std::uint64_t, std::uint64_t)> progress;
+
+  // ---- module-image only (write_module_artifact) ----
+  std::string payload_type;                 ///< -T: the update module's name
+  std::vector<std::filesystem::path> files;  ///< -f, any number (zero too), each by its file name
+  std::optional<std::filesystem::path> meta_data;  ///< -m: a JSON object for headers/0000/meta-data
 };
 
 /// Writes the artifact to `out` (replaced atomically: written to out.tmp, then renamed).
 /// Errors: unreadable payload or script, invalid options, a bad key, a write error.
 Result<void> write_rootfs_artifact(const WriterOptions& options, const std::filesystem::path& out);
+
+/// Writes an update module artifact (`mender-artifact write module-image`): type-info with the
+/// type, provides `rootfs-image.<type>.version` (software_version, default the artifact name) and
+/// clears `rootfs-image.<type>.*` as mender-artifact 3.9 does, every file of `files` in
+/// data/0000.tar.* (one compressed stream, no chunk index), each in the manifest.
+/// Errors: as write_rootfs_artifact, and a missing type, two files of one name, a type or meta-data
+/// that is not what Mender accepts.
+Result<void> write_module_artifact(const WriterOptions& options, const std::filesystem::path& out);
 
 /// Adds (or replaces) manifest.sig of an existing artifact; `out` may equal `in`.
 Result<void> sign_artifact(const std::filesystem::path& in, const std::string& private_key_pem,

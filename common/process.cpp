@@ -86,6 +86,7 @@ Result<ProgramOutput> run_program(const std::vector<std::string>& argv, const Pr
   posix_spawn_file_actions_adddup2(&actions, in_r.get(), 0);
   posix_spawn_file_actions_adddup2(&actions, out_w.get(), 1);
   posix_spawn_file_actions_adddup2(&actions, out_w.get(), 2);
+  if (!options.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, options.cwd.c_str());
   // Its own process group, so a deadline can end it and everything it started.
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);

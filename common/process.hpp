@@ -25,6 +25,7 @@ struct ProgramOptions {
   std::stop_token stop;                     ///< a stop request ends the program as a timeout does
   std::chrono::milliseconds kill_grace{2000};  ///< between SIGTERM and SIGKILL of the group
   std::size_t max_output = 1u << 20;        ///< output bytes kept; the rest is read and dropped
+  std::string cwd;                          ///< the program's working directory (empty: ours)
 };
 
 struct ProgramOutput {

@@ -1,6 +1,7 @@
 #include "agent/update/updater.hpp"
 
 #include "agent/download/rate_limit.hpp"
+#include "agent/update/update_module.hpp"
 
 #include "artifacts/crypto.hpp"
 #include "common/clock.hpp"
@@ -244,9 +245,14 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     co_return err;
   }
 
+  std::optional<artifacts::Header> module_header;  // the artifact is for an update module
   HeaderCheck check = [&](const artifacts::Header& h) -> Result<void> {
     if (h.artifact_name == installed.artifact_name)
       return fail(AgentErrc::already_installed, h.artifact_name + " is the running artifact");
+    if (!h.is_rootfs()) {
+      module_header = h;
+      return fail(Errc::unsupported, "payload type " + h.payload_type + " is installed by its update module");
+    }
     return {};
   };
 
@@ -320,6 +326,8 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     }
   }
 
+  // Not a rootfs image: its update module installs it (the pipeline stopped at its header).
+  if (module_header) co_return co_await ModuleInstall::install(*this, job, s, *module_header, ro, progress);
   if (!result && is(result.error(), AgentErrc::already_installed)) {
     auto done = co_await offload(serial, [&](std::stop_token) -> Result<InstallState> {
       InstallState d = s;
@@ -460,6 +468,7 @@ Result<Recovery> Updater::recover(std::stop_token stop) {
   if (!s) return s.error();
   Recovery out;
   if (s->phase == Phase::idle || s->phase == Phase::done) return out;
+  if (auto m = ModuleInstall::recover(*this, *s)) return *m;  // an update module's install
   auto vars = env_->read();
   if (!vars) return vars.error().context("reading the boot environment");
   auto running = running_part();
@@ -562,6 +571,8 @@ Result<InstallState> Updater::commit() {
   if (!s) return s.error();
   auto running = running_part();
   if (!running) return running.error();
+  if (ModuleInstall::owns(*this, *s))
+    return fail(Errc::invalid_argument, "an update module's install commits by itself: run 'tern-agent resume'");
   if ((s->phase != Phase::switched && s->phase != Phase::committing) || *running != s->target_part)
     return fail(Errc::invalid_argument, "nothing to commit: no new partition is running on trial");
   return finish_commit(*s);
@@ -572,6 +583,8 @@ Result<bool> Updater::rollback(const std::string& reason) {
   if (!s) return s.error();
   auto running = running_part();
   if (!running) return running.error();
+  if (ModuleInstall::owns(*this, *s))
+    return fail(Errc::invalid_argument, "an update module's install rolls back by itself: run 'tern-agent resume'");
   if (s->phase != Phase::switched && s->phase != Phase::switching && s->phase != Phase::rolling_back)
     return fail(Errc::invalid_argument, "nothing to roll back: no install is waiting for commit");
   if (*running == s->previous_part) {

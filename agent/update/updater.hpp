@@ -40,6 +40,9 @@ struct InstallReport {
   artifacts::Header header;
   PipelineResult stats;
   bool paused = false;  ///< written, not switched: the deployment's reboot policy says wait (go_ahead())
+  /// Set when the install already ended (an update module that needs no reboot): report it, do
+  /// not reboot.
+  std::optional<InstallState> finished;
 };
 
 /// What recover() did and what the caller must do now.
@@ -110,6 +113,7 @@ class Updater {
   DeploymentLog& deployment_log() { return dlog_; }
 
  private:
+  friend class ModuleInstall;  // update modules (update_module.hpp): the same state and store
   Updater(AgentConfig config, Slots slots, std::unique_ptr<BootEnv> env, StateStore store, DirLock lock);
   /// Moves `s` along the forward table and saves it.
   Result<InstallState> advance(InstallState s, Event e);
