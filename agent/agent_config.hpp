@@ -52,6 +52,7 @@ struct AgentConfig {
   int download_attempts = 100;                  ///< DownloadMaxAttempts
   std::chrono::seconds download_max_time{6 * 3600};  ///< DownloadMaxSeconds
   std::uint32_t install_attempts = 3;   ///< InstallAttempts: tries of one deployment across restarts
+  bool adaptive_install = true;  ///< AdaptiveInstall: build what it can from the running partition (README)
 
   // Reporting
   std::chrono::seconds progress_interval{5};     ///< ProgressIntervalSeconds: downloading events

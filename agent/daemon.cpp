@@ -109,7 +109,9 @@ class Daemon {
                    .attempt = job.attempt,
                    .error = error,
                    .time = unix_now(),
-                   .seq = *seq};
+                   .seq = *seq,
+                   .bytes_fetched = status == Status::downloading || status == Status::installing ? fetched_ : 0,
+                   .bytes_reused = status == Status::downloading || status == Status::installing ? reused_ : 0};
     log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
     if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev)}); !r)
@@ -314,12 +316,15 @@ class Daemon {
   asio::awaitable<std::optional<TaskExit>> run_job(const InstallJob& job_arg) {
     const InstallJob job = job_arg;
     current_ = job;
+    fetched_ = reused_ = 0;
     report(job, Status::downloading, 0, job.size);
     auto last = std::chrono::steady_clock::now();
     ProgressFn progress = [&](const PipelineProgress& p) {
       auto now = std::chrono::steady_clock::now();
       if (now - last < config_.progress_interval) return;
       last = now;
+      fetched_ = p.network_bytes;
+      reused_ = p.reused;
       report(job, Status::downloading, p.artifact_bytes, p.artifact_total ? p.artifact_total : job.size);
     };
     // Both operands complete with a value: `||` waits for a success, so an exception escaping the
@@ -354,6 +359,8 @@ class Daemon {
       if (st) co_await report_finished(*st);
       co_return std::nullopt;
     }
+    fetched_ = result->stats.network_bytes;
+    reused_ = result->stats.reused;
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
     report(job, Status::rebooting);
     co_return TaskExit{exit_reboot_requested, "reboot into the new partition"};
@@ -417,6 +424,7 @@ class Daemon {
   std::unique_ptr<Updater> updater_;
   std::unique_ptr<mqtt::Client> client_;
   std::optional<InstallJob> current_;  // the install running now
+  std::uint64_t fetched_ = 0, reused_ = 0;  // of the install running now, for its status events
   std::optional<DeploymentMessage> latest_;  // the newest deployment message not acted on yet
   Doorbell deployment_bell_;  // deployments() → installs(): latest_ changed
   Doorbell inventory_bell_;   // → inventory(): send it now

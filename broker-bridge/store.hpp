@@ -32,7 +32,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 1;
+inline constexpr int schema_version = 2;
 
 struct DeviceRecord {
   std::string id;
@@ -88,6 +88,17 @@ struct DeviceDeploymentRecord {
   std::uint64_t last_seq = 0;  ///< the device's seq of the last status applied
   std::int64_t updated = 0;
   bool operator==(const DeviceDeploymentRecord&) const = default;
+};
+
+/// What a device's download of a deployment cost: artifact bytes fetched, payload bytes built from
+/// its own partition, and the artifact's size (what a full download fetches).
+struct TransferRecord {
+  std::string deployment;
+  std::string device;           ///< empty in transfer_totals()
+  std::uint64_t fetched = 0;
+  std::uint64_t reused = 0;
+  std::uint64_t artifact = 0;
+  std::uint64_t devices = 0;    ///< transfer_totals(): devices counted
 };
 
 struct HistoryRecord {
@@ -154,6 +165,11 @@ class Store {
   Result<std::map<std::string, std::uint64_t>> status_counts(const std::string& deployment);
   /// The deployment (running, paused or created) in which `device` has not reached a final status.
   Result<std::optional<std::string>> active_deployment_of(const std::string& device);
+
+  // Transfer figures of adaptive installs (bytes fetched and reused per device, from its statuses)
+  Result<void> put_transfer(const TransferRecord& t);
+  /// Sums over the devices of a deployment that reported figures.
+  Result<TransferRecord> transfer_totals(const std::string& deployment);
 
   // History
   Result<void> add_history(const HistoryRecord& h);

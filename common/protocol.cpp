@@ -143,6 +143,12 @@ Result<StatusEvent> parse_status(std::string_view payload) {
   auto seq = o->u64_or("seq", 0);
   if (!seq) return seq.error();
   s.seq = *seq;
+  auto fetched = o->u64_or("bytes_fetched", 0);
+  if (!fetched) return fetched.error();
+  s.bytes_fetched = *fetched;
+  auto reused = o->u64_or("bytes_reused", 0);
+  if (!reused) return reused.error();
+  s.bytes_reused = *reused;
   return s;
 }
 
@@ -156,6 +162,8 @@ std::string serialize(const StatusEvent& s) {
   o["error"] = s.error;
   o["time"] = s.time;
   o["seq"] = s.seq;
+  if (s.bytes_fetched) o["bytes_fetched"] = s.bytes_fetched;
+  if (s.bytes_reused) o["bytes_reused"] = s.bytes_reused;
   return json::write(o);
 }
 
