@@ -9,6 +9,7 @@
 
 #include <boost/asio/this_coro.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -68,6 +69,14 @@ class Fetcher {
   }
 
   std::optional<std::uint64_t> total() const { return total_; }
+  std::string etag() const { return etag_; }
+  std::string last_modified() const { return last_modified_; }
+  /// Validators of a prefix fetched by an earlier run: every range is checked against them.
+  void assume(std::string etag, std::string last_modified, std::uint64_t total) {
+    etag_ = std::move(etag);
+    last_modified_ = std::move(last_modified);
+    total_ = total;
+  }
   bool has_validators() const { return !etag_.empty() || !last_modified_.empty(); }
   std::uint64_t received() const { return received_; }
   int attempts() const { return attempts_; }
@@ -290,8 +299,46 @@ struct Prefix {
   std::string fallback;
 };
 
+// The kept prefix: "tern-adaptive-prefix 1\n" then url, etag, last-modified, total lines, an empty
+// line, the prefix bytes.
+constexpr std::string_view kCacheMagic = "tern-adaptive-prefix 1\n";
+
+std::string cache_record(const std::string& url, const Fetcher& f, std::string_view head) {
+  return std::string(kCacheMagic) + url + "\n" + f.etag() + "\n" + f.last_modified() + "\n" +
+         std::to_string(f.total().value_or(0)) + "\n\n" + std::string(head);
+}
+
+struct CachedPrefix {
+  std::string etag, last_modified;
+  std::uint64_t total = 0;
+  std::string head;
+};
+/// The kept prefix of `url`, if there is a well-formed one.
+std::optional<CachedPrefix> load_cache(const std::filesystem::path& path, const std::string& url) {
+  std::error_code ec;
+  if (path.empty() || !std::filesystem::exists(path, ec)) return std::nullopt;
+  auto text = read_file(path, kMaxPrefix + 4096);
+  if (!text || !text->starts_with(kCacheMagic)) return std::nullopt;
+  std::string_view rest(*text);
+  rest.remove_prefix(kCacheMagic.size());
+  std::string lines[4];
+  for (auto& l : lines) {
+    auto nl = rest.find('\n');
+    if (nl == std::string_view::npos) return std::nullopt;
+    l = std::string(rest.substr(0, nl));
+    rest.remove_prefix(nl + 1);
+  }
+  if (lines[0] != url || !rest.starts_with('\n')) return std::nullopt;
+  rest.remove_prefix(1);
+  std::uint64_t total = 0;
+  if (auto [p, e] = std::from_chars(lines[3].data(), lines[3].data() + lines[3].size(), total); e != std::errc{})
+    return std::nullopt;
+  return CachedPrefix{lines[1], lines[2], total, std::string(rest)};
+}
+
 asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::ReaderOptions& reader_options,
-                                             const HeaderCheck& check) {
+                                             const HeaderCheck& check, const CachedPrefix* cached,
+                                             std::string& head) {
   std::optional<artifacts::Header> header;
   auto on_header = [&](const artifacts::Header& h) -> Result<void> {
     if (check)
@@ -300,7 +347,16 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
     return fail(Errc::cancelled, "the header is all the prefix is fetched for");
   };
   artifacts::Reader reader(reader_options, on_header, [](std::span<const std::uint8_t>) { return Result<void>{}; });
-  std::string head;
+  head.clear();
+  if (cached) {
+    // Verified again (signature, manifest, header), exactly as if just fetched.
+    auto r = reader.feed({reinterpret_cast<const std::uint8_t*>(cached->head.data()), cached->head.size()});
+    if (!r && !header) co_return r.error();
+    if (!header) co_return fail(Errc::invalid_argument, "the kept prefix ends before the header");
+    fetcher.assume(cached->etag, cached->last_modified, cached->total);
+    head = cached->head;
+    co_return Prefix{std::move(header), {}};
+  }
   BodySink sink = [&](std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
     if (!header) {
       auto r = reader.feed(bytes);
@@ -357,18 +413,42 @@ std::string AdaptivePlanSummary::describe() const {
          std::to_string(ranges) + " range requests";
 }
 
-asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(const PipelineSource& source,
-                                                      const artifacts::ReaderOptions& reader_options,
-                                                      const HeaderCheck& check, const PartitionRef& target,
-                                                      const ProgressFn& progress_fn, const AdaptiveOptions& options) {
+namespace {
+
+asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
+                                                  const artifacts::ReaderOptions& reader_options,
+                                                  const HeaderCheck& check, const PartitionRef& target,
+                                                  const ProgressFn& progress_fn, const AdaptiveOptions& options) {
   const std::string url = source.job.source;
   Fetcher fetcher(source.download, url);
   Reporter reporter(progress_fn);
   PipelineProgress progress;
   auto fallback = [](std::string why) { return AdaptiveOutcome{{}, std::move(why)}; };
 
-  // 1. The signed header, with the chunk index.
-  auto prefix = co_await fetch_prefix(fetcher, reader_options, check);
+  // 1. The signed header, with the chunk index: kept by an interrupted run of this install, or fetched.
+  const std::filesystem::path cache = options.prefix_cache;
+  std::string head;
+  auto cached = co_await offload(options.blocking, [&](std::stop_token) -> Result<std::optional<CachedPrefix>> {
+    if (!options.resuming) return std::optional<CachedPrefix>{};
+    return load_cache(cache, url);
+  });
+  if (!cached) co_return cached.error();
+  Result<Prefix> prefix = fail(Errc::internal, "not fetched");
+  if (*cached) {
+    prefix = co_await fetch_prefix(fetcher, reader_options, check, &**cached, head);
+    if (prefix) log::info("using the artifact prefix kept by the interrupted install (", mib(head.size()), ")");
+    else if (is(prefix.error(), AgentErrc::already_installed)) co_return prefix.error();
+    else log::warn("the kept artifact prefix is not usable (", prefix.error().message(), "): fetching it again");
+  }
+  if (!prefix) {
+    prefix = co_await fetch_prefix(fetcher, reader_options, check, nullptr, head);
+    if (prefix && prefix->header && !cache.empty()) {
+      const std::string record = cache_record(url, fetcher, head);
+      auto kept = co_await offload(options.blocking, [&](std::stop_token) { return write_file_atomic(cache, record); });
+      if (!kept) log::warn("keeping the artifact prefix for a resume: ", kept.error().message());
+    }
+  }
+  std::string().swap(head);
   if (!prefix) co_return prefix.error();
   if (!prefix->header) co_return fallback(prefix->fallback);
   const artifacts::Header header = std::move(*prefix->header);
@@ -512,6 +592,26 @@ asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(const PipelineSource& sour
   result.reused = out.reused();
   result.adaptive = true;
   co_return AdaptiveOutcome{std::move(result), {}};
+}
+
+}  // namespace
+
+asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(const PipelineSource& source,
+                                                      const artifacts::ReaderOptions& reader_options,
+                                                      const HeaderCheck& check, const PartitionRef& target,
+                                                      const ProgressFn& progress, const AdaptiveOptions& options) {
+  auto r = co_await run_once(source, reader_options, check, target, progress, options);
+  // The kept prefix serves a resume of this install only: not after it ended, fell back to the full
+  // stream, or found the artifact changed. (A kill keeps it; a failure leaves it to the next run's checks.)
+  if (!options.prefix_cache.empty() && (r || is(r.error(), AgentErrc::source_changed))) {
+    const auto path = options.prefix_cache;
+    (void)co_await offload(options.blocking, [&](std::stop_token) -> Result<void> {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+      return {};
+    });
+  }
+  co_return r;
 }
 
 }  // namespace tern::agent

@@ -16,9 +16,11 @@
 // whose deployment carries a SHA-256 of the whole file (which only a full download can check)
 // all return `fallback` with the reason, before anything is written; the caller streams.
 //
-// Resume: nothing extra is persisted. An install run again after a kill, a power cut or a cut link
-// (`resuming`) first checks each frame the standby partition already holds against the index and
-// keeps those, so only frames still missing are fetched again.
+// Resume: only the prefix is kept (prefix_cache). An install run again after a kill or a power cut
+// (`resuming`) verifies the kept prefix again, checks each frame the standby partition already
+// holds against the index and keeps those, so only frames still missing are fetched; the ranges
+// carry If-Range with the kept validators, so a changed artifact is noticed. A cut link resumes
+// the range it was fetching at the byte where it stopped.
 //
 // Threads: runs on the caller's io executor; partition reads, hashing, decompression and writes run
 // on `blocking` (whole runs of frames per hand-off). Cancellation: per-operation cancellation of
@@ -32,6 +34,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
@@ -55,6 +58,10 @@ struct AdaptiveOptions {
   std::uint64_t coalesce_gap = 16 * 1024;   ///< fetch a gap this small rather than make two requests
   double full_threshold = 0.9;              ///< above this fraction of the artifact: stream it whole
   std::function<void(const AdaptivePlanSummary&)> on_plan;  ///< before the first frame (io thread)
+  /// Where the fetched prefix is kept (with the URL and validators it came with) so that a resumed
+  /// run verifies it again from the disk instead of fetching it again; removed when the install
+  /// ends. Empty: not kept.
+  std::filesystem::path prefix_cache;
 };
 
 struct AdaptiveOutcome {

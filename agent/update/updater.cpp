@@ -234,6 +234,7 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     if (adaptive) {
       AdaptiveOptions ao{.active = partition_of(start->running), .resuming = adaptive_resuming, .blocking = pool_.any()};
       ao.on_plan = on_plan_;
+      ao.prefix_cache = config_.data_dir / "adaptive-prefix.bin";
       const PipelineSource source{.job = job, .download = download_, .resume = std::nullopt};
       auto a = co_await run_adaptive(source, ro, check, partition_of(target), progress, ao);
       if (a && a->result) {
