@@ -1,23 +1,22 @@
 #include "agent/install/adaptive_source.hpp"
 
-#include "agent/errors.hpp"
-#include "artifacts/crypto.hpp"
-#include "artifacts/tar.hpp"
-#include "common/blocking.hpp"
-#include "common/file.hpp"
-#include "common/log.hpp"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/asio/this_coro.hpp>
-
 #include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "agent/errors.hpp"
+#include "artifacts/crypto.hpp"
+#include "artifacts/tar.hpp"
+#include "common/blocking.hpp"
+#include "common/file.hpp"
+#include "common/log.hpp"
 
 namespace tern::agent {
 namespace asio = boost::asio;
@@ -26,11 +25,11 @@ using artifacts::ChunkIndex;
 
 namespace {
 
-constexpr std::uint64_t kFirstPiece = 8 * 1024;      // the first Range request: version, manifest, ...
-constexpr std::uint64_t kFrameMargin = 4096;         // past the data member's header: its first frame
-constexpr std::uint64_t kMaxPrefix = 64ull << 20;    // a header larger than this is not worth it
-constexpr std::size_t kBatch = 256 * 1024;           // fetched bytes per hand-off to the pool
-constexpr std::size_t kLocalRun = 128;               // local frames per hand-off to the pool
+constexpr std::uint64_t kFirstPiece = 8 * 1024;    // the first Range request: version, manifest, ...
+constexpr std::uint64_t kFrameMargin = 4096;       // past the data member's header: its first frame
+constexpr std::uint64_t kMaxPrefix = 64ull << 20;  // a header larger than this is not worth it
+constexpr std::size_t kBatch = 256 * 1024;         // fetched bytes per hand-off to the pool
+constexpr std::size_t kLocalRun = 128;             // local frames per hand-off to the pool
 
 std::string mib(std::uint64_t n) {
   char buf[32];
@@ -54,7 +53,8 @@ class Fetcher {
     st.total = total_;
     const std::string url = url_;
     RestartHandler on_restart = [url]() -> Result<void> {
-      return fail(AgentErrc::source_changed, "the artifact at " + url + " changed on the server during the download");
+      return fail(AgentErrc::source_changed,
+                  "the artifact at " + url + " changed on the server during the download");
     };
     auto res = co_await download(options_, st, sink, on_restart, nullptr);
     received_ += st.bytes_received;
@@ -96,8 +96,8 @@ class Fetcher {
 std::uint64_t next_piece_end(std::string_view head) {
   std::uint64_t pos = 0;
   while (pos + artifacts::tar::block <= head.size()) {
-    std::span<const std::uint8_t, artifacts::tar::block> b(reinterpret_cast<const std::uint8_t*>(head.data() + pos),
-                                                            artifacts::tar::block);
+    std::span<const std::uint8_t, artifacts::tar::block> b(
+        reinterpret_cast<const std::uint8_t*>(head.data() + pos), artifacts::tar::block);
     auto h = artifacts::tar::parse_header(b);
     if (!h) return head.size() + kFirstPiece;  // the reader names what is wrong
     const std::uint64_t content = pos + artifacts::tar::block;
@@ -116,8 +116,10 @@ Result<void> pread_all(int fd, std::uint64_t offset, std::span<std::uint8_t> out
   while (done < out.size()) {
     ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_errno("reading " + what + " at byte " + std::to_string(offset + done), errno);
-    if (n == 0) return fail(Errc::io, "reading " + what + ": it ends at byte " + std::to_string(offset + done));
+    if (n < 0)
+      return Error::from_errno("reading " + what + " at byte " + std::to_string(offset + done), errno);
+    if (n == 0)
+      return fail(Errc::io, "reading " + what + ": it ends at byte " + std::to_string(offset + done));
     done += static_cast<std::size_t>(n);
   }
   return {};
@@ -139,18 +141,21 @@ Result<std::uint64_t> partition_bytes(const PartitionRef& part, int fd) {
 }
 
 /// Streams the running partition through a LocalIndexer (1 MiB at a time, bounded memory).
-Result<artifacts::LocalTable> index_partition(const PartitionRef& part, const ChunkIndex& index, std::stop_token stop) {
+Result<artifacts::LocalTable> index_partition(const PartitionRef& part, const ChunkIndex& index,
+                                              std::stop_token stop) {
   auto fd = open_read(part);
   if (!fd) return fd.error();
   auto size = partition_bytes(part, fd->get());
   if (!size) return size.error();
-  ::posix_fadvise(fd->get(), static_cast<off_t>(part.offset), static_cast<off_t>(*size), POSIX_FADV_SEQUENTIAL);
+  ::posix_fadvise(fd->get(), static_cast<off_t>(part.offset), static_cast<off_t>(*size),
+                  POSIX_FADV_SEQUENTIAL);
   artifacts::LocalIndexer ix(index);
   std::vector<std::uint8_t> buf(1 << 20);
   for (std::uint64_t done = 0; done < *size;) {
     if (stop.stop_requested()) return fail(Errc::cancelled, "indexing " + part.describe() + " cancelled");
     auto n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), *size - done));
-    if (auto r = pread_all(fd->get(), part.offset + done, {buf.data(), n}, part.describe()); !r) return r.error();
+    if (auto r = pread_all(fd->get(), part.offset + done, {buf.data(), n}, part.describe()); !r)
+      return r.error();
     ix.feed({buf.data(), n});
     done += n;
   }
@@ -171,7 +176,8 @@ Result<std::vector<bool>> frames_on(const PartitionRef& part, const ChunkIndex& 
     const auto at = index.frame_payload_offset(i);
     const auto len = index.frame_length(i);
     if (at + len > *size) break;
-    if (auto r = pread_all(fd->get(), part.offset + at, {buf.data(), len}, part.describe()); !r) return r.error();
+    if (auto r = pread_all(fd->get(), part.offset + at, {buf.data(), len}, part.describe()); !r)
+      return r.error();
     held[i] = hasher.sha256({buf.data(), len}) == index.frames[i].sha256;
   }
   return held;
@@ -186,8 +192,8 @@ struct Run {
   std::size_t first = 0, last = 0;  // frames [first, last)
   ByteRange range;
 };
-std::vector<Run> fetch_runs(const ChunkIndex& index, const artifacts::Plan& plan, const std::vector<From>& from,
-                            std::uint64_t gap) {
+std::vector<Run> fetch_runs(const ChunkIndex& index, const artifacts::Plan& plan,
+                            const std::vector<From>& from, std::uint64_t gap) {
   std::vector<Run> runs;
   for (std::size_t i = 0; i < from.size(); ++i) {
     if (from[i] != From::fetch) continue;
@@ -208,13 +214,20 @@ class FrameWriter {
  public:
   FrameWriter(const ChunkIndex& index, artifacts::LocalTable table, PartitionWriter writer, UniqueFd active,
               PartitionRef active_part, UniqueFd target, PartitionRef target_part)
-      : index_(index), table_(std::move(table)), builder_(index_, table_), writer_(std::move(writer)),
-        active_(std::move(active)), active_part_(std::move(active_part)), target_(std::move(target)),
-        target_part_(std::move(target_part)), buf_(index.frame_size) {}
+      : index_(index),
+        table_(std::move(table)),
+        builder_(index_, table_),
+        writer_(std::move(writer)),
+        active_(std::move(active)),
+        active_part_(std::move(active_part)),
+        target_(std::move(target)),
+        target_part_(std::move(target_part)),
+        buf_(index.frame_size) {}
 
   /// Frames [first, last) from local data, in order. Returns the first frame whose local data no
   /// longer matches the index (it must be fetched), or `last`.
-  Result<std::size_t> build(const std::vector<From>& from, std::size_t first, std::size_t last, std::stop_token stop) {
+  Result<std::size_t> build(const std::vector<From>& from, std::size_t first, std::size_t last,
+                            std::stop_token stop) {
     const artifacts::FrameBuilder::LocalReader read = [&](std::uint64_t offset, std::span<std::uint8_t> out) {
       return pread_all(active_.get(), active_part_.offset + offset, out, active_part_.describe());
     };
@@ -251,7 +264,8 @@ class FrameWriter {
   Result<void> decode(std::size_t first, std::size_t last, std::span<const std::uint8_t> bytes) {
     for (std::size_t i = first; i < last; ++i) {
       const auto size = index_.frames[i].size;
-      if (auto r = builder_.decode_fetched(i, bytes.first(size)); !r) return r.error().context("fetched frame " + std::to_string(i));
+      if (auto r = builder_.decode_fetched(i, bytes.first(size)); !r)
+        return r.error().context("fetched frame " + std::to_string(i));
       if (auto w = put(builder_.frame()); !w) return w.error();
       bytes = bytes.subspan(size);
     }
@@ -263,8 +277,9 @@ class FrameWriter {
     if (auto r = writer_.finish(); !r) return r.error();
     const auto got = payload_hash_.hex_final();
     if (got != payload_sha256)
-      return Error(artifacts::make_error_code(artifacts::ArtifactErrc::manifest_mismatch),
-                  "the payload built adaptively has SHA-256 " + got + ", the manifest says " + payload_sha256);
+      return Error(
+          artifacts::make_error_code(artifacts::ArtifactErrc::manifest_mismatch),
+          "the payload built adaptively has SHA-256 " + got + ", the manifest says " + payload_sha256);
     return {};
   }
 
@@ -331,7 +346,8 @@ std::optional<CachedPrefix> load_cache(const std::filesystem::path& path, const 
   if (lines[0] != url || !rest.starts_with('\n')) return std::nullopt;
   rest.remove_prefix(1);
   std::uint64_t total = 0;
-  if (auto [p, e] = std::from_chars(lines[3].data(), lines[3].data() + lines[3].size(), total); e != std::errc{})
+  if (auto [p, e] = std::from_chars(lines[3].data(), lines[3].data() + lines[3].size(), total);
+      e != std::errc{})
     return std::nullopt;
   return CachedPrefix{lines[1], lines[2], total, std::string(rest)};
 }
@@ -346,7 +362,8 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
     header = h;
     return fail(Errc::cancelled, "the header is all the prefix is fetched for");
   };
-  artifacts::Reader reader(reader_options, on_header, [](std::span<const std::uint8_t>) { return Result<void>{}; });
+  artifacts::Reader reader(reader_options, on_header,
+                           [](std::span<const std::uint8_t>) { return Result<void>{}; });
   head.clear();
   if (cached) {
     // Verified again (signature, manifest, header), exactly as if just fetched.
@@ -369,13 +386,15 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
     std::uint64_t end = next_piece_end(head);
     if (fetcher.total()) {
       if (head.size() >= *fetcher.total())
-        co_return Error(artifacts::make_error_code(artifacts::ArtifactErrc::truncated), "the artifact ends before its payload");
+        co_return Error(artifacts::make_error_code(artifacts::ArtifactErrc::truncated),
+                        "the artifact ends before its payload");
       end = std::min(end, *fetcher.total());
     }
     if (end > kMaxPrefix) co_return Prefix{{}, "the artifact's header is larger than " + mib(kMaxPrefix)};
     const ByteRange piece{head.size(), end - head.size()};
     auto r = co_await fetcher.fetch(piece, sink);
-    if (!r && is(r.error(), AgentErrc::range_ignored)) co_return Prefix{{}, "the server ignores Range requests"};
+    if (!r && is(r.error(), AgentErrc::range_ignored))
+      co_return Prefix{{}, "the server ignores Range requests"};
     if (!r) co_return r.error();
     if (!fetcher.has_validators())
       co_return Prefix{{}, "the server sends no ETag or Last-Modified to check the ranges against"};
@@ -406,8 +425,8 @@ std::string AdaptivePlanSummary::describe() const {
   const double pct = artifact_size ? 100.0 * double(bytes_to_fetch) / double(artifact_size) : 100.0;
   char p[16];
   std::snprintf(p, sizeof p, "%.1f%%", pct);
-  return "adaptive install: " + std::to_string(frames_local + frames_on_standby) + " of " + std::to_string(frames) +
-         " chunks (" + mib(bytes_reused) + ") reused" +
+  return "adaptive install: " + std::to_string(frames_local + frames_on_standby) + " of " +
+         std::to_string(frames) + " chunks (" + mib(bytes_reused) + ") reused" +
          (frames_on_standby ? " (" + std::to_string(frames_on_standby) + " already on the target)" : "") +
          ", fetching " + mib(bytes_to_fetch) + " of " + mib(artifact_size) + " (" + p + ") in " +
          std::to_string(ranges) + " range requests";
@@ -418,7 +437,8 @@ namespace {
 asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
                                                   const artifacts::ReaderOptions& reader_options,
                                                   const HeaderCheck& check, const PartitionRef& target,
-                                                  const ProgressFn& progress_fn, const AdaptiveOptions& options) {
+                                                  const ProgressFn& progress_fn,
+                                                  const AdaptiveOptions& options) {
   const std::string url = source.job.source;
   Fetcher fetcher(source.download, url);
   Reporter reporter(progress_fn);
@@ -428,23 +448,28 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   // 1. The signed header, with the chunk index: kept by an interrupted run of this install, or fetched.
   const std::filesystem::path cache = options.prefix_cache;
   std::string head;
-  auto cached = co_await offload(options.blocking, [&](std::stop_token) -> Result<std::optional<CachedPrefix>> {
-    if (!options.resuming) return std::optional<CachedPrefix>{};
-    return load_cache(cache, url);
-  });
+  auto cached =
+      co_await offload(options.blocking, [&](std::stop_token) -> Result<std::optional<CachedPrefix>> {
+        if (!options.resuming) return std::optional<CachedPrefix>{};
+        return load_cache(cache, url);
+      });
   if (!cached) co_return cached.error();
   Result<Prefix> prefix = fail(Errc::internal, "not fetched");
   if (*cached) {
     prefix = co_await fetch_prefix(fetcher, reader_options, check, &**cached, head);
-    if (prefix) log::info("using the artifact prefix kept by the interrupted install (", mib(head.size()), ")");
-    else if (is(prefix.error(), AgentErrc::already_installed)) co_return prefix.error();
-    else log::warn("the kept artifact prefix is not usable (", prefix.error().message(), "): fetching it again");
+    if (prefix)
+      log::info("using the artifact prefix kept by the interrupted install (", mib(head.size()), ")");
+    else if (is(prefix.error(), AgentErrc::already_installed))
+      co_return prefix.error();
+    else
+      log::warn("the kept artifact prefix is not usable (", prefix.error().message(), "): fetching it again");
   }
   if (!prefix) {
     prefix = co_await fetch_prefix(fetcher, reader_options, check, nullptr, head);
     if (prefix && prefix->header && !cache.empty()) {
       const std::string record = cache_record(url, fetcher, head);
-      auto kept = co_await offload(options.blocking, [&](std::stop_token) { return write_file_atomic(cache, record); });
+      auto kept = co_await offload(options.blocking,
+                                   [&](std::stop_token) { return write_file_atomic(cache, record); });
       if (!kept) log::warn("keeping the artifact prefix for a resume: ", kept.error().message());
     }
   }
@@ -456,8 +481,8 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   const ChunkIndex& index = *header.chunk_index;
   const std::uint64_t total = fetcher.total().value_or(0);
   if (source.job.size && total != source.job.size)
-    co_return fail(Errc::protocol, "artifact " + url + " is " + std::to_string(total) + " bytes, the deployment says " +
-                                       std::to_string(source.job.size));
+    co_return fail(Errc::protocol, "artifact " + url + " is " + std::to_string(total) +
+                                       " bytes, the deployment says " + std::to_string(source.job.size));
   if (!source.job.sha256.empty() && !header.signature_verified)
     co_return fallback("the artifact is not signed: only a full download can check the deployment's SHA-256");
   progress.artifact_total = total;
@@ -466,7 +491,8 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
 
   // 2. What the running partition (and, when resuming, the target) already holds; the plan.
   const PartitionRef active = options.active;
-  auto table = co_await offload(options.blocking, [&](std::stop_token stop) { return index_partition(active, index, stop); });
+  auto table = co_await offload(options.blocking,
+                                [&](std::stop_token stop) { return index_partition(active, index, stop); });
   if (!table) {
     if (table.error().code() == make_error_code(Errc::cancelled)) co_return table.error();
     co_return fallback("the running partition cannot be read: " + table.error().message());
@@ -480,15 +506,16 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   std::vector<From> from(index.frames.size());
   for (std::size_t i = 0; i < from.size(); ++i) from[i] = plan.local[i] ? From::local : From::fetch;
   if (options.resuming) {
-    auto held = co_await offload(options.blocking, [&](std::stop_token stop) { return frames_on(target, index, stop); });
+    auto held = co_await offload(options.blocking,
+                                 [&](std::stop_token stop) { return frames_on(target, index, stop); });
     if (!held) co_return held.error();
     for (std::size_t i = 0; i < from.size(); ++i)
       if ((*held)[i]) from[i] = From::standby;
   }
   const std::vector<Run> runs = fetch_runs(index, plan, from, options.coalesce_gap);
   for (const auto& r : runs)  // frames in a gap between fetched neighbours come along: decoded, not built
-    std::fill(from.begin() + static_cast<std::ptrdiff_t>(r.first), from.begin() + static_cast<std::ptrdiff_t>(r.last),
-              From::fetch);
+    std::fill(from.begin() + static_cast<std::ptrdiff_t>(r.first),
+              from.begin() + static_cast<std::ptrdiff_t>(r.last), From::fetch);
   AdaptivePlanSummary summary;
   summary.frames = from.size();
   summary.artifact_size = total;
@@ -507,23 +534,26 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   if (options.on_plan) options.on_plan(summary);
 
   // 3. Frames in order into the target.
-  auto opened = co_await offload(options.blocking, [&](std::stop_token) -> Result<std::unique_ptr<FrameWriter>> {
-    auto writer = PartitionWriter::open(target);
-    if (!writer) return writer.error();
-    if (auto r = writer->check_fits(header.payload_size); !r)
-      return r.error().context("payload " + header.payload_name + " of " + header.artifact_name + " does not fit");
-    auto a = open_read(active);
-    if (!a) return a.error();
-    auto t = open_read(target);
-    if (!t) return t.error();
-    return std::make_unique<FrameWriter>(index, std::move(*table), std::move(*writer), std::move(*a), active,
-                                         std::move(*t), target);
-  });
+  auto opened =
+      co_await offload(options.blocking, [&](std::stop_token) -> Result<std::unique_ptr<FrameWriter>> {
+        auto writer = PartitionWriter::open(target);
+        if (!writer) return writer.error();
+        if (auto r = writer->check_fits(header.payload_size); !r)
+          return r.error().context("payload " + header.payload_name + " of " + header.artifact_name +
+                                   " does not fit");
+        auto a = open_read(active);
+        if (!a) return a.error();
+        auto t = open_read(target);
+        if (!t) return t.error();
+        return std::make_unique<FrameWriter>(index, std::move(*table), std::move(*writer), std::move(*a),
+                                             active, std::move(*t), target);
+      });
   if (!opened) co_return opened.error();
   FrameWriter& out = **opened;
 
   auto advance = [&](std::size_t next_frame) {
-    progress.artifact_bytes = next_frame < index.frames.size() ? plan.frame_range(index, next_frame).offset : total;
+    progress.artifact_bytes =
+        next_frame < index.frames.size() ? plan.frame_range(index, next_frame).offset : total;
     progress.written = out.written();
     progress.reused = out.reused();
     progress.network_bytes = fetcher.received();
@@ -531,7 +561,8 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
     reporter.report(progress);
   };
   // Fetches frames [first, last) (their bytes are `range`) and writes them, a batch per hand-off.
-  auto fetch_frames = [&](std::size_t first, std::size_t last, const ByteRange& range) -> asio::awaitable<Result<void>> {
+  auto fetch_frames = [&](std::size_t first, std::size_t last,
+                          const ByteRange& range) -> asio::awaitable<Result<void>> {
     std::vector<std::uint8_t> buf;
     buf.reserve(kBatch + 128 * 1024);
     std::size_t next = first;
@@ -542,7 +573,9 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
       while (upto < last && used + index.frames[upto].size <= buf.size()) used += index.frames[upto++].size;
       if (upto == next || (used < kBatch && upto < last)) co_return Result<void>{};
       const std::size_t a = next, b = upto;
-      auto r = co_await offload(options.blocking, [&](std::stop_token) { return out.decode(a, b, {buf.data(), used}); });
+      auto r = co_await offload(options.blocking, [&](std::stop_token) {
+        return out.decode(a, b, {buf.data(), used});
+      });
       if (!r) co_return r.error();
       buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
       next = upto;
@@ -550,7 +583,9 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
       co_return Result<void>{};
     };
     auto r = co_await fetcher.fetch(range, sink);
-    if (r && next != last) r = fail(Errc::internal, "fetched frames " + std::to_string(next) + " to " + std::to_string(last) + " are incomplete");
+    if (r && next != last)
+      r = fail(Errc::internal,
+               "fetched frames " + std::to_string(next) + " to " + std::to_string(last) + " are incomplete");
     co_return r;
   };
 
@@ -563,9 +598,11 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
       i = rr.last;
       continue;
     }
-    const std::size_t stop_at = std::min({from.size(), i + kLocalRun, run < runs.size() ? runs[run].first : from.size()});
+    const std::size_t stop_at =
+        std::min({from.size(), i + kLocalRun, run < runs.size() ? runs[run].first : from.size()});
     const std::size_t a = i;
-    auto built = co_await offload(options.blocking, [&](std::stop_token stop) { return out.build(from, a, stop_at, stop); });
+    auto built = co_await offload(options.blocking,
+                                  [&](std::stop_token stop) { return out.build(from, a, stop_at, stop); });
     if (!built) co_return built.error();
     i = *built;
     if (i < stop_at) {
@@ -576,7 +613,8 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
     }
     advance(i);
   }
-  auto finished = co_await offload(options.blocking, [&](std::stop_token) { return out.finish(header.payload_sha256); });
+  auto finished =
+      co_await offload(options.blocking, [&](std::stop_token) { return out.finish(header.payload_sha256); });
   if (!finished) co_return finished.error();
   advance(from.size());
   reporter.report(progress, true);
@@ -599,7 +637,8 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
 asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(const PipelineSource& source,
                                                       const artifacts::ReaderOptions& reader_options,
                                                       const HeaderCheck& check, const PartitionRef& target,
-                                                      const ProgressFn& progress, const AdaptiveOptions& options) {
+                                                      const ProgressFn& progress,
+                                                      const AdaptiveOptions& options) {
   auto r = co_await run_once(source, reader_options, check, target, progress, options);
   // The kept prefix serves a resume of this install only: not after it ended, fell back to the full
   // stream, or found the artifact changed. (A kill keeps it; a failure leaves it to the next run's checks.)

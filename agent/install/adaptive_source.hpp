@@ -27,17 +27,16 @@
 // the awaiting operation stops the transfer or the blocking work; returns Errc::cancelled.
 #pragma once
 
-#include "agent/boot/partitions.hpp"
-#include "agent/install/pipeline.hpp"
-#include "artifacts/adaptive.hpp"
-
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
-
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
+
+#include "agent/boot/partitions.hpp"
+#include "agent/install/pipeline.hpp"
+#include "artifacts/adaptive.hpp"
 
 namespace tern::agent {
 
@@ -52,11 +51,11 @@ struct AdaptivePlanSummary {
 };
 
 struct AdaptiveOptions {
-  PartitionRef active;                      ///< the running partition (read only)
-  bool resuming = false;                    ///< an earlier run of this install wrote part of the target
-  boost::asio::any_io_executor blocking;    ///< where partition I/O, hashing and decoding run
-  std::uint64_t coalesce_gap = 16 * 1024;   ///< fetch a gap this small rather than make two requests
-  double full_threshold = 0.9;              ///< above this fraction of the artifact: stream it whole
+  PartitionRef active;                     ///< the running partition (read only)
+  bool resuming = false;                   ///< an earlier run of this install wrote part of the target
+  boost::asio::any_io_executor blocking;   ///< where partition I/O, hashing and decoding run
+  std::uint64_t coalesce_gap = 16 * 1024;  ///< fetch a gap this small rather than make two requests
+  double full_threshold = 0.9;             ///< above this fraction of the artifact: stream it whole
   std::function<void(const AdaptivePlanSummary&)> on_plan;  ///< before the first frame (io thread)
   /// Where the fetched prefix is kept (with the URL and validators it came with) so that a resumed
   /// run verifies it again from the disk instead of fetching it again; removed when the install
@@ -74,10 +73,8 @@ struct AdaptiveOutcome {
 /// download errors of the prefix or the frames, AgentErrc::source_changed (the artifact changed on
 /// the server: start over), ArtifactErrc::manifest_mismatch (a fetched frame or the whole payload
 /// does not match the signed index or manifest), the partition writer's, Errc::cancelled.
-boost::asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(const PipelineSource& source,
-                                                             const artifacts::ReaderOptions& reader_options,
-                                                             const HeaderCheck& check, const PartitionRef& target,
-                                                             const ProgressFn& progress,
-                                                             const AdaptiveOptions& options);
+boost::asio::awaitable<Result<AdaptiveOutcome>> run_adaptive(
+    const PipelineSource& source, const artifacts::ReaderOptions& reader_options, const HeaderCheck& check,
+    const PartitionRef& target, const ProgressFn& progress, const AdaptiveOptions& options);
 
 }  // namespace tern::agent

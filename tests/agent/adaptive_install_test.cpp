@@ -2,27 +2,27 @@
 // tree with files rewritten and added, so the layout moves), v1 on the running partition, v2's
 // artifact served by nginx or the bridge's artifact server, bytes counted on the server side (a
 // counting proxy in front, or the artifact server's own counter).
-#include "broker-bridge/artifact_server.hpp"
-#include "tests/agent/sim_agent.hpp"
-#include "tests/support/fault_proxy.hpp"
-#include "tests/support/nginx.hpp"
+#include <gtest/gtest.h>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <gtest/gtest.h>
-
 #include <chrono>
 #include <random>
 #include <regex>
 #include <thread>
+
+#include "broker-bridge/artifact_server.hpp"
+#include "tests/agent/sim_agent.hpp"
+#include "tests/support/fault_proxy.hpp"
+#include "tests/support/nginx.hpp"
 
 namespace tern::test {
 namespace {
 
 // File-like, compressible content: words of a small vocabulary, seeded.
 std::string words(std::size_t size, unsigned seed) {
-  static const char* vocab[] = {"partition ", "rootfs ", "kernel ", "module ", "firmware ", "\n",
-                                "GLIBC_2.36 ", "0x7f3a ", "libssl.so.3 ", "update ", "signed ", "frame "};
+  static const char* vocab[] = {"partition ",  "rootfs ", "kernel ",      "module ", "firmware ", "\n",
+                                "GLIBC_2.36 ", "0x7f3a ", "libssl.so.3 ", "update ", "signed ",   "frame "};
   std::mt19937 rng(seed);
   std::string s;
   while (s.size() < size) s += vocab[rng() % std::size(vocab)];
@@ -58,8 +58,9 @@ class AdaptiveInstall : public ::testing::Test {
       write_file(p, words(10000 + (i * 7919) % (190 * 1024), static_cast<unsigned>(i)));
     }
     ASSERT_EQ(run("cp -a " + q(tmp / "tree1") + " " + q(tmp / "tree2")).exit_code, 0);
-    for (int i : {5, 22, 41}) write_file(tmp / "tree2" / ("d" + std::to_string(i % 4)) / ("f" + std::to_string(i)),
-                                         words(60000 + i * 333, 900u + static_cast<unsigned>(i)));
+    for (int i : {5, 22, 41})
+      write_file(tmp / "tree2" / ("d" + std::to_string(i % 4)) / ("f" + std::to_string(i)),
+                 words(60000 + i * 333, 900u + static_cast<unsigned>(i)));
     write_file(tmp / "tree2/d1/new-a", words(180000, 3001));
     write_file(tmp / "tree2/new-b", words(40000, 3002));
     mkfs(tmp / "tree1", v1);
@@ -75,8 +76,8 @@ class AdaptiveInstall : public ::testing::Test {
   static void mkfs(const fs::path& tree, const fs::path& img) {
     const std::string uuid = "0d6f3c2a-5b7e-4f21-8c3d-9e1a2b3c4d5e";
     auto r = run("find " + q(tree) + " -exec touch -h -d @1700000000 {} + && truncate -s 12M " + q(img) +
-                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid + " -E hash_seed=" + uuid +
-                 ",root_owner=0:0 -d " + q(tree) + " " + q(img));
+                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid +
+                 " -E hash_seed=" + uuid + ",root_owner=0:0 -d " + q(tree) + " " + q(img));
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
@@ -105,7 +106,8 @@ TEST_F(AdaptiveInstall, FromNginxFetchesAFractionAndTheStandbyIsV2ByteForByte) {
   EXPECT_TRUE(standby_is_v2(dev));
   const double fraction = double(proxy.bytes_downstream()) / double(artifact_size);
   RecordProperty("served_fraction", std::to_string(fraction));
-  EXPECT_LT(fraction, 0.4) << "served " << proxy.bytes_downstream() << " bytes for an artifact of " << artifact_size;
+  EXPECT_LT(fraction, 0.4) << "served " << proxy.bytes_downstream() << " bytes for an artifact of "
+                           << artifact_size;
   // The new partition boots and commits like after a full install.
   EXPECT_EQ(dev.boot(), 3);
   ASSERT_EQ(dev.agent("commit").exit_code, 0);
@@ -218,7 +220,8 @@ TEST_F(AdaptiveInstall, ALinkCutEveryFewHundredKiBStillEndsWithV2AndFetchesNothi
   EXPECT_LE(fetched_bytes(r.output), 1.05 * clean) << "clean:\n" << c.output << "with cuts:\n" << r.output;
   // On the wire, each reconnect adds a TLS handshake and the bytes in flight when the link broke.
   EXPECT_LE(double(cutting.bytes_downstream()), 2.0 * double(proxy.bytes_downstream()))
-      << "clean " << proxy.bytes_downstream() << ", with " << cutting.cuts() << " cuts " << cutting.bytes_downstream();
+      << "clean " << proxy.bytes_downstream() << ", with " << cutting.cuts() << " cuts "
+      << cutting.bytes_downstream();
 }
 
 TEST_F(AdaptiveInstall, KilledMidInstallResumesAndKeepsTheFramesAlreadyWritten) {
@@ -246,7 +249,8 @@ TEST_F(AdaptiveInstall, KilledMidInstallResumesAndKeepsTheFramesAlreadyWritten) 
   auto r = dev.agent("resume");
   ASSERT_EQ(r.exit_code, 4) << r.output;  // installed: reboot to go on
   EXPECT_NE(r.output.find("Continuing the interrupted install"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("using the artifact prefix kept by the interrupted install"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("using the artifact prefix kept by the interrupted install"), std::string::npos)
+      << r.output;
   EXPECT_FALSE(fs::exists(dev.dir() / "state/adaptive-prefix.bin")) << "removed once the install is done";
   EXPECT_TRUE(standby_is_v2(dev));
   // The resumed run verifies the kept prefix again and fetches only the frames still missing.
