@@ -78,13 +78,18 @@ Result<AgentConfig> from_config(const Config& c) {
   else
     a.retry_min = std::chrono::milliseconds(*v);
 
+  if (auto v = c.boolean("AdaptiveInstall", a.adaptive_install); !v)
+    return bad(v.error());
+  else
+    a.adaptive_install = *v;
+
   for (const auto& key : c.unknown_keys(
            {"DeviceID", "DeviceType", "DataDir", "Disk", "RootfsPartA", "RootfsPartB", "RootDeviceA",
             "RootDeviceB", "KernelCmdline", "Mountinfo", "BootPartA", "BootPartB", "Bootloader", "FwEnvConfig",
             "GrubEnv", "ArtifactVerifyKey", "HealthCheckCommand", "RebootCommand", "ArtifactName",
             "ServerCertificate", "ClientCertificate", "ClientKey", "BrokerURI", "KeepaliveSeconds",
             "SessionExpirySeconds", "RetryMinMilliseconds", "RetryMaxSeconds", "DownloadReadTimeoutSeconds",
-            "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "ProgressIntervalSeconds",
+            "DownloadMaxAttempts", "DownloadMaxSeconds", "InstallAttempts", "AdaptiveInstall", "ProgressIntervalSeconds",
             "InventoryPollIntervalSeconds", "InventoryScriptsDir", "HealthCheckTimeoutSeconds",
             "InventoryScriptTimeoutSeconds", "RootfsScriptsPath", "ArtifactScriptsPath", "StateScriptTimeoutSeconds",
             "StateScriptRetryTimeoutSeconds", "StateScriptRetryIntervalSeconds", "DownloadMaxBytesPerSecond",

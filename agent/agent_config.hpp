@@ -53,6 +53,7 @@ struct AgentConfig {
   std::chrono::seconds download_max_time{6 * 3600};  ///< DownloadMaxSeconds
   std::uint64_t download_max_rate = 0;  ///< DownloadMaxBytesPerSecond: bandwidth cap (0: none)
   std::uint32_t install_attempts = 3;   ///< InstallAttempts: tries of one deployment across restarts
+  bool adaptive_install = true;  ///< AdaptiveInstall: build what it can from the running partition (README)
 
   // Reporting
   std::chrono::seconds progress_interval{5};     ///< ProgressIntervalSeconds: downloading events

@@ -63,6 +63,7 @@ int cmd_install(const AgentConfig& cfg, const InstallJob& job, bool reboot_exit_
                  p.artifact_total ? human_bytes(p.artifact_total).c_str() : "?", human_bytes(p.written).c_str());
     std::fflush(stderr);
   };
+  (*updater)->on_adaptive_plan([](const AdaptivePlanSummary& plan) { std::cout << plan.describe() << std::endl; });
   asio::io_context io;
   auto fut = asio::co_spawn(io, (*updater)->install(job, progress), asio::use_future);
   io.run();
@@ -78,6 +79,9 @@ int cmd_install(const AgentConfig& cfg, const InstallJob& job, bool reboot_exit_
               << ").\n";
     return 0;
   }
+  if (r->stats.adaptive)
+    std::cout << "Fetched " << human_bytes(r->stats.network_bytes) << " of " << human_bytes(r->stats.artifact_bytes)
+              << ", reused " << human_bytes(r->stats.reused) << " from the running partition.\n";
   std::cout << "Installed " << r->header.artifact_name << " (" << human_bytes(r->stats.written)
             << "). Reboot to try the new partition, then run 'tern-agent commit' (or let the daemon do it).\n";
   return reboot_exit_code ? exit_reboot_needed : 0;

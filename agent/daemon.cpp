@@ -120,7 +120,9 @@ class Daemon {
                    .error = error,
                    .time = unix_now(),
                    .seq = *seq,
-                   .eta = eta};
+                   .eta = eta,
+                   .bytes_fetched = status == Status::downloading || status == Status::installing ? fetched_ : 0,
+                   .bytes_reused = status == Status::downloading || status == Status::installing ? reused_ : 0};
     log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
     if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev)}); !r)
@@ -358,6 +360,7 @@ class Daemon {
   asio::awaitable<std::optional<TaskExit>> run_job(const InstallJob& job_arg) {
     const InstallJob job = job_arg;
     current_ = job;
+    fetched_ = reused_ = 0;
     report(job, Status::downloading, 0, job.size);
     auto last = std::chrono::steady_clock::now();
     std::uint64_t last_bytes = 0;
@@ -373,6 +376,8 @@ class Daemon {
                                     : 0;
       last = now;
       last_bytes = p.artifact_bytes;
+      fetched_ = p.network_bytes;
+      reused_ = p.reused;
       report(job, Status::downloading, p.artifact_bytes, total, {}, 0, eta);
     };
     // Both operands complete with a value: `||` waits for a success, so an exception escaping the
@@ -419,6 +424,8 @@ class Daemon {
       if (st) co_await report_finished(*st);
       co_return std::nullopt;
     }
+    fetched_ = result->stats.network_bytes;
+    reused_ = result->stats.reused;
     report(job, Status::installing, result->stats.artifact_bytes, result->stats.artifact_bytes);
     if (result->finished) {  // an update module that needed no reboot: committed already
       co_await report_finished(*result->finished);
@@ -558,6 +565,7 @@ class Daemon {
   std::unique_ptr<Updater> updater_;
   std::unique_ptr<mqtt::Client> client_;
   std::optional<InstallJob> current_;  // the install running now
+  std::uint64_t fetched_ = 0, reused_ = 0;  // of the install running now, for its status events
   std::optional<DeploymentMessage> latest_;  // the newest deployment message not acted on yet
   Doorbell deployment_bell_;  // deployments() → installs(): latest_ changed
   Doorbell inventory_bell_;   // → inventory(): send it now

@@ -14,6 +14,7 @@ class AgentCategory final : public std::error_category {
       case AgentErrc::source_changed: return "the artifact changed at its source";
       case AgentErrc::busy: return "busy";
       case AgentErrc::interrupted: return "interrupted";
+      case AgentErrc::range_ignored: return "range ignored";
     }
     return "unknown tern-agent error";
   }

@@ -15,6 +15,7 @@ enum class AgentErrc {
   busy,                   ///< another install is in progress, or another tern-agent holds DataDir
   interrupted,            ///< the install was stopped from outside (SIGTERM, a newer or withdrawn
                           ///< deployment); its state stays resumable
+  range_ignored,          ///< the server answered a Range request with the whole file (no Range support)
 };
 
 const std::error_category& agent_category() noexcept;

@@ -154,6 +154,7 @@ Result<ChunkIndex> ChunkIndex::decode(std::string_view text) {
   if (raw->starts_with(magic)) return parse(*raw);
   auto bin = decompress_all(Compression::zstd, *raw, max_index_bytes);
   if (!bin) return bad("not zstd-compressed: " + bin.error().message());
+  raw.reset();  // megabytes: gone before the table is built
   return parse(*bin);
 }
 

@@ -67,7 +67,6 @@ Result<std::map<std::string, std::vector<std::string>>> depends_map(const json::
 // string, and base64 needs no escapes; the rest of the object is parsed as usual. Anywhere else
 // the whole document is parsed (same result, more memory).
 Result<void> parse_meta_data(std::string_view content, Header& h) {
-  h.meta_data_json = std::string(content);
   if (content.empty()) return {};
   const std::string lead = "{\"" + std::string(chunk_index_key) + "\":\"";
   std::string rest;
@@ -96,13 +95,14 @@ Result<void> parse_meta_data(std::string_view content, Header& h) {
     general = std::move(*t);
     text = general;
   } else {
+    h.meta_data_json = std::string(content);
     return {};
   }
   auto index = ChunkIndex::decode(text);
   if (!index) return index.error().context("headers/0000/meta-data");
   h.chunk_index = std::make_shared<const ChunkIndex>(std::move(*index));
   // The index (megabytes of base64) is kept once, decoded: not again in every copy of the header.
-  if (fast) h.meta_data_json = std::move(rest);
+  h.meta_data_json = fast ? std::move(rest) : std::string(content);
   return {};
 }
 

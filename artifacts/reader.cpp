@@ -367,8 +367,11 @@ struct Reader::Impl {
     header.compression = c;
     auto raw = decompress_all(c, small, max_header_uncompressed);
     if (!raw) return malformed(member_name + ": " + raw.error().message());
+    // Megabytes with a chunk index: each copy is dropped as soon as the next one is made.
+    std::string().swap(small);
     auto files = tar::read_all(*raw);
     if (!files) return malformed(member_name + ": " + files.error().message());
+    std::string().swap(*raw);
     if (auto r = detail::parse_header_tar(*files, header); !r) return r;
     if (auto r = detail::check_compatible(header, opt); !r) return r;
     small.clear();

@@ -211,6 +211,11 @@ Outgoing Fleet::handle_status(const std::string& device, const mqtt::Message& ms
 
     HistoryRecord h{rr.deployment, device, ev->seq, word, ev->time ? ev->time : now, ev->error, wire_attempt};
     if (auto w = store_.add_history(h); !w) return w;
+    if (ev->bytes_fetched || ev->bytes_reused)
+      if (auto w = store_.put_transfer({.deployment = rr.deployment, .device = device, .fetched = ev->bytes_fetched,
+                                        .reused = ev->bytes_reused, .artifact = ev->total});
+          !w)
+        return w;
     rr.status = word;
     rr.bytes = ev->bytes;
     rr.total = ev->total;
@@ -474,6 +479,17 @@ Result<boost::json::object> Fleet::summary(const DeploymentRecord& d) {
   o["counts"] = std::move(counts);
   o["total"] = total;
   o["failures"] = std::move(failures);
+  // What the devices downloaded against what full downloads would have (adaptive installs).
+  auto transfers = store_.transfer_totals(d.id);
+  if (!transfers) return transfers.error();
+  if (transfers->devices) {
+    boost::json::object t;
+    t["devices"] = transfers->devices;
+    t["bytes_fetched"] = transfers->fetched;
+    t["bytes_reused"] = transfers->reused;
+    t["bytes_saved"] = transfers->artifact > transfers->fetched ? transfers->artifact - transfers->fetched : 0;
+    o["transfer"] = std::move(t);
+  }
   o["failure_threshold"] = d.threshold;
   o["on_threshold"] = d.on_threshold;
   o["retries"] = d.retries;

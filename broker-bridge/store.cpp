@@ -103,6 +103,17 @@ CREATE TABLE deployment_log_parts (
 ALTER TABLE deployments ADD COLUMN max_rate BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE deployments ADD COLUMN reboot TEXT NOT NULL DEFAULT '';
 )sql",
+    // 4: bytes fetched and reused per device (adaptive installs).
+    R"sql(
+CREATE TABLE transfers (
+  deployment TEXT NOT NULL,
+  device TEXT NOT NULL,
+  fetched BIGINT NOT NULL DEFAULT 0,
+  reused BIGINT NOT NULL DEFAULT 0,
+  artifact BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (deployment, device)
+);
+)sql",
 };
 
 using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
@@ -755,6 +766,33 @@ Result<std::optional<DeploymentLogRecord>> Store::deployment_log(const std::stri
 }
 
 // --- history ---------------------------------------------------------------------------------------
+
+Result<void> Store::put_transfer(const TransferRecord& t) {
+  return guard("recording the transfer of " + t.deployment + " to " + t.device, [&] {
+    Stmt s(*impl_,
+           "INSERT INTO transfers (deployment, device, fetched, reused, artifact) VALUES (?, ?, ?, ?, ?) "
+           "ON CONFLICT (deployment, device) DO UPDATE SET fetched = excluded.fetched, reused = excluded.reused, "
+           "artifact = excluded.artifact");
+    s.bind(t.deployment).bind(t.device).bind(t.fetched).bind(t.reused).bind(t.artifact).run();
+  });
+}
+
+Result<TransferRecord> Store::transfer_totals(const std::string& deployment) {
+  return guard("summing the transfers of " + deployment, [&] {
+    Stmt s(*impl_,
+           "SELECT COALESCE(SUM(fetched), 0), COALESCE(SUM(reused), 0), COALESCE(SUM(artifact), 0), COUNT(*) "
+           "FROM transfers WHERE deployment = ?");
+    s.bind(deployment);
+    TransferRecord t{.deployment = deployment};
+    if (s.step()) {
+      t.fetched = s.u64(0);
+      t.reused = s.u64(1);
+      t.artifact = s.u64(2);
+      t.devices = s.u64(3);
+    }
+    return t;
+  });
+}
 
 Result<void> Store::add_history(const HistoryRecord& h) {
   return guard("recording history of " + h.device, [&] {

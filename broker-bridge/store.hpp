@@ -33,7 +33,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 3;
+inline constexpr int schema_version = 4;
 
 struct DeviceRecord {
   std::string id;
@@ -91,6 +91,17 @@ struct DeviceDeploymentRecord {
   std::uint64_t last_seq = 0;  ///< the device's seq of the last status applied
   std::int64_t updated = 0;
   bool operator==(const DeviceDeploymentRecord&) const = default;
+};
+
+/// What a device's download of a deployment cost: artifact bytes fetched, payload bytes built from
+/// its own partition, and the artifact's size (what a full download fetches).
+struct TransferRecord {
+  std::string deployment;
+  std::string device;           ///< empty in transfer_totals()
+  std::uint64_t fetched = 0;
+  std::uint64_t reused = 0;
+  std::uint64_t artifact = 0;
+  std::uint64_t devices = 0;    ///< transfer_totals(): devices counted
 };
 
 struct HistoryRecord {
@@ -180,6 +191,11 @@ class Store {
   /// `with_data` false: which pieces arrived, without their text (for summaries).
   Result<std::optional<DeploymentLogRecord>> deployment_log(const std::string& device, const std::string& deployment,
                                                             bool with_data = true);
+  
+  // Transfer figures (migration 4) of adaptive installs (bytes fetched and reused per device, from its statuses)
+  Result<void> put_transfer(const TransferRecord& t);
+  /// Sums over the devices of a deployment that reported figures.
+  Result<TransferRecord> transfer_totals(const std::string& deployment);
 
   // History
   Result<void> add_history(const HistoryRecord& h);

@@ -173,6 +173,12 @@ Result<StatusEvent> parse_status(std::string_view payload) {
   auto eta = o->u64_or("eta", 0);
   if (!eta) return eta.error();
   s.eta = *eta;
+  auto fetched = o->u64_or("bytes_fetched", 0);
+  if (!fetched) return fetched.error();
+  s.bytes_fetched = *fetched;
+  auto reused = o->u64_or("bytes_reused", 0);
+  if (!reused) return reused.error();
+  s.bytes_reused = *reused;
   return s;
 }
 
@@ -187,6 +193,8 @@ std::string serialize(const StatusEvent& s) {
   o["time"] = s.time;
   o["seq"] = s.seq;
   if (s.eta) o["eta"] = s.eta;
+  if (s.bytes_fetched) o["bytes_fetched"] = s.bytes_fetched;
+  if (s.bytes_reused) o["bytes_reused"] = s.bytes_reused;
   return json::write(o);
 }
 

@@ -55,6 +55,8 @@ struct StatusEvent {
   std::int64_t time = 0;     ///< Unix time in seconds
   std::uint64_t seq = 0;     ///< increases with every event the device sends; orders and dedups
   std::uint64_t eta = 0;     ///< downloading: seconds left at the recent rate (0: unknown; sent only if set)
+  std::uint64_t bytes_fetched = 0;  ///< artifact bytes received from the network (all attempts)
+  std::uint64_t bytes_reused = 0;   ///< payload bytes built from the device's own partition (adaptive)
   bool operator==(const StatusEvent&) const = default;
 };
 Result<StatusEvent> parse_status(std::string_view payload);

@@ -9,6 +9,7 @@
 #include "agent/download/https_download.hpp"
 #include "agent/download/rate_limit.hpp"
 
+#include "agent/errors.hpp"
 #include "common/backoff.hpp"
 #include "common/text.hpp"
 
@@ -357,8 +358,10 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
   req.set(http::field::accept_encoding, "identity");
   req.set(http::field::connection, "close");
   const std::uint64_t resume_from = state_.offset;
-  if (resume_from > 0) {
-    req.set(http::field::range, "bytes=" + std::to_string(resume_from) + "-");
+  const bool bounded = state_.end.has_value();  // a byte range of the file, not its rest
+  if (resume_from > 0 || bounded) {
+    req.set(http::field::range,
+            "bytes=" + std::to_string(resume_from) + "-" + (bounded ? std::to_string(*state_.end) : ""));
     if (!state_.etag.empty() && !weak_etag(state_.etag)) {
       req.set(http::field::if_range, state_.etag);
     } else if (!state_.last_modified.empty()) {
@@ -411,7 +414,7 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
   std::uint64_t skip = 0;  // bytes at the start of this body the sink already has
   if (status == 206) {
     auto cr = parse_content_range(res[http::field::content_range]);
-    if (resume_from == 0 || !cr || !cr->complete) {
+    if ((resume_from == 0 && !bounded) || !cr || !cr->complete) {
       co_return fatal(Errc::protocol, "unexpected 206 response (Content-Range '" +
                                           std::string(res[http::field::content_range]) + "') from " + url);
     }
@@ -422,12 +425,25 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
       if (!r) co_return Outcome{Kind::fatal, r.error(), {}};
       co_return Outcome{Kind::restart, {}, {}};
     }
-    if (cr->first != resume_from) {
+    if (bounded && *state_.end >= *cr->complete) state_.end = *cr->complete - 1;  // asked past the end
+    if (cr->first != resume_from || (bounded && cr->last != *state_.end)) {
       co_return fatal(Errc::protocol, "asked " + url + " for bytes from " + std::to_string(resume_from) +
                                           ", got Content-Range '" +
                                           std::string(res[http::field::content_range]) + "'");
     }
     state_.total = *cr->complete;
+    if (state_.etag.empty() && state_.last_modified.empty()) {  // the first range of a file
+      state_.etag = etag;
+      state_.last_modified = last_modified;
+    }
+  } else if (status == 200 && bounded) {
+    // The whole file instead of the range: changed (If-Range did not match) or no Range support.
+    if ((!state_.etag.empty() && etag != state_.etag) ||
+        (!state_.last_modified.empty() && last_modified != state_.last_modified)) {
+      auto r = restart("content changed on the server");
+      if (!r) co_return Outcome{Kind::fatal, r.error(), {}};
+    }
+    co_return Outcome{Kind::fatal, fail(AgentErrc::range_ignored, url + " answered a Range request with the whole file"), {}};
   } else if (status == 200) {
     if (resume_from > 0) {
       // A strong ETag equal to ours means the server ignores Range: skip what the sink has.
@@ -483,9 +499,10 @@ asio::awaitable<Outcome> Downloader::exchange(Stream& stream, beast::tcp_stream&
       co_return check_cancel(retry(Errc::io, std::move(m)));
     }
   }
-  if (state_.total && state_.offset != *state_.total) {
+  const auto until = bounded ? std::optional<std::uint64_t>(*state_.end + 1) : state_.total;
+  if (until && state_.offset != *until) {
     co_return retry(Errc::protocol, "body of " + url + " ended at byte " + std::to_string(state_.offset) +
-                                        " of " + std::to_string(*state_.total));
+                                        " of " + std::to_string(*until));
   }
   if (!state_.total) state_.total = state_.offset;
   progress();
@@ -500,6 +517,7 @@ asio::awaitable<Result<void>> download(const DownloadOptions& opts, DownloadStat
   // Copies everything before the first suspension (g++ 12 rules in README).
   Downloader d(opts, state, sink, on_restart, on_progress);
   if (!sink) co_return fail(Errc::invalid_argument, "download of " + state.url + ": no body sink");
+  if (state.end && state.offset > *state.end) co_return Result<void>{};  // the range is complete
   if (opts.max_attempts < 1) {
     co_return fail(Errc::invalid_argument, "download of " + state.url + ": max_attempts must be >= 1");
   }

@@ -54,6 +54,10 @@ struct DownloadState {  ///< persisted by the caller between runs
   std::uint64_t offset = 0;            ///< body bytes already delivered to the sink
   std::string etag, last_modified;     ///< validators from the first response
   std::optional<std::uint64_t> total;  ///< full size when known
+  /// Last byte wanted (inclusive): asks `Range: bytes=offset-end` from the first request on and
+  /// ends there (adaptive installs fetch frames this way). A server that answers it with the whole
+  /// file (200) fails with AgentErrc::range_ignored; one whose content changed (If-Range) restarts.
+  std::optional<std::uint64_t> end;
   int attempts = 0;                    ///< connections made (for status "attempt")
   std::uint64_t bytes_received = 0;    ///< body bytes actually received from the network (all attempts)
   int restarts = 0;                    ///< times the content changed and the download restarted at 0

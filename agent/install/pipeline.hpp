@@ -88,6 +88,7 @@ struct PipelineProgress {
   std::uint64_t network_bytes = 0;     ///< bytes received from the network over all attempts
   std::uint64_t written = 0;           ///< payload bytes written to the partition
   int attempt = 1;                     ///< connections made
+  std::uint64_t reused = 0;            ///< payload bytes built from the running partition (adaptive)
 };
 
 struct PipelineResult {
@@ -96,6 +97,8 @@ struct PipelineResult {
   std::uint64_t network_bytes = 0;
   std::uint64_t written = 0;
   int attempts = 1;
+  std::uint64_t reused = 0;  ///< payload bytes built from the running partition (adaptive install)
+  bool adaptive = false;     ///< installed adaptively (adaptive_source.hpp), not streamed
 };
 
 /// Called on the reader thread with the verified header; an error refuses the artifact.

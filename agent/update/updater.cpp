@@ -1,6 +1,7 @@
 #include "agent/update/updater.hpp"
 
 #include "agent/download/rate_limit.hpp"
+#include "agent/install/adaptive_source.hpp"
 #include "agent/update/update_module.hpp"
 
 #include "artifacts/crypto.hpp"
@@ -256,8 +257,36 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     return {};
   };
 
+  // Adaptive first when it can apply (a URL, no streaming checkpoint to go on from); it says why
+  // not before writing anything, and the artifact is then streamed (adaptive_source.hpp).
+  bool adaptive = config_.adaptive_install && is_url(job.source) && !resume;
+  const bool adaptive_resuming = current.phase == Phase::downloading && current.job.source == job.source &&
+                                 current.job.deployment_id == job.deployment_id && current.target_part == target;
+  DownloadOptions download = download_;
+  download.max_bytes_per_second = combined_cap(config_.download_max_rate, job.max_rate);
   Result<PipelineResult> result = fail(Errc::internal, "not run");
   for (int restart = 0; restart < 3; ++restart) {
+    if (adaptive) {
+      AdaptiveOptions ao{.active = partition_of(start->running), .resuming = adaptive_resuming, .blocking = pool_.any()};
+      ao.on_plan = on_plan_;
+      ao.prefix_cache = config_.data_dir / "adaptive-prefix.bin";
+      const PipelineSource source{.job = job, .download = download, .resume = std::nullopt};
+      auto a = co_await run_adaptive(source, ro, check, partition_of(target), progress, ao);
+      if (a && a->result) {
+        result = std::move(*a->result);
+        break;
+      }
+      if (!a && is(a.error(), AgentErrc::source_changed)) {
+        log::warn(a.error().message(), ": starting over");
+        continue;
+      }
+      if (!a) {
+        result = a.error();
+        break;
+      }
+      log::info("not installing adaptively (", a->fallback, "): streaming the whole artifact");
+      adaptive = false;
+    }
     PartitionWriterOptions writer_options;
     if (resume) writer_options.start_at = resume->checkpoint.payload_bytes;
     auto opened = co_await offload(serial, [&](std::stop_token) -> Result<std::unique_ptr<PartitionWriter>> {
@@ -286,8 +315,6 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
                                              .last_modified = c.last_modified,
                                              .total = c.total});
     };
-    DownloadOptions download = download_;
-    download.max_bytes_per_second = combined_cap(config_.download_max_rate, job.max_rate);
     const PipelineSource source{.job = job, .download = download, .resume = resume};
     result = co_await run_pipeline(source, ro, check, *writer, progress, options);
     // The writer's descriptor is closed on the pool: closing a partition may flush.

@@ -21,6 +21,7 @@
 #include "agent/boot/bootenv.hpp"
 #include "agent/boot/slots.hpp"
 #include "agent/errors.hpp"
+#include "agent/install/adaptive_source.hpp"
 #include "agent/install/pipeline.hpp"
 #include "agent/state.hpp"
 #include "agent/update/deployment_log.hpp"
@@ -107,6 +108,8 @@ class Updater {
   StateStore& store() { return store_; }
   const Slots& slots() const { return slots_; }
   BootEnv& bootenv() { return *env_; }
+  /// Called with the plan of an adaptive install before it starts (`tern-agent install` prints it).
+  void on_adaptive_plan(std::function<void(const AdaptivePlanSummary&)> f) { on_plan_ = std::move(f); }
   /// Where blocking work runs: serial() for the state store and the boot environment.
   BlockingPool& blocking() { return pool_; }
   /// Each deployment's log (DataDir/deployment-logs), with the output of its state scripts.
@@ -147,6 +150,7 @@ class Updater {
   DownloadOptions download_;  // from the configuration, for every install
   DeploymentLog dlog_;
   StateScripts scripts_;
+  std::function<void(const AdaptivePlanSummary&)> on_plan_;
   BlockingPool pool_;         // last: its threads stop before the members they use go
 };
 

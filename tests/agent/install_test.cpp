@@ -190,6 +190,7 @@ TEST_F(Install, ARefusedArtifactStopsADownloadStuckOnAStalledLink) {
   boost::json::object cfg;
   cfg["ServerCertificate"] = (certs() / "ca.crt").string();
   cfg["DownloadReadTimeoutSeconds"] = 30;
+  cfg["AdaptiveInstall"] = false;  // the streamed download (an adaptive one refuses it in its prefix requests)
   SimAgent dev(tmp / "device-1", cfg);
   auto a_before = dev.partition_sha(2);
   auto r = dev.agent("install https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/other.mender");

@@ -11,6 +11,7 @@
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
+#include <boost/json/parse.hpp>
 #include <sqlite3.h>
 
 namespace tern::test {
@@ -219,6 +220,38 @@ TEST(BridgeFleet, DuplicateAndOlderStatusesDoNotCountTwice) {
   // Final: the retained deployment is cleared, and the device record shows the artifact.
   EXPECT_EQ(env.retained_deployment("device-1"), "");
   EXPECT_EQ(env.store->device("device-1").value()->artifact_name, "release-1");
+}
+
+TEST(BridgeFleet, TheSummaryShowsWhatAdaptiveInstallsSaved) {
+  FleetEnv env;
+  env.accept("device-1");
+  env.accept("device-2");
+  env.command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true})");
+  auto transfer = [&](const std::string& dev, std::uint64_t seq, std::uint64_t fetched, std::uint64_t reused) {
+    protocol::StatusEvent e;
+    e.deployment_id = "d1";
+    e.status = protocol::Status::installing;
+    e.bytes = e.total = 1000000;
+    e.seq = seq;
+    e.bytes_fetched = fetched;
+    e.bytes_reused = reused;
+    env.handle(msg("tern/devices/" + dev + "/status", protocol::serialize(e)));
+  };
+  auto summary = [&] {
+    env.tick();
+    auto m = last_on(env.published, "tern/fleet/deployments/d1");
+    EXPECT_TRUE(m);
+    return boost::json::parse(m ? m->payload : "{}").as_object();
+  };
+  EXPECT_FALSE(summary().contains("transfer")) << "no device reported figures yet";
+  transfer("device-1", 5, 50000, 3000000);
+  transfer("device-1", 6, 80000, 3500000);  // the newest figures replace the device's earlier ones
+  transfer("device-2", 5, 1000000, 0);      // a full download saves nothing
+  auto t = summary().at("transfer").as_object();
+  EXPECT_EQ(t.at("devices").as_int64(), 2);
+  EXPECT_EQ(t.at("bytes_fetched").as_int64(), 1080000);
+  EXPECT_EQ(t.at("bytes_reused").as_int64(), 3500000);
+  EXPECT_EQ(t.at("bytes_saved").as_int64(), 920000);
 }
 
 TEST(BridgeFleet, MalformedMessagesAreDropped) {

@@ -66,6 +66,20 @@ TEST(Protocol, StatusRoundTripAndWords) {
   EXPECT_EQ(bad.error().message(), "status message: field 'status': 'exploded' is not a deployment status");
 }
 
+TEST(Protocol, StatusCarriesTheBytesFetchedAndReusedOfAnAdaptiveInstall) {
+  StatusEvent s{"dep-1", Status::installing, 900, 900, 1, "", 1764028800, 8, 123456, 7890123};
+  auto json = serialize(s);
+  EXPECT_NE(json.find("\"bytes_fetched\":123456"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"bytes_reused\":7890123"), std::string::npos) << json;
+  EXPECT_EQ(parse_status(json).value(), s);
+  // Older agents send neither: both read as 0, and the fields are not written when 0.
+  auto old = parse_status(R"({"deployment_id":"d","status":"downloading","bytes":5})");
+  ASSERT_TRUE(old) << old.error().message();
+  EXPECT_EQ(old->bytes_fetched, 0u);
+  EXPECT_EQ(serialize(*old).find("bytes_fetched"), std::string::npos);
+  EXPECT_FALSE(parse_status(R"({"deployment_id":"d","status":"downloading","bytes_reused":"lots"})"));
+}
+
 TEST(Protocol, PresenceAndInventory) {
   Presence p{true, 5, 100};
   EXPECT_EQ(parse_presence(serialize(p)).value(), p);
