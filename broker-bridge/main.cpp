@@ -103,6 +103,10 @@ int run(const std::string& config_path) {
     // Large: while the inbox is full Paho's receive thread blocks inside its lock, and a publish
     // from the io thread then waits for that lock: the bridge would stall (see bridge.hpp).
     o.mqtt.inbox_capacity = get(cfg->u64("inbox_capacity", 131072));
+    // Outgoing messages waiting for Paho: a deployment to N devices queues N retained messages at
+    // once, and over the default of 10,000 the rest (and the reply) were dropped (bench-fleet at
+    // 10,000 and 19,500 devices).
+    o.mqtt.max_buffered = 4 * 1024 * 1024;
     o.mqtt.min_retry = std::chrono::seconds(1);
     o.mqtt.max_retry = std::chrono::seconds(30);
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
