@@ -125,7 +125,10 @@ class Daemon {
                    .bytes_reused = status == Status::downloading || status == Status::installing ? reused_ : 0};
     log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
-    if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev)}); !r)
+    // Retained: the broker keeps each device's last status, which the bridges reconcile against
+    // their store (a status lost on its way to a bridge is not lost for good).
+    if (auto r = client_->enqueue({.topic = topics::status(config_.device_id), .payload = serialize(ev), .retained = true});
+        !r)
       log::error(r.error().message());
   }
 

@@ -20,7 +20,9 @@
 // connection holds no TLS state, only its socket and a small coroutine frame, so thousands of
 // silent connections cost little memory. Connections over `max_connections`, or over
 // `max_connections_per_address` from one client address, are closed at once after accept. After a
-// wave of connections ends, freed heap is handed back to the system (malloc_trim).
+// wave of connections ends, freed heap is handed back to the system (malloc_trim); the per-socket
+// state Asio pools is reserved at start for max_connections sockets, so it does not pin the pages
+// a wave used.
 //
 // Thread safety: start() and stop() are called from any thread but not concurrently with each
 // other; the counters may be read from any thread. The server runs on the given executor; the

@@ -36,7 +36,8 @@ std::vector<std::string> subscription_filters(const BridgeOptions& o) {
 }
 
 struct Bridge::Impl {
-  Impl(asio::any_io_executor e, BridgeOptions o) : ex(std::move(e)), options(std::move(o)), stop_timer(ex) {
+  Impl(asio::any_io_executor e, BridgeOptions o)
+      : ex(std::move(e)), options(std::move(o)), stop_timer(ex), reconcile_wake(ex), marker_back(ex) {
     stop_timer.expires_at(asio::steady_timer::time_point::max());
   }
   asio::any_io_executor ex;
@@ -48,6 +49,19 @@ struct Bridge::Impl {
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> processed{0};
 
+  // Reconciliation (see bridge.hpp); on the executor only.
+  asio::steady_timer reconcile_wake;  // the wait between passes; cancelled by a reconnection
+  asio::steady_timer marker_back;     // the current pass's deadline; cancelled when its marker is back
+  bool reconnected = false;           // a (re)connection since the current pass began
+  std::uint64_t pass = 0;             // the pass whose marker is awaited
+  bool marker_seen = false;
+  std::uint64_t retained_seen = 0;    // retained device messages handled during the pass
+
+  std::string marker_topic() const { return "tern/fleet/reconcile/" + options.mqtt.client_id; }
+  static std::vector<std::string> reconcile_filters() {
+    return {"tern/devices/+/status", "tern/devices/+/inventory", "tern/devices/+/presence"};
+  }
+
   void publish(Outgoing& out) {
     for (auto& m : out) {
       if (auto r = client->enqueue(m); !r) log::error("publishing: ", r.error().message());
@@ -58,6 +72,17 @@ struct Bridge::Impl {
     for (;;) {
       auto m = co_await client->receive();
       if (!m) co_return;
+      if (m->topic == marker_topic()) {
+        if (m->payload == std::to_string(pass)) {
+          marker_seen = true;
+          marker_back.cancel();
+        }
+        continue;
+      }
+      if (m->retained && m->topic.starts_with("tern/devices/")) {
+        ++retained_seen;
+        log::debug("reconciling ", m->topic, " from its retained message");
+      }
       auto out = fleet->handle(*m, unix_now());
       publish(out);
       ++processed;
@@ -71,6 +96,66 @@ struct Bridge::Impl {
       co_await t.async_wait(asio::use_awaitable);
       auto out = fleet->tick(unix_now());
       publish(out);
+    }
+  }
+
+  /// One pass: temporary plain subscriptions (retained messages arrive through receive_loop), the
+  /// marker, then the subscriptions are dropped again. Returns whether the marker came back in time.
+  asio::awaitable<bool> reconcile_once() {
+    ++pass;
+    marker_seen = false;
+    retained_seen = 0;
+    const auto started = std::chrono::steady_clock::now();
+    bool ok = true;
+    auto sub = co_await client->subscribe(marker_topic(), 1);
+    for (auto& f : reconcile_filters()) {
+      if (!sub) break;
+      sub = co_await client->subscribe(f, 1);
+    }
+    if (sub) {
+      mqtt::Message marker;
+      marker.topic = marker_topic();
+      marker.payload = std::to_string(pass);
+      if (auto r = client->enqueue(marker); !r) sub = r;
+    }
+    if (!sub) {
+      log::warn("reconciliation pass ", pass, ": ", sub.error().message());
+      ok = false;
+    } else if (!marker_seen) {
+      marker_back.expires_after(options.reconcile_deadline);
+      co_await marker_back.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (!marker_seen) {
+        log::warn("reconciliation pass ", pass, " did not finish within ", options.reconcile_deadline.count(),
+                  " s (", retained_seen, " retained device messages handled); it is tried again");
+        ok = false;
+      }
+    }
+    for (auto& f : reconcile_filters()) {
+      auto r = co_await client->unsubscribe(f);
+      if (!r) log::warn("reconciliation pass ", pass, ": ", r.error().message());
+    }
+    if (ok) {
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+      log::info("reconciliation pass ", pass, ": ", retained_seen, " retained device messages in ", ms.count(), " ms");
+    }
+    co_return ok;
+  }
+
+  /// A pass at start, after every reconnection and every reconcile_interval.
+  asio::awaitable<void> reconcile_loop() {
+    for (;;) {
+      reconnected = false;
+      const bool ok = co_await reconcile_once();
+      if (reconnected) continue;  // the connection was renewed meanwhile: the broker may have lost more
+      if (!ok && !client->connected()) {
+        // Wait for the reconnection (on_connected cancels this wait).
+        reconcile_wake.expires_at(asio::steady_timer::time_point::max());
+      } else if (options.reconcile_interval.count() > 0) {
+        reconcile_wake.expires_after(options.reconcile_interval);
+      } else {
+        reconcile_wake.expires_at(asio::steady_timer::time_point::max());
+      }
+      co_await reconcile_wake.async_wait(asio::as_tuple(asio::use_awaitable));
     }
   }
 
@@ -94,6 +179,18 @@ Result<std::unique_ptr<Bridge>> Bridge::create(asio::any_io_executor ex, BridgeO
   if (!store) return store.error();
   impl->store = std::move(*store);
   impl->fleet = std::make_unique<Fleet>(*impl->store, impl->options.fleet);
+  if (!impl->options.shared_group.empty()) {
+    // A (re)connection starts a reconciliation pass (after the subscriptions are renewed).
+    std::weak_ptr<Impl> weak = impl;
+    auto previous = impl->options.mqtt.on_connected;
+    impl->options.mqtt.on_connected = [weak, previous] {
+      if (previous) previous();
+      if (auto i = weak.lock()) {
+        i->reconnected = true;
+        i->reconcile_wake.cancel();
+      }
+    };
+  }
   auto client = mqtt::Client::create(ex, impl->options.mqtt);
   if (!client) return client.error();
   impl->client = std::move(*client);
@@ -125,7 +222,10 @@ asio::awaitable<Result<void>> Bridge::run() {
   }
   log::info("ready: ", subscription_filters(impl->options).size(), " subscriptions");
 
-  co_await (impl->receive_loop() || impl->tick_loop() || impl->wait_stop());
+  if (impl->options.shared_group.empty())
+    co_await (impl->receive_loop() || impl->tick_loop() || impl->wait_stop());
+  else
+    co_await (impl->receive_loop() || impl->tick_loop() || impl->reconcile_loop() || impl->wait_stop());
 
   // Last summaries, then leave cleanly (queued publishes are flushed by the disconnect).
   auto out = impl->fleet->tick(unix_now());

@@ -19,6 +19,19 @@
 // crash between a commit and its publishes, run() republishes from the store (Fleet::recover):
 // device records, retained deployments of devices in progress, cleared ones, summaries.
 //
+// Reconciliation (shared_group set): Mosquitto 2.0.11 drops what is published to a shared
+// subscription while no member is subscribed (after a broker restart, until the bridges are back),
+// and a bridge killed between receiving and committing loses what it held. Devices publish their
+// statuses, inventory and presence retained, so the broker keeps each device's last word. After
+// every (re)connection and every reconcile_interval a bridge subscribes to those topics without the
+// share (MQTT 5 sends retained messages only to such subscriptions; Mosquitto 2.0.11 also sends
+// them when a shared one is made, other brokers do not), feeds what arrives to the
+// same idempotent ingest (an old or repeated sequence number is a no-op), then publishes a marker
+// to tern/fleet/reconcile/{client_id}: Mosquitto queues a client's messages in order, so when the
+// marker is back every retained message has been handled, and the temporary subscriptions are
+// dropped. The pass has a deadline (reconcile_deadline); one that misses it is logged and retried
+// at the next connection or interval. The store thus converges on what the devices last reported.
+//
 // Inbox: mqtt.inbox_capacity must be large (main sets 131072). tern::mqtt::Client blocks Paho's
 // receive thread while its inbox is full, and Paho holds its client lock there, so an enqueue()
 // from the executor thread (every outgoing message) would wait for that lock while the thread
@@ -52,6 +65,11 @@ struct BridgeOptions {
   std::string shared_group;
   bool retained_device_state = true;         ///< see the header comment
   std::chrono::milliseconds tick{200};       ///< rollout evaluation and summary coalescing period
+  /// Reconciliation (with a shared_group only; see below): a pass after every (re)connection and
+  /// then every reconcile_interval (0: only after connections); a pass that has not seen its
+  /// marker within reconcile_deadline is reported and given up.
+  std::chrono::seconds reconcile_interval{300};
+  std::chrono::seconds reconcile_deadline{60};
 };
 
 class Bridge {

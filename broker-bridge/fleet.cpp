@@ -159,6 +159,7 @@ Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& 
 // --- status ingest ----------------------------------------------------------------------------------
 
 Outgoing Fleet::handle_status(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
+  if (msg.payload.empty()) return {};  // a cleared retained status (decommission): nothing to learn
   auto ev = protocol::parse_status(msg.payload);
   if (!ev) {
     log::warn("dropping status of ", device, ": ", ev.error().message());

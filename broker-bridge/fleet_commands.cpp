@@ -526,9 +526,10 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
     }
   }
   if (d.admission == "decommissioned") {
-    // A retired device leaves nothing behind on the broker: its retained deployment, inventory and
-    // presence are cleared (the bridge's record of it stays, saying decommissioned).
-    for (const char* kind : {"deployment", "inventory", "presence", "reboot"})
+    // A retired device leaves nothing behind on the broker: its retained deployment, inventory,
+    // presence, go-ahead and last status are cleared (the bridge's record of it stays, saying
+    // decommissioned).
+    for (const char* kind : {"deployment", "inventory", "presence", "reboot", "status"})
       out.push_back(retained("tern/devices/" + id + "/" + kind, ""));
   }
   if (auto w = store_.put_device(d); !w) return w.error();

@@ -43,6 +43,9 @@
 //                         the others), so a bridge that dies would take half the statuses with it;
 //                         with 0 its subscription ends with its connection and the other bridges
 //                         get everything. Give every bridge its own client_id.
+//   reconcile_seconds     with shared_group: a reconciliation pass (bridge.hpp) after every connection and
+//                         every this many seconds, default 300 (0: after connections only)
+//   reconcile_deadline_seconds  a pass not finished within this (default 60) is logged and retried
 //   inbox_capacity        incoming messages buffered ahead of the store, default 131072
 //   log_level             debug | info | warn | error
 // SIGTERM and SIGINT stop it cleanly.
@@ -85,7 +88,7 @@ int run(const std::string& config_path) {
                                     "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
                                     "server_max_connections", "server_max_connections_per_address", "public_url",
                                     "dashboard_dir", "dashboard_bind", "dashboard_port", "shared_group", "retained_device_state", "session_expiry_seconds",
-                                    "inbox_capacity", "log_level"}))
+                                    "inbox_capacity", "log_level", "reconcile_seconds", "reconcile_deadline_seconds"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
   // Each getter's error names the file and the key.
@@ -107,6 +110,10 @@ int run(const std::string& config_path) {
     // Large: while the inbox is full Paho's receive thread blocks inside its lock, and a publish
     // from the io thread then waits for that lock: the bridge would stall (see bridge.hpp).
     o.mqtt.inbox_capacity = get(cfg->u64("inbox_capacity", 131072));
+    // Outgoing messages waiting for Paho: a deployment to N devices queues N retained messages at
+    // once, and over the default of 10,000 the rest (and the reply) were dropped (bench-fleet at
+    // 10,000 and 19,500 devices).
+    o.mqtt.max_buffered = 4 * 1024 * 1024;
     o.mqtt.min_retry = std::chrono::seconds(1);
     o.mqtt.max_retry = std::chrono::seconds(30);
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
@@ -118,6 +125,8 @@ int run(const std::string& config_path) {
     o.mqtt.session_expiry = std::chrono::seconds(expiry);
     o.mqtt.clean_start = expiry == 0;
     o.retained_device_state = get(cfg->boolean("retained_device_state", true));
+    o.reconcile_interval = std::chrono::seconds(get(cfg->u64("reconcile_seconds", 300)));
+    o.reconcile_deadline = std::chrono::seconds(std::max<std::uint64_t>(1, get(cfg->u64("reconcile_deadline_seconds", 60))));
     o.fleet.artifact_dir = get(cfg->string("artifact_dir", ""));
     auto key_path = get(cfg->string("verify_key", ""));
     if (!key_path.empty()) {

@@ -419,6 +419,18 @@ asio::awaitable<Result<void>> Client::subscribe(const std::string& filter_arg, i
   co_return co_await std::move(op);
 }
 
+asio::awaitable<Result<void>> Client::unsubscribe(const std::string& filter_arg) {
+  std::string filter = filter_arg;  // read before the first suspension (see the header)
+  auto impl = impl_;
+  {
+    std::lock_guard lock(impl->mutex);
+    std::erase_if(impl->subscriptions, [&](auto& s) { return s.first == filter; });
+  }
+  auto op = paho_op(impl->ex, "unsubscribing from " + filter,
+                    [&](::mqtt::iaction_listener& l) { impl->paho->unsubscribe(filter, nullptr, l); });
+  co_return co_await std::move(op);
+}
+
 asio::awaitable<Result<Message>> Client::receive() {
   auto impl = impl_;
   auto [ec, msg] = co_await impl->inbox.async_receive(asio::as_tuple(asio::use_awaitable));

@@ -104,6 +104,10 @@ class Client {
   /// then delivers nothing).
   boost::asio::awaitable<Result<void>> subscribe(const std::string& filter, int qos = 1);
 
+  /// Unsubscribes and forgets the filter (it is not renewed after reconnects any more).
+  /// Errors: the broker did not acknowledge it (e.g. disconnected meanwhile).
+  boost::asio::awaitable<Result<void>> unsubscribe(const std::string& filter);
+
   /// The next incoming message. Errors: the client was closed (Errc::cancelled).
   boost::asio::awaitable<Result<Message>> receive();
 

@@ -12,6 +12,7 @@
 #include <boost/json/serialize.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <thread>
 
 namespace tern::test {
@@ -601,6 +602,157 @@ TEST(BridgeIntegration, TwoBridgesShareTheWorkAndOneSurvivesTheOthersKill) {
   if (HasFailure()) std::cerr << dump_logs() << broker.log();
 }
 
+
+// Mosquitto 2.0.11 delivers nothing to a shared subscription while no bridge is subscribed (after a
+// broker restart, until the bridges are back): statuses published then are lost on their way to
+// the bridges. Devices publish statuses retained, and each bridge reconciles on every reconnection,
+// so the store still converges on what every device last reported.
+TEST(BridgeIntegration, TwoBridgesConvergeOnStatusesLostInABrokerRestart) {
+  if (!test_store_is_postgres()) GTEST_SKIP() << "PostgreSQL only: runs as pg.BridgeIntegration.*";
+  Broker broker;
+  TempDir dir{"tern-reconcile"};
+  fs::create_directories(dir / "artifacts");
+  {
+    write_file(dir / "r.img", std::string(100000, 'y'));
+    artifacts::WriterOptions w;
+    w.payload = dir / "r.img";
+    w.device_types = {"qemu"};
+    w.artifact_name = "release-1";
+    ASSERT_TRUE(artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"));
+  }
+  const std::string db = test_store(dir.path());
+  std::vector<std::unique_ptr<Process>> bridges;
+  auto logs = [&] {
+    std::string all;
+    for (int n : {1, 2}) {
+      try {
+        all += "---- bridge-" + std::to_string(n) + "\n" + read_file(dir / ("bridge-" + std::to_string(n) + ".log"));
+      } catch (const std::exception&) {
+      }
+    }
+    return all;
+  };
+  for (int n : {1, 2}) {
+    auto conf = dir / ("bridge-" + std::to_string(n) + ".conf");
+    boost::json::object cfg{{"broker_uri", broker.services_uri()},
+                            {"client_id", "tern-bridge-" + std::to_string(n)},
+                            {"ca_file", (certs() / "ca.crt").string()},
+                            {"cert_file", (certs() / "bridge.crt").string()},
+                            {"key_file", (certs() / "bridge.key").string()},
+                            {"db", db},
+                            {"artifact_dir", (dir / "artifacts").string()},
+                            {"serve_artifacts", false},
+                            {"public_url", "https://127.0.0.1:8443"},
+                            {"shared_group", "tern-bridge"},
+                            {"retained_device_state", false},
+                            {"reconcile_seconds", 2},
+                            {"log_level", "debug"}};
+    write_file(conf, boost::json::serialize(cfg));
+    auto log = dir / ("bridge-" + std::to_string(n) + ".log");
+    bridges.push_back(std::make_unique<Process>(
+        std::vector<std::string>{(build_dir() / "broker-bridge/tern-bridge").string(), "--config", conf.string()}, log));
+  }
+  // Ready: each has finished its first reconciliation pass.
+  auto passes = [&](int n) {
+    std::string text;
+    try {
+      text = read_file(dir / ("bridge-" + std::to_string(n) + ".log"));
+    } catch (const std::exception&) {
+    }
+    int count = 0;  // passes that finished ("reconciliation pass N: K retained device messages in T ms")
+    for (auto p = text.find(" retained device messages in "); p != std::string::npos;
+         p = text.find(" retained device messages in ", p + 1))
+      ++count;
+    return count;
+  };
+  for (int i = 0; i < 300 && (passes(1) == 0 || passes(2) == 0); ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_GT(passes(1), 0) << logs();
+  ASSERT_GT(passes(2), 0) << logs();
+
+  auto rr = [&](const std::string& topic, const std::string& body) {
+    return run("mosquitto_rr " + broker.client_args("operator") + " -q 1 -t " + shell_quote(topic) +
+               " -e tern/fleet/replies/rc -W 10 -m " + shell_quote(body) + " 2>&1")
+        .output;
+  };
+  auto reply = rr("tern/fleet/devices/preauthorize", R"({"devices":["device-1","device-2","device-3","device-4"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << logs();
+  reply = rr("tern/fleet/deployments/create", R"({"id":"r1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << logs();
+  auto status = [&](const std::string& id, const std::string& word, std::uint64_t seq) {
+    // Retained, as tern-agent publishes its statuses.
+    auto r = run("mosquitto_pub " + broker.client_args(id) + " -q 1 -r -t tern/devices/" + id + "/status -m " +
+                 shell_quote(status_json("r1", word, seq)) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  };
+  auto wait_summary = [&](const std::vector<std::string>& needles) {
+    std::string last;
+    for (int i = 0; i < 300; ++i) {
+      last = run("mosquitto_sub " + broker.client_args("operator") +
+                 " -t tern/fleet/deployments/r1 -C 1 -W 2 --retained-only 2>/dev/null")
+                 .output;
+      bool all = true;
+      for (auto& n : needles) all = all && last.find(n) != std::string::npos;
+      if (all) return last;
+      std::this_thread::sleep_for(100ms);
+    }
+    ADD_FAILURE() << "the summary never had all of the expected counts; last: " << last << logs();
+    return last;
+  };
+  for (auto id : {"device-1", "device-2", "device-3", "device-4"}) status(id, "downloading", 1);
+  wait_summary({"\"downloading\":4"});
+
+  // The bridges are stalled (SIGSTOP) while the broker restarts, and the devices report their
+  // outcome before the bridges are back: nobody holds the shared subscription, so the live
+  // messages go nowhere.
+  for (auto& b : bridges) ASSERT_EQ(::kill(b->pid(), SIGSTOP), 0);
+  broker.stop();
+  broker.start();
+  status("device-1", "success", 2);
+  status("device-2", "installing", 2);
+  status("device-2", "success", 3);
+  status("device-3", "failure", 2);
+  status("device-4", "installing", 2);
+  const auto before_restart = passes(1) + passes(2);
+  for (auto& b : bridges) ASSERT_EQ(::kill(b->pid(), SIGCONT), 0);
+
+  // Reconnected, each bridge reconciles: the store converges on the devices' last statuses.
+  auto s = wait_summary({"\"success\":2", "\"failure\":1", "\"installing\":1"});
+  EXPECT_EQ(s.find("\"downloading\""), std::string::npos) << s;
+  const auto name = db.substr(db.rfind('/') + 1);
+  auto rows = Postgres::shared().psql(name, "SELECT device, status, last_seq FROM device_deployments WHERE deployment = 'r1' ORDER BY device");
+  EXPECT_EQ(rows, "device-1|success|2\ndevice-2|success|3\ndevice-3|failure|2\ndevice-4|installing|2\n") << rows << logs();
+  EXPECT_GT(passes(1) + passes(2), before_restart) << logs();
+  // The outcome came from the retained messages (the live ones had no subscriber).
+  const auto all = logs();
+  EXPECT_NE(all.find("reconciling tern/devices/device-1/status from its retained message"), std::string::npos) << all;
+
+  // A bridge stalls with statuses delivered to it and is then killed: what it held is gone with
+  // its session (expiry 0). The survivor has no reconnection to trigger a pass, so its periodic
+  // pass (reconcile_seconds) picks up the devices' retained statuses.
+  reply = rr("tern/fleet/devices/preauthorize", R"({"devices":["device-5"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << logs();
+  reply = rr("tern/fleet/deployments/create", R"({"id":"r2","artifact_name":"release-1","devices":["device-1","device-2","device-3","device-5"]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply << logs();
+  ASSERT_EQ(::kill(bridges[0]->pid(), SIGSTOP), 0);
+  for (auto id : {"device-1", "device-2", "device-3", "device-5"}) {
+    auto r = run("mosquitto_pub " + broker.client_args(id) + " -q 1 -r -t tern/devices/" + id + "/status -m " +
+                 shell_quote(status_json("r2", "success", 1)) + " 2>&1");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+  }
+  bridges[0]->kill();
+  std::string last;
+  for (int i = 0; i < 300; ++i) {
+    last = run("mosquitto_sub " + broker.client_args("operator") +
+               " -t tern/fleet/deployments/r2 -C 1 -W 2 --retained-only 2>/dev/null")
+               .output;
+    if (last.find("\"success\":4") != std::string::npos) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_NE(last.find("\"success\":4"), std::string::npos) << last << logs();
+  auto r2 = Postgres::shared().psql(name, "SELECT count(*) FROM device_deployments WHERE deployment = 'r2' AND status = 'success'");
+  EXPECT_EQ(r2, "4\n") << r2;
+  if (HasFailure()) std::cerr << broker.log();
+}
 }  // namespace
 }  // namespace tern::test
 

@@ -1,16 +1,31 @@
-// tern-fleet-load: N lightweight device sessions (tern::mqtt::Client, no agent) for
-// scripts/bench-fleet. Devices are device-1..device-N with certificates from gen-certs.
+// tern-fleet-load: N simulated device sessions (MQTT 5 over TLS with client certificates) driven by
+// ONE thread and ONE event loop, for scripts/bench-fleet. Not an agent: each session is a TCP socket,
+// an OpenSSL SSL object (released buffers while idle) and a small MQTT codec of our own (CONNECT,
+// SUBSCRIBE, PUBLISH QoS 1, PUBACK, PINGREQ, DISCONNECT). The SSL objects are driven directly
+// (non-blocking SSL_read/SSL_write, Asio only waits for readiness), so an idle session costs a few
+// KiB instead of the 34 KiB of buffers an asio::ssl::stream keeps.
 //
-// URI is the broker's devices listener, SERVICES_URI its services listener (bridge, operators).
+// Device certificates are minted in memory at connect time (CN=device-N, one shared P-256 key,
+// signed with CERTS/ca.key), so 50,000 devices need no 50,000 files. The operator is a
+// tern::mqtt::Client (Paho; one client) with CERTS/operator.crt, for MQTT 5 request/response.
 //
-//   tern-fleet-load baseline URI SERVICES_URI CERTS N
-//       each device publishes 5 status messages; one consumer (the bridge's identity, clean
-//       session) receives them: prints "baseline_ms=T" from the first publish to the last receipt.
-//   tern-fleet-load bridge URI SERVICES_URI CERTS N ARTIFACT
-//       with tern-bridge running: accepts the N devices (operator commands), creates a deployment
-//       for all of them, each device answers the deployment it receives with 5 statuses; prints
-//       "deploy_ms=T1 ingest_ms=T2": until every device had its deployment, and until the bridge's
-//       summary said finished with N successes (every status ingested).
+//   tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--sources K] [--handshakes H]
+//
+// Phases, one line of key=value figures on stdout after each:
+//   connected  every session has its TLS handshake, CONNACK and SUBACK (tern/devices/ID/deployment)
+//   baseline   each device publishes 5 statuses (retained, QoS 1); one consumer on the services
+//              listener (the bridge's identity) receives all 5N. No bridge runs yet. The retained
+//              statuses are then cleared.
+//   -- then the program reads one line "go [PID...]" on stdin: the caller has started the bridges
+//      (their PIDs are measured from now on) --
+//   deployed   devices preauthorized (not measured); a deployment for all is created: until every
+//              device has received its retained deployment
+//   ingested   each device publishes 5 statuses at once (as in the baseline): until the bridges'
+//              retained summary says finished with N successes
+// Every line has the phase's wall time and the CPU time of this process, the broker and the
+// bridges in it, so the caller can show that the load side is not the bottleneck.
+// Any failure (a refused handshake, a dropped session, a refused publish) ends the program with an
+// error naming the device; nothing is retried silently.
 #include "common/log.hpp"
 #include "common/mqtt/client.hpp"
 #include "common/protocol.hpp"
@@ -18,82 +33,510 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/streambuf.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
+#include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace asio = boost::asio;
+using asio::ip::tcp;
 using namespace tern;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-struct Args {
-  std::string mode, uri, services_uri, certs, artifact;
-  int n = 0;
-};
+[[noreturn]] void fatal(const std::string& what) {
+  std::cerr << "tern-fleet-load: " << what << std::endl;
+  std::_Exit(1);
+}
 
-mqtt::Options options_for(const Args& a, const std::string& file, const std::string& client_id) {
-  mqtt::Options o;
-  o.server_uri = file.starts_with("device") ? a.uri : a.services_uri;
-  o.client_id = client_id;
-  o.ca_file = a.certs + "/ca.crt";
-  o.cert_file = a.certs + "/" + file + ".crt";
-  o.key_file = a.certs + "/" + file + ".key";
-  o.clean_start = true;
-  o.session_expiry = std::chrono::seconds(0);
-  o.connect_attempts = 5;
-  o.min_retry = std::chrono::milliseconds(500);
-  o.max_retry = std::chrono::seconds(2);
-  o.inbox_capacity = 8;
-  return o;
+std::string ssl_errors() {
+  std::string s;
+  while (auto e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    s += s.empty() ? "" : "; ";
+    s += buf;
+  }
+  return s.empty() ? "unknown TLS error" : s;
+}
+
+// --- measurements -------------------------------------------------------------------------------
+
+/// CPU time (user + system) of a process in milliseconds, from /proc (0 if it is gone).
+std::int64_t cpu_ms(int pid) {
+  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  auto p = text.rfind(')');
+  if (p == std::string::npos) return 0;
+  std::istringstream rest(text.substr(p + 2));
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
+}
+
+std::int64_t rss_kib(int pid) {
+  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.starts_with("VmRSS:")) return std::stoll(line.substr(6));
+  return 0;
 }
 
 std::int64_t ms_since(Clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
 }
 
-void fatal(const std::string& what) {
-  std::cerr << "tern-fleet-load: " << what << "\n";
-  std::exit(1);
+/// CPU of this process, the broker and the bridges over one phase.
+struct Meter {
+  std::vector<int> bridges;
+  int broker = 0;
+  Clock::time_point t0;
+  std::int64_t self0 = 0, broker0 = 0;
+  std::vector<std::int64_t> bridge0;
+
+  void start() {
+    t0 = Clock::now();
+    self0 = cpu_ms(0);
+    broker0 = broker ? cpu_ms(broker) : 0;
+    bridge0.clear();
+    for (int b : bridges) bridge0.push_back(cpu_ms(b));
+  }
+  /// "ms=T load_cpu_ms=C broker_cpu_ms=B bridge_cpu_ms=X,Y"
+  std::string line() const {
+    std::string s = "ms=" + std::to_string(ms_since(t0)) + " load_cpu_ms=" + std::to_string(cpu_ms(0) - self0);
+    if (broker) s += " broker_cpu_ms=" + std::to_string(cpu_ms(broker) - broker0);
+    if (!bridges.empty()) {
+      s += " bridge_cpu_ms=";
+      for (std::size_t i = 0; i < bridges.size(); ++i)
+        s += (i ? "," : "") + std::to_string(cpu_ms(bridges[i]) - bridge0[i]);
+    }
+    return s;
+  }
+};
+
+// --- certificates minted in memory --------------------------------------------------------------
+
+struct Minter {
+  X509* ca = nullptr;
+  EVP_PKEY* ca_key = nullptr;
+  EVP_PKEY* key = nullptr;  // one key for every device (only the certificate names the device)
+  std::uint64_t serial_base = 0;
+
+  explicit Minter(const std::string& dir) {
+    auto read = [&](const std::string& name, auto fn) {
+      FILE* f = std::fopen((dir + "/" + name).c_str(), "r");
+      if (!f) fatal("cannot open " + dir + "/" + name + " (make the PKI with scripts/gen-certs)");
+      auto* v = fn(f);
+      std::fclose(f);
+      if (!v) fatal("cannot read " + dir + "/" + name + ": " + ssl_errors());
+      return v;
+    };
+    ca = read("ca.crt", [](FILE* f) { return PEM_read_X509(f, nullptr, nullptr, nullptr); });
+    ca_key = read("ca.key", [](FILE* f) { return PEM_read_PrivateKey(f, nullptr, nullptr, nullptr); });
+    key = EVP_EC_gen("P-256");
+    if (!key) fatal("generating a device key: " + ssl_errors());
+    serial_base = std::random_device{}() * 1000003ULL + 1;
+  }
+
+  /// A certificate with CN=cn signed by the fleet CA; the caller owns it.
+  X509* mint(const std::string& cn, std::uint64_t n) const {
+    X509* x = X509_new();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), serial_base + n);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
+    X509_NAME* name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("Tern"), -1, -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1,
+                               -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(ca));
+    X509_set_pubkey(x, key);
+    if (X509_sign(x, ca_key, EVP_sha256()) == 0) fatal("signing a device certificate: " + ssl_errors());
+    return x;
+  }
+};
+
+// --- MQTT 5 codec (the few packets a device needs) ----------------------------------------------
+
+void put_u16(std::string& b, std::uint16_t v) {
+  b += static_cast<char>(v >> 8);
+  b += static_cast<char>(v & 0xff);
+}
+void put_str(std::string& b, std::string_view s) {
+  put_u16(b, static_cast<std::uint16_t>(s.size()));
+  b += s;
+}
+void put_varint(std::string& b, std::size_t v) {
+  do {
+    unsigned char c = v % 128;
+    v /= 128;
+    if (v) c |= 0x80;
+    b += static_cast<char>(c);
+  } while (v);
+}
+std::string packet(unsigned char first, const std::string& body) {
+  std::string p(1, static_cast<char>(first));
+  put_varint(p, body.size());
+  return p + body;
 }
 
-// Connects clients [i, n) step `stride`: a few workers keep the TLS handshakes in flight.
-asio::awaitable<void> connect_slice(std::vector<std::unique_ptr<mqtt::Client>>& clients, std::size_t first,
-                                    std::size_t stride) {
-  for (std::size_t i = first; i < clients.size(); i += stride) {
-    auto r = co_await clients[i]->connect();
-    if (!r) fatal("connecting " + clients[i]->options().client_id + ": " + r.error().message());
+std::string connect_packet(const std::string& client_id, std::uint16_t keepalive) {
+  std::string b;
+  put_str(b, "MQTT");
+  b += '\x05';  // MQTT 5
+  b += '\x02';  // clean start; identity from the certificate
+  put_u16(b, keepalive);
+  b += '\x00';  // no properties: session expiry 0, receive maximum 65535
+  put_str(b, client_id);
+  return packet(0x10, b);
+}
+std::string subscribe_packet(std::uint16_t pid, const std::string& filter) {
+  std::string b;
+  put_u16(b, pid);
+  b += '\x00';
+  put_str(b, filter);
+  b += '\x01';  // QoS 1, retained messages sent on subscribe
+  return packet(0x82, b);
+}
+std::string publish_packet(std::uint16_t pid, const std::string& topic, const std::string& payload, bool retain) {
+  std::string b;
+  put_str(b, topic);
+  put_u16(b, pid);
+  b += '\x00';
+  b += payload;
+  return packet(0x32 | (retain ? 1 : 0), b);
+}
+std::string puback_packet(std::uint16_t pid) {
+  std::string b;
+  put_u16(b, pid);
+  return packet(0x40, b);
+}
+
+/// One parsed packet (views into the session's input buffer).
+struct Packet {
+  unsigned char type = 0, flags = 0;
+  std::string_view body;
+};
+
+/// Takes one complete packet off the front of `in` (its bytes stay valid until `in` changes);
+/// returns the number of bytes consumed, or 0 when more input is needed.
+std::size_t next_packet(const std::string& in, std::size_t at, Packet& p) {
+  if (in.size() - at < 2) return 0;
+  std::size_t len = 0, mult = 1, i = at + 1;
+  for (;; ++i) {
+    if (i >= in.size()) return 0;
+    auto c = static_cast<unsigned char>(in[i]);
+    len += (c & 0x7f) * mult;
+    mult *= 128;
+    if (!(c & 0x80)) break;
+    if (i - at > 4) fatal("malformed MQTT remaining length from the broker");
+  }
+  ++i;
+  if (in.size() - i < len) return 0;
+  p.type = static_cast<unsigned char>(in[at]) >> 4;
+  p.flags = static_cast<unsigned char>(in[at]) & 0x0f;
+  p.body = std::string_view(in).substr(i, len);
+  return i + len - at;
+}
+
+std::uint16_t get_u16(std::string_view b, std::size_t at) {
+  if (b.size() < at + 2) fatal("truncated MQTT packet from the broker");
+  return static_cast<std::uint16_t>((static_cast<unsigned char>(b[at]) << 8) | static_cast<unsigned char>(b[at + 1]));
+}
+/// Skips an MQTT 5 property block at `at`; returns the offset after it.
+std::size_t skip_properties(std::string_view b, std::size_t at) {
+  std::size_t len = 0, mult = 1;
+  for (;; ++at) {
+    if (at >= b.size()) fatal("truncated MQTT properties from the broker");
+    auto c = static_cast<unsigned char>(b[at]);
+    len += (c & 0x7f) * mult;
+    mult *= 128;
+    if (!(c & 0x80)) break;
+  }
+  return at + 1 + len;
+}
+
+// --- sessions -----------------------------------------------------------------------------------
+
+struct Load;
+
+struct Session {
+  Session(asio::io_context& io, std::string cid) : id(std::move(cid)), sock(io) {}
+  ~Session() {
+    if (ssl) SSL_free(ssl);
+  }
+  std::string id;
+  tcp::socket sock;
+  SSL* ssl = nullptr;
+  std::string in;              // bytes not parsed yet
+  std::string out, sending;    // queued, being written
+  bool writing = false, closing = false;
+  bool connacked = false, subscribed = false;
+  std::uint16_t next_pid = 1;
+  std::string deployment;      // the last deployment id received (empty: none)
+  std::function<void(Session&, const Packet&)> on_publish;
+
+  std::uint16_t pid() {
+    if (next_pid == 0) next_pid = 1;
+    return next_pid++;
+  }
+};
+
+struct Load {
+  asio::io_context io{1};
+  SSL_CTX* ctx = nullptr;          // devices: the fleet CA's broker
+  SSL_CTX* services_ctx = nullptr; // the consumer: bridge.crt on the services listener
+  std::unique_ptr<Minter> minter;
+  tcp::endpoint devices_ep, services_ep;
+  // Handshakes in flight: Mosquitto listens with a backlog of 100; more makes SYNs overflow and wait
+  // for TCP's one-second retransmission.
+  int n = 0, sources = 1, handshakes = 64;
+  std::vector<std::unique_ptr<Session>> sessions;
+  std::uint64_t acks = 0, refused_acks = 0;  // PUBACKs of device publishes
+  int deployments_received = 0;
+  Meter meter;
+
+  std::string device_id(int i) const { return "device-" + std::to_string(i + 1); }
+};
+
+Load* g = nullptr;
+
+// Writes everything queued on the session; one writer per session at a time.
+asio::awaitable<void> flush(Session& s) {
+  s.writing = true;
+  while (!s.out.empty() && !s.closing) {
+    s.sending.swap(s.out);
+    s.out.clear();
+    std::size_t off = 0;
+    while (off < s.sending.size()) {
+      ERR_clear_error();
+      int r = SSL_write(s.ssl, s.sending.data() + off, static_cast<int>(s.sending.size() - off));
+      if (r > 0) {
+        off += static_cast<std::size_t>(r);
+        continue;
+      }
+      int e = SSL_get_error(s.ssl, r);
+      boost::system::error_code ec;
+      if (e == SSL_ERROR_WANT_WRITE)
+        co_await s.sock.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+      else if (e == SSL_ERROR_WANT_READ)
+        co_await s.sock.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+      else
+        fatal(s.id + ": writing to the broker failed: " + ssl_errors());
+      if (ec) fatal(s.id + ": writing to the broker failed: " + ec.message());
+    }
+    s.sending.clear();
+  }
+  s.writing = false;
+}
+
+void send(Session& s, std::string bytes) {
+  s.out += bytes;
+  if (!s.writing) asio::co_spawn(g->io, flush(s), asio::detached);
+}
+
+void on_packet(Session& s, const Packet& p) {
+  switch (p.type) {
+    case 2: {  // CONNACK
+      if (p.body.size() < 2) fatal(s.id + ": short CONNACK");
+      const auto reason = static_cast<unsigned char>(p.body[1]);
+      if (reason != 0) fatal(s.id + ": the broker refused the connection, reason code " + std::to_string(reason));
+      s.connacked = true;
+      break;
+    }
+    case 9: {  // SUBACK
+      const auto at = skip_properties(p.body, 2);
+      if (at >= p.body.size() || static_cast<unsigned char>(p.body[at]) >= 0x80)
+        fatal(s.id + ": subscription refused");
+      s.subscribed = true;
+      break;
+    }
+    case 3: {  // PUBLISH
+      const int qos = (p.flags >> 1) & 3;
+      const auto tlen = get_u16(p.body, 0);
+      std::size_t at = 2 + tlen;
+      std::uint16_t pid = 0;
+      if (qos > 0) {
+        pid = get_u16(p.body, at);
+        at += 2;
+      }
+      at = skip_properties(p.body, at);
+      if (at > p.body.size()) fatal(s.id + ": malformed PUBLISH");
+      Packet payload{p.type, p.flags, p.body.substr(at)};
+      if (s.on_publish) s.on_publish(s, payload);
+      if (qos > 0) send(s, puback_packet(pid));
+      break;
+    }
+    case 4: {  // PUBACK
+      ++g->acks;
+      if (p.body.size() >= 3 && static_cast<unsigned char>(p.body[2]) >= 0x80) {
+        ++g->refused_acks;
+        fatal(s.id + ": publish refused, reason code " + std::to_string(static_cast<unsigned char>(p.body[2])));
+      }
+      break;
+    }
+    case 13:  // PINGRESP
+      break;
+    case 14: {  // DISCONNECT from the broker
+      const int reason = p.body.empty() ? 0 : static_cast<unsigned char>(p.body[0]);
+      fatal(s.id + ": the broker disconnected the session, reason code " + std::to_string(reason));
+    }
+    default:
+      fatal(s.id + ": unexpected MQTT packet type " + std::to_string(p.type));
   }
 }
 
-asio::awaitable<void> connect_all(std::vector<std::unique_ptr<mqtt::Client>>& clients) {
-  constexpr std::size_t workers = 64;
-  auto ex = co_await asio::this_coro::executor;
-  std::size_t done = 0;
-  asio::steady_timer all_done(ex, asio::steady_timer::time_point::max());
-  for (std::size_t w = 0; w < workers && w < clients.size(); ++w)
-    asio::co_spawn(ex, connect_slice(clients, w, workers), [&](std::exception_ptr) {
-      if (++done == std::min(workers, clients.size())) all_done.cancel();
-    });
-  if (!clients.empty()) {
+/// Reads what the socket has (waiting for it if nothing) and handles every complete packet.
+/// Returns false when the connection is closed.
+asio::awaitable<bool> read_some(Session& s) {
+  // One buffer for every session (one thread; the bytes are copied out at once): 16 KiB in each
+  // session's coroutine frame would cost 160 MB at 10,000 sessions.
+  static char buf[16384];
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_read(s.ssl, buf, sizeof buf);
+    if (r > 0) {
+      s.in.append(buf, static_cast<std::size_t>(r));
+      std::size_t at = 0;
+      Packet p;
+      while (auto used = next_packet(s.in, at, p)) {
+        on_packet(s, p);
+        at += used;
+      }
+      s.in.erase(0, at);
+      if (s.in.empty() && s.in.capacity() > 4096) s.in.shrink_to_fit();
+      co_return true;
+    }
+    int e = SSL_get_error(s.ssl, r);
     boost::system::error_code ec;
-    co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (e == SSL_ERROR_WANT_READ)
+      co_await s.sock.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    else if (e == SSL_ERROR_WANT_WRITE)
+      co_await s.sock.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+    else
+      co_return false;
+    if (ec) co_return false;
   }
 }
 
-std::string status_event(const std::string& dep, protocol::Status s, std::uint64_t seq, std::uint64_t bytes) {
+asio::awaitable<void> reader(Session& s) {
+  for (;;) {
+    const bool open = co_await read_some(s);  // not in the loop condition (g++ 12)
+    if (!open) break;
+  }
+  if (!s.closing) fatal(s.id + ": the broker closed the session");
+}
+
+/// TCP connect (from one of the loopback source addresses), TLS handshake with `cert`, CONNECT,
+/// SUBSCRIBE `filter`; returns when the SUBACK is in, then the session reads on its own.
+asio::awaitable<void> open_session(Session& s, SSL_CTX* ctx, const tcp::endpoint& ep, int source, X509* cert,
+                                   EVP_PKEY* key, const std::string& filter) {
+  s.sock.open(tcp::v4());
+  int one = 1;
+  ::setsockopt(s.sock.native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+  // The whole 127/8 is local: spreading sessions over source addresses lifts the limit of about
+  // 28,000 ephemeral ports per source address.
+  s.sock.bind(tcp::endpoint(asio::ip::address_v4(0x7f000001u + static_cast<unsigned>(source)), 0));
+  boost::system::error_code ec;
+  co_await s.sock.async_connect(ep, asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) fatal(s.id + ": connecting to " + ep.address().to_string() + ":" + std::to_string(ep.port()) + ": " + ec.message());
+  s.sock.set_option(tcp::no_delay(true));
+  s.sock.native_non_blocking(true);
+  s.ssl = SSL_new(ctx);
+  SSL_set_fd(s.ssl, s.sock.native_handle());
+  if (cert && (SSL_use_certificate(s.ssl, cert) != 1 || SSL_use_PrivateKey(s.ssl, key) != 1))
+    fatal(s.id + ": using its certificate: " + ssl_errors());
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_connect(s.ssl);
+    if (r == 1) break;
+    int e = SSL_get_error(s.ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+      co_await s.sock.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+    else if (e == SSL_ERROR_WANT_WRITE)
+      co_await s.sock.async_wait(tcp::socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
+    else
+      fatal(s.id + ": TLS handshake failed: " + ssl_errors());
+    if (ec) fatal(s.id + ": TLS handshake failed: " + ec.message());
+  }
+  send(s, connect_packet(s.id, 600) + subscribe_packet(s.pid(), filter));
+  while (!s.subscribed) {
+    auto ok = co_await read_some(s);
+    if (!ok) fatal(s.id + ": the broker closed the session before its SUBACK");
+  }
+  asio::co_spawn(g->io, reader(s), asio::detached);
+}
+
+asio::awaitable<void> connect_worker(int& next) {
+  while (next < g->n) {
+    const int i = next++;
+    auto& s = *g->sessions[i];
+    X509* cert = g->minter->mint(s.id, static_cast<std::uint64_t>(i));
+    co_await open_session(s, g->ctx, g->devices_ep, i % g->sources, cert, g->minter->key,
+                          std::string(protocol::topics::deployment(s.id)));
+    X509_free(cert);  // the SSL object keeps its own reference
+  }
+}
+
+/// Waits until `done()` holds, checking every few milliseconds (the event loop keeps running).
+asio::awaitable<void> until(const std::function<bool()>& done, std::chrono::seconds limit, const std::string& what) {
+  asio::steady_timer t(g->io);
+  const auto deadline = Clock::now() + limit;
+  while (!done()) {
+    if (Clock::now() > deadline) fatal("timed out after " + std::to_string(limit.count()) + " s waiting for " + what);
+    t.expires_after(std::chrono::milliseconds(5));
+    co_await t.async_wait(asio::use_awaitable);
+  }
+}
+
+/// Sends PINGREQ on every session every `period` (keepalive 600 s).
+asio::awaitable<void> pinger(std::chrono::seconds period) {
+  asio::steady_timer t(g->io);
+  for (;;) {
+    t.expires_after(period);
+    co_await t.async_wait(asio::use_awaitable);
+    for (auto& s : g->sessions)
+      if (s->subscribed && !s->closing) send(*s, std::string("\xc0\x00", 2));
+  }
+}
+
+std::string status_event(const std::string& dep, protocol::Status st, std::uint64_t seq) {
   protocol::StatusEvent e;
   e.deployment_id = dep;
-  e.status = s;
+  e.status = st;
   e.seq = seq;
-  e.bytes = bytes;
+  e.bytes = seq * 200;
   e.total = 1000;
   e.attempt = 1;
   e.time = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -103,151 +546,258 @@ std::string status_event(const std::string& dep, protocol::Status s, std::uint64
 const protocol::Status five[] = {protocol::Status::downloading, protocol::Status::downloading,
                                  protocol::Status::installing, protocol::Status::rebooting, protocol::Status::success};
 
-void publish_five(mqtt::Client& c, const std::string& device, const std::string& dep) {
-  std::uint64_t seq = 0;
-  for (auto s : five) {
-    ++seq;
-    mqtt::Message m;
-    m.topic = protocol::topics::status(device);
-    m.payload = status_event(dep, s, seq, seq * 200);
-    if (auto r = c.enqueue(m); !r) fatal(r.error().message());
+/// Every device publishes its 5 statuses (retained, as the agent does) for `dep`.
+void publish_five_each(const std::string& dep) {
+  for (auto& s : g->sessions) {
+    std::string batch;
+    const auto topic = protocol::topics::status(s->id);
+    std::uint64_t seq = 0;
+    for (auto st : five) batch += publish_packet(s->pid(), topic, status_event(dep, st, ++seq), true);
+    send(*s, std::move(batch));
   }
 }
 
-std::string device_id(int i) { return "device-" + std::to_string(i + 1); }
-
-asio::awaitable<void> baseline(const Args& a) {
-  auto ex = co_await asio::this_coro::executor;
-  auto consumer_options = options_for(a, "bridge", "tern-bridge");
-  consumer_options.inbox_capacity = 1 << 20;
-  auto consumer = mqtt::Client::create(ex, consumer_options).value();
-  auto rc = co_await consumer->connect();
-  if (!rc) fatal("consumer: " + rc.error().message());
-  auto rs = co_await consumer->subscribe("tern/devices/+/status", 1);
-  if (!rs) fatal("consumer: " + rs.error().message());
-  std::vector<std::unique_ptr<mqtt::Client>> devices;
-  for (int i = 0; i < a.n; ++i) devices.push_back(mqtt::Client::create(ex, options_for(a, device_id(i), device_id(i))).value());
-  co_await connect_all(devices);
-  std::cerr << "baseline: " << a.n << " devices connected\n";
-
-  auto t0 = Clock::now();
-  for (int i = 0; i < a.n; ++i) publish_five(*devices[i], device_id(i), "baseline");
-  const long want = 5L * a.n;
-  for (long got = 0; got < want; ++got) {
-    auto m = co_await consumer->receive();
-    if (!m) fatal("consumer: " + m.error().message());
-  }
-  std::cout << "baseline_ms=" << ms_since(t0) << "\n";
-  co_await consumer->disconnect();
-  for (auto& d : devices) co_await d->disconnect();
+asio::awaitable<std::string> read_line(asio::posix::stream_descriptor& in, asio::streambuf& buf) {
+  boost::system::error_code ec;
+  co_await asio::async_read_until(in, buf, '\n', asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) fatal("reading the go line on stdin: " + ec.message());
+  std::istream is(&buf);
+  std::string line;
+  std::getline(is, line);
+  co_return line;
 }
 
-asio::awaitable<void> device_loop(mqtt::Client& c, const std::string& id, int& received, int total,
-                                  Clock::time_point& t0, std::int64_t& deploy_ms) {
+mqtt::Options operator_options(const std::string& uri, const std::string& certs) {
+  mqtt::Options o;
+  o.server_uri = uri;
+  o.client_id = "tern-fleet-load-operator";
+  o.ca_file = certs + "/ca.crt";
+  o.cert_file = certs + "/operator.crt";
+  o.key_file = certs + "/operator.key";
+  o.clean_start = true;
+  o.session_expiry = std::chrono::seconds(0);
+  o.connect_attempts = 5;
+  o.inbox_capacity = 1 << 16;
+  return o;
+}
+
+/// Sends a command and waits for its reply on `replies`; fatal unless it says ok.
+asio::awaitable<std::string> command(mqtt::Client& op, const std::string& replies, const std::string& topic,
+                                     const std::string& body) {
+  mqtt::Message m;
+  m.topic = topic;
+  m.payload = body;
+  m.response_topic = replies;
+  auto r = op.enqueue(m);
+  if (!r) fatal("operator: " + r.error().message());
   for (;;) {
-    auto m = co_await c.receive();
-    if (!m) co_return;
-    if (m->payload.empty()) continue;  // the bridge cleared it after the success
-    auto dep = protocol::parse_deployment(m->payload);
-    if (!dep) fatal(id + ": " + dep.error().message());
-    publish_five(c, id, dep->deployment_id);
-    if (++received == total) deploy_ms = ms_since(t0);
+    auto reply = co_await op.receive();
+    if (!reply) fatal("operator: " + reply.error().message());
+    if (reply->topic != replies) continue;
+    if (reply->payload.find("\"ok\":true") == std::string::npos) fatal(topic + " refused: " + reply->payload);
+    co_return reply->payload;
   }
 }
 
-asio::awaitable<void> with_bridge(const Args& a) {
-  auto ex = co_await asio::this_coro::executor;
-  auto op_options = options_for(a, "operator", "tern-operator");
-  op_options.inbox_capacity = 1 << 20;  // never full: see the inbox note in broker-bridge/bridge.hpp
-  auto op = mqtt::Client::create(ex, op_options).value();
+asio::awaitable<void> run(const std::string& services_uri, const std::string& certs) {
+  auto& L = *g;
+  // 1. Connect every device session.
+  for (int i = 0; i < L.n; ++i) L.sessions.push_back(std::make_unique<Session>(L.io, L.device_id(i)));
+  L.meter.start();
+  {
+    int next = 0, running = 0;
+    for (int w = 0; w < std::min(L.handshakes, L.n); ++w) {
+      ++running;
+      asio::co_spawn(L.io, connect_worker(next), [&](std::exception_ptr e) {
+        if (e) std::rethrow_exception(e);
+        --running;
+      });
+    }
+    co_await until([&] { return running == 0; }, std::chrono::seconds(3600), "the sessions to connect");
+  }
+  std::cout << "connected sessions=" << L.n << " " << L.meter.line() << " load_rss_kib=" << rss_kib(0)
+            << " broker_rss_kib=" << (L.meter.broker ? rss_kib(L.meter.broker) : 0) << std::endl;
+  asio::co_spawn(L.io, pinger(std::chrono::seconds(240)), asio::detached);
+
+  // 2. Baseline: 5N retained statuses to one consumer, no bridge.
+  std::int64_t received = 0;
+  Session consumer(L.io, "tern-fleet-load-consumer");
+  consumer.on_publish = [&](Session&, const Packet& p) {
+    if (!p.body.empty()) ++received;
+  };
+  {
+    FILE* f = nullptr;
+    X509* cert = nullptr;
+    EVP_PKEY* key = nullptr;
+    if ((f = std::fopen((certs + "/bridge.crt").c_str(), "r"))) {
+      cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
+      std::fclose(f);
+    }
+    if ((f = std::fopen((certs + "/bridge.key").c_str(), "r"))) {
+      key = PEM_read_PrivateKey(f, nullptr, nullptr, nullptr);
+      std::fclose(f);
+    }
+    if (!cert || !key) fatal("cannot read " + certs + "/bridge.crt and bridge.key");
+    co_await open_session(consumer, L.services_ctx, L.services_ep, 0, cert, key, "tern/devices/+/status");
+    X509_free(cert);
+    EVP_PKEY_free(key);
+  }
+  const std::int64_t want = 5LL * L.n;
+  L.acks = 0;
+  L.meter.start();
+  publish_five_each("baseline");
+  co_await until([&] { return received >= want && L.acks >= static_cast<std::uint64_t>(want); },
+                 std::chrono::seconds(3600), "the baseline statuses");
+  std::cout << "baseline msgs=" << want << " " << L.meter.line() << std::endl;
+  // Clear the retained statuses, so the bridges start from nothing.
+  L.acks = 0;
+  for (auto& s : L.sessions) send(*s, publish_packet(s->pid(), protocol::topics::status(s->id), "", true));
+  co_await until([&] { return L.acks >= static_cast<std::uint64_t>(L.n); }, std::chrono::seconds(3600),
+                 "the cleared statuses");
+  consumer.closing = true;
+  send(consumer, std::string("\xe0\x00", 2));
+
+  // 3. The caller starts the bridges and says "go PID...".
+  asio::posix::stream_descriptor in(L.io, ::dup(0));
+  asio::streambuf buf;
+  std::cout << "waiting for go" << std::endl;
+  auto go = co_await read_line(in, buf);
+  {
+    std::istringstream words(go);
+    std::string w;
+    words >> w;
+    if (w != "go") fatal("expected 'go [PID...]' on stdin, got '" + go + "'");
+    int pid;
+    while (words >> pid) L.meter.bridges.push_back(pid);
+  }
+  std::string rss_idle;
+  for (int b : L.meter.bridges) rss_idle += (rss_idle.empty() ? "" : ",") + std::to_string(rss_kib(b));
+
+  auto op = mqtt::Client::create(L.io.get_executor(), operator_options(services_uri, certs)).value();
   auto rc = co_await op->connect();
   if (!rc) fatal("operator: " + rc.error().message());
   const std::string replies = "tern/fleet/replies/fleet-load";
-  const std::string dep_id = "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count() / 1000000);
+  const std::string dep_id =
+      "bench-" + std::to_string(std::chrono::system_clock::now().time_since_epoch().count() / 1000000);
   auto s1 = co_await op->subscribe(replies, 1);
   auto s2 = co_await op->subscribe(protocol::topics::fleet_deployment(dep_id), 1);
   if (!s1 || !s2) fatal("operator: subscribing failed");
-
-  std::vector<std::unique_ptr<mqtt::Client>> devices;
-  for (int i = 0; i < a.n; ++i) devices.push_back(mqtt::Client::create(ex, options_for(a, device_id(i), device_id(i))).value());
-  co_await connect_all(devices);
-  for (int i = 0; i < a.n; ++i) {
-    auto r = co_await devices[i]->subscribe(protocol::topics::deployment(device_id(i)), 1);
-    if (!r) fatal(r.error().message());
+  for (int first = 0; first < L.n; first += 5000) {
+    std::string ids;
+    for (int i = first; i < std::min(L.n, first + 5000); ++i) ids += (ids.empty() ? "\"" : ",\"") + L.device_id(i) + "\"";
+    co_await command(*op, replies, "tern/fleet/devices/preauthorize", "{\"devices\":[" + ids + "]}");
   }
-  std::cerr << "bridge: " << a.n << " devices connected\n";
 
-  // Admission (not measured).
-  for (int i = 0; i < a.n; ++i) {
-    mqtt::Message m;
-    m.topic = "tern/fleet/devices/" + device_id(i) + "/accept";
-    m.payload = "{}";
-    m.response_topic = replies;
-    if (auto r = op->enqueue(m); !r) fatal(r.error().message());
-  }
-  for (int got = 0; got < a.n;) {
-    auto m = co_await op->receive();
-    if (!m) fatal(m.error().message());
-    if (m->topic != replies) continue;
-    if (m->payload.find("\"ok\":true") == std::string::npos) fatal("accept refused: " + m->payload);
-    ++got;
-  }
-  std::cerr << "bridge: " << a.n << " devices accepted\n";
+  // 4. Fan-out: create -> every device has its retained deployment.
+  for (auto& s : L.sessions)
+    s->on_publish = [](Session& s, const Packet& p) {
+      if (p.body.empty()) return;  // cleared after the device's success
+      auto d = protocol::parse_deployment(p.body);
+      if (!d) fatal(s.id + ": " + d.error().message());
+      if (s.deployment.empty()) ++g->deployments_received;
+      s.deployment = d->deployment_id;
+    };
+  L.meter.start();
+  co_await command(*op, replies, std::string(protocol::topics::deployments_create),
+                   "{\"id\":\"" + dep_id + "\",\"artifact_name\":\"bench-1\",\"all\":true}");
+  co_await until([&] { return L.deployments_received == L.n; }, std::chrono::seconds(3600), "the deployments");
+  std::cout << "deployed devices=" << L.n << " " << L.meter.line() << std::endl;
 
-  int received = 0;
-  std::int64_t deploy_ms = -1;
-  auto t0 = Clock::now();
-  std::vector<std::string> ids;  // outlive the device loops, which hold references
-  for (int i = 0; i < a.n; ++i) ids.push_back(device_id(i));
-  for (int i = 0; i < a.n; ++i)
-    asio::co_spawn(ex, device_loop(*devices[i], ids[i], received, a.n, t0, deploy_ms), asio::detached);
-  mqtt::Message create;
-  create.topic = std::string(protocol::topics::deployments_create);
-  create.payload = "{\"id\":\"" + dep_id + "\",\"artifact_name\":\"" + a.artifact + "\",\"all\":true}";
-  create.response_topic = replies;
-  if (auto r = op->enqueue(create); !r) fatal(r.error().message());
+  // 5. Ingest: 5N statuses at once; until the summary says finished with N successes.
+  L.acks = 0;
+  L.meter.start();
+  for (auto& s : L.sessions) {
+    std::string batch;
+    const auto topic = protocol::topics::status(s->id);
+    std::uint64_t seq = 0;
+    for (auto st : five) batch += publish_packet(s->pid(), topic, status_event(s->deployment, st, ++seq), true);
+    send(*s, std::move(batch));
+  }
+  const std::string success = "\"success\":" + std::to_string(L.n);
   for (;;) {
     auto m = co_await op->receive();
-    if (!m) fatal(m.error().message());
-    if (m->topic == replies && m->payload.find("\"ok\":true") == std::string::npos) fatal("create refused: " + m->payload);
-    if (m->topic != replies && m->payload.find("\"state\":\"finished\"") != std::string::npos) {
-      if (m->payload.find("\"success\":" + std::to_string(a.n)) == std::string::npos)
-        fatal("finished without " + std::to_string(a.n) + " successes: " + m->payload);
-      break;
-    }
+    if (!m) fatal("operator: " + m.error().message());
+    if (m->topic == replies) continue;
+    if (m->payload.find("\"state\":\"finished\"") == std::string::npos) continue;
+    if (m->payload.find(success) == std::string::npos) fatal("finished without " + std::to_string(L.n) + " successes: " + m->payload);
+    break;
   }
-  auto ingest_ms = ms_since(t0);
-  std::cout << "deploy_ms=" << deploy_ms << " ingest_ms=" << ingest_ms << "\n";
+  const auto ingest_line = L.meter.line();
+  std::string rss_after;
+  for (int b : L.meter.bridges) rss_after += (rss_after.empty() ? "" : ",") + std::to_string(rss_kib(b));
+  std::cout << "ingested msgs=" << want << " " << ingest_line << " acks=" << L.acks
+            << " bridge_rss_idle_kib=" << rss_idle << " bridge_rss_kib=" << rss_after
+            << " load_rss_kib=" << rss_kib(0) << " broker_rss_kib=" << (L.meter.broker ? rss_kib(L.meter.broker) : 0)
+            << std::endl;
   co_await op->disconnect();
-  for (auto& d : devices) co_await d->disconnect();
+  for (auto& s : L.sessions) {
+    s->closing = true;
+    SSL_write(s->ssl, "\xe0\x00", 2);  // DISCONNECT, best effort: the process ends now
+  }
+  std::cout.flush();
+  std::_Exit(0);
+}
+
+tcp::endpoint endpoint_of(const std::string& uri) {
+  // ssl://HOST:PORT
+  auto p = uri.find("://");
+  auto hostport = p == std::string::npos ? uri : uri.substr(p + 3);
+  auto c = hostport.rfind(':');
+  if (c == std::string::npos) fatal("no port in " + uri);
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(hostport.substr(0, c), ec);
+  if (ec) fatal("'" + hostport.substr(0, c) + "' is not an IP address (in " + uri + ")");
+  return {addr, static_cast<unsigned short>(std::stoi(hostport.substr(c + 1)))};
+}
+
+SSL_CTX* client_context(const std::string& ca_file) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx || SSL_CTX_load_verify_locations(ctx, ca_file.c_str(), nullptr) != 1)
+    fatal("loading " + ca_file + ": " + ssl_errors());
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  // Idle sessions give their record buffers back; writes may be partial and retried from a new address.
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  return ctx;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   log::set_program("tern-fleet-load");
-  if (argc < 6) {
-    std::cerr << "usage: tern-fleet-load baseline|bridge URI SERVICES_URI CERTS N [ARTIFACT]\n";
+  std::signal(SIGPIPE, SIG_IGN);
+  auto usage = [] {
+    std::cerr << "usage: tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--sources K] [--handshakes H]\n";
     return 2;
+  };
+  if (argc < 5) return usage();
+  Load L;
+  g = &L;
+  std::string uri = argv[1], services_uri = argv[2], certs = argv[3];
+  L.n = std::atoi(argv[4]);
+  for (int i = 5; i + 1 < argc; i += 2) {
+    std::string k = argv[i];
+    int v = std::atoi(argv[i + 1]);
+    if (k == "--broker-pid") L.meter.broker = v;
+    else if (k == "--sources") L.sources = std::max(1, v);
+    else if (k == "--handshakes") L.handshakes = std::max(1, v);
+    else return usage();
   }
-  Args a{argv[1], argv[2], argv[3], argv[4], argc > 6 ? argv[6] : "", std::atoi(argv[5])};
-  if (a.n <= 0 || (a.mode == "bridge" && a.artifact.empty())) {
-    std::cerr << "usage: tern-fleet-load baseline|bridge URI SERVICES_URI CERTS N [ARTIFACT]\n";
-    return 2;
-  }
-  asio::io_context io(1);
-  bool ok = false;
-  auto body = a.mode == "baseline" ? baseline(a) : with_bridge(a);
-  asio::co_spawn(io, std::move(body), [&](std::exception_ptr e) {
-    ok = !e;
-    if (e) {
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        std::cerr << "tern-fleet-load: " << ex.what() << "\n";
-      }
+  if (L.n <= 0) return usage();
+  L.devices_ep = endpoint_of(uri);
+  L.services_ep = endpoint_of(services_uri);
+  L.minter = std::make_unique<Minter>(certs);
+  L.ctx = client_context(certs + "/ca.crt");
+  L.services_ctx = client_context(certs + "/ca.crt");
+
+  asio::co_spawn(L.io, run(services_uri, certs), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      fatal(ex.what());
     }
   });
-  io.run();
-  return ok ? 0 : 1;
+  L.io.run();
+  return 0;
 }
