@@ -67,7 +67,15 @@ TEST(Protocol, StatusRoundTripAndWords) {
 }
 
 TEST(Protocol, StatusCarriesTheBytesFetchedAndReusedOfAnAdaptiveInstall) {
-  StatusEvent s{"dep-1", Status::installing, 900, 900, 1, "", 1764028800, 8, 123456, 7890123};
+  StatusEvent s{.deployment_id = "dep-1",
+                .status = Status::installing,
+                .bytes = 900,
+                .total = 900,
+                .attempt = 1,
+                .time = 1764028800,
+                .seq = 8,
+                .bytes_fetched = 123456,
+                .bytes_reused = 7890123};
   auto json = serialize(s);
   EXPECT_NE(json.find("\"bytes_fetched\":123456"), std::string::npos) << json;
   EXPECT_NE(json.find("\"bytes_reused\":7890123"), std::string::npos) << json;

@@ -68,6 +68,10 @@ class Fleet : public ::testing::Test {
                                  (tmp / "bridge.conf").string()},
         tmp / "bridge.log");
     ASSERT_TRUE(wait_for_port(server_port)) << tail(tmp / "bridge.log");
+    // The artifact server listens before the bridge has subscribed to the operator topics: a
+    // command published in between reaches no one.
+    ASSERT_TRUE(wait_until([&] { return read_file(tmp / "bridge.log").find(" ready: ") != std::string::npos; }, 30s))
+        << tail(tmp / "bridge.log");
   }
 
   void add_devices(int n, const std::string& verify_key = "") {
