@@ -97,6 +97,22 @@ std::string data_member_header(std::string_view name, std::uint64_t size) {
 }
 
 
+// The members before data/: version, manifest, manifest.sig when a key is given, header.tar.*.
+Result<std::string> artifact_head(const WriterOptions& o, const std::string& version, const std::string& manifest,
+                                  const std::string& header_name, const std::string& header_z) {
+  std::string head;
+  tar::write_file(head, "version", version);
+  tar::write_file(head, "manifest", manifest);
+  if (o.signing_key_pem) {
+    auto sig = sign_base64(manifest, *o.signing_key_pem);
+    if (!sig) return sig.error();
+    tar::write_file(head, "manifest.sig", *sig);
+  }
+  tar::write_file(head, header_name, header_z);
+  return head;
+}
+
+
 struct DataTar {
   std::uint64_t size = 0;               // compressed bytes of data/0000.tar.*
   std::optional<ChunkIndex> index;
@@ -265,15 +281,9 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
 
   Out out(tmp);
   if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
-  std::string head;
-  tar::write_file(head, "version", version);
-  tar::write_file(head, "manifest", manifest);
-  if (o.signing_key_pem) {
-    auto sig = sign_base64(manifest, *o.signing_key_pem);
-    if (!sig) return sig.error();
-    tar::write_file(head, "manifest.sig", *sig);
-  }
-  tar::write_file(head, header_name, *header_z);
+  auto head_r = artifact_head(o, version, manifest, header_name, *header_z);
+  if (!head_r) return head_r.error();
+  std::string head = std::move(*head_r);
   head += data_member_header(data_name, data->size);
   if (auto r = out.write(head); !r) return r;
 
@@ -395,15 +405,9 @@ Result<void> write_module_artifact(const WriterOptions& o, const fs::path& out_p
   } cleanup{tmp};
   Out out(tmp);
   if (!out.ok()) return Error::from_errno("creating " + tmp.string(), errno);
-  std::string head;
-  tar::write_file(head, "version", version);
-  tar::write_file(head, "manifest", manifest);
-  if (o.signing_key_pem) {
-    auto sig = sign_base64(manifest, *o.signing_key_pem);
-    if (!sig) return sig.error();
-    tar::write_file(head, "manifest.sig", *sig);
-  }
-  tar::write_file(head, header_name, *header_z);
+  auto head_r = artifact_head(o, version, manifest, header_name, *header_z);
+  if (!head_r) return head_r.error();
+  std::string head = std::move(*head_r);
   // The data member's size is known only once it is compressed: its header is patched after.
   const std::uint64_t data_header_at = out.pos() + head.size();
   head += data_member_header(data_name, 0);

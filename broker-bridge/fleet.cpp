@@ -1,6 +1,7 @@
 // Device ingest (status, inventory, presence), rollout (phases, threshold, retries), summaries and
 // recovery. Operator commands are in fleet_commands.cpp.
 #include "broker-bridge/fleet.hpp"
+#include "broker-bridge/fleet_queries.hpp"
 
 #include "broker-bridge/catalog.hpp"
 #include "common/json.hpp"
@@ -74,14 +75,7 @@ Result<DeviceRecord> Fleet::seen_device(const std::string& id, bool& created) {
 }
 
 void Fleet::publish_device(const DeviceRecord& d, Outgoing& out) {
-  boost::json::object o;
-  o["id"] = d.id;
-  o["admission"] = d.admission;
-  o["group"] = d.group;
-  o["device_type"] = d.device_type;
-  o["presence"] = d.presence;
-  o["last_seen"] = d.last_seen;
-  o["artifact_name"] = d.artifact_name;
+  const boost::json::object o = device_json(d);
   // The inventory is stored as normalised JSON text: spliced in as it is.
   std::string text = json::write(o);
   text.pop_back();

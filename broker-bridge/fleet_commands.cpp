@@ -445,13 +445,7 @@ Result<Fleet::Reply> Fleet::list_devices() {
   if (!all) return all.error();
   boost::json::array a;
   for (auto& d : *all)
-    a.push_back(boost::json::object{{"id", d.id},
-                                    {"admission", d.admission},
-                                    {"group", d.group},
-                                    {"device_type", d.device_type},
-                                    {"presence", d.presence},
-                                    {"last_seen", d.last_seen},
-                                    {"artifact_name", d.artifact_name}});
+    a.push_back(device_json(d));
   return Reply{{"devices", std::move(a)}};
 }
 

@@ -33,6 +33,16 @@ constexpr std::size_t max_failures = 1000;
 
 }  // namespace
 
+boost::json::object device_json(const DeviceRecord& d) {
+  return boost::json::object{{"id", d.id},
+                             {"admission", d.admission},
+                             {"group", d.group},
+                             {"device_type", d.device_type},
+                             {"presence", d.presence},
+                             {"last_seen", d.last_seen},
+                             {"artifact_name", d.artifact_name}};
+}
+
 Result<boost::json::object> page_devices(Store& store, std::string_view body) {
   const std::string what = "devices/page command";
   auto doc = json::Document::parse(body.empty() ? std::string_view("{}") : body, what);
@@ -77,13 +87,7 @@ Result<boost::json::object> page_devices(Store& store, std::string_view body) {
         lower(d.artifact_name).find(search) == std::string::npos)
       continue;
     if (matched >= *offset && page.size() < *limit)
-      page.push_back(boost::json::object{{"id", d.id},
-                                         {"admission", d.admission},
-                                         {"group", d.group},
-                                         {"device_type", d.device_type},
-                                         {"presence", d.presence},
-                                         {"last_seen", d.last_seen},
-                                         {"artifact_name", d.artifact_name}});
+      page.push_back(device_json(d));
     ++matched;
   }
   return boost::json::object{{"total", all->size()},   {"matched", matched},       {"offset", *offset},

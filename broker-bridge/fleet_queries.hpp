@@ -27,6 +27,10 @@
 
 namespace tern::bridge {
 
+/// A device's record as operators see it (devices/list, devices/page, tern/fleet/devices/{id}),
+/// without its inventory.
+boost::json::object device_json(const DeviceRecord& d);
+
 Result<boost::json::object> page_devices(Store& store, std::string_view body);
 Result<boost::json::object> deployment_progress(Store& store, const std::string& id);
 

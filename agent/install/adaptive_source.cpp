@@ -402,23 +402,6 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
   co_return Prefix{std::move(header), {}};
 }
 
-/// Throttled progress reports.
-class Reporter {
- public:
-  explicit Reporter(const ProgressFn& fn) : fn_(fn) {}
-  void report(const PipelineProgress& p, bool force = false) {
-    if (!fn_) return;
-    auto now = std::chrono::steady_clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(250)) return;
-    last_ = now;
-    fn_(p);
-  }
-
- private:
-  const ProgressFn& fn_;
-  std::chrono::steady_clock::time_point last_{};
-};
-
 }  // namespace
 
 std::string AdaptivePlanSummary::describe() const {
@@ -441,7 +424,7 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
                                                   const AdaptiveOptions& options) {
   const std::string url = source.job.source;
   Fetcher fetcher(source.download, url);
-  Reporter reporter(progress_fn);
+  ProgressGate reporter(progress_fn);
   PipelineProgress progress;
   auto fallback = [](std::string why) { return AdaptiveOutcome{{}, std::move(why)}; };
 

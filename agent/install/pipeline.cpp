@@ -167,23 +167,6 @@ struct Shared {
   }
 };
 
-/// Throttles progress callbacks.
-class ProgressGate {
- public:
-  explicit ProgressGate(const ProgressFn& fn) : fn_(fn) {}
-  void report(const PipelineProgress& p, bool force = false) {
-    if (!fn_) return;
-    auto now = std::chrono::steady_clock::now();
-    if (!force && now - last_ < std::chrono::milliseconds(250)) return;
-    last_ = now;
-    fn_(p);
-  }
-
- private:
-  const ProgressFn& fn_;
-  std::chrono::steady_clock::time_point last_{};
-};
-
 /// On the io_context thread: packs artifact bytes into raw blocks and hands full ones to the reader.
 class RawSink {
  public:

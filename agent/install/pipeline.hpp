@@ -31,6 +31,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -105,6 +106,23 @@ struct PipelineResult {
 using HeaderCheck = std::function<Result<void>(const artifacts::Header&)>;
 /// Called on the io_context thread, at most every few hundred milliseconds.
 using ProgressFn = std::function<void(const PipelineProgress&)>;
+
+/// Throttles progress callbacks to one per 250 ms (`force`: report now, e.g. the last one).
+class ProgressGate {
+ public:
+  explicit ProgressGate(const ProgressFn& fn) : fn_(fn) {}
+  void report(const PipelineProgress& p, bool force = false) {
+    if (!fn_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_ < std::chrono::milliseconds(250)) return;
+    last_ = now;
+    fn_(p);
+  }
+
+ private:
+  const ProgressFn& fn_;
+  std::chrono::steady_clock::time_point last_{};
+};
 
 /// Streams `source` into `writer`. Errors: the source's (download, file), the reader's
 /// (artifacts::ArtifactErrc), the header check's, the writer's, a size or checksum mismatch of the

@@ -228,17 +228,6 @@ TEST_F(Install, OverHttpsFromNginxAndThroughALinkCutEveryFewMiB) {
       << "served " << proxy.bytes_downstream() << " for an artifact of " << size;
 }
 
-// The resume checkpoint's artifact offset in state/resume.json, or 0 when there is none yet.
-std::uint64_t saved_checkpoint_offset(const fs::path& state_dir) {
-  std::error_code ec;
-  if (!fs::exists(state_dir / "resume.json", ec)) return 0;
-  auto doc = boost::json::parse(read_file(state_dir / "resume.json"), ec);
-  if (ec || !doc.is_object() || !doc.as_object().contains("checkpoint")) return 0;
-  std::string text(doc.as_object().at("checkpoint").as_string());
-  auto at = text.find("\noffset ");
-  return at == std::string::npos ? 0 : std::stoull(text.substr(at + 8));
-}
-
 // Starts `tern-agent install url` and kills it (-9) once a checkpoint past `past` bytes is saved.
 // Returns the checkpoint's offset (0: the install ended or stalled first).
 std::uint64_t kill_after_checkpoint(SimAgent& dev, const std::string& url, std::uint64_t past) {

@@ -15,17 +15,6 @@
 namespace tern::test {
 namespace {
 
-// The resume checkpoint's artifact offset in state/resume.json, or 0 when there is none yet.
-std::uint64_t checkpoint_offset(const fs::path& state_dir) {
-  std::error_code ec;
-  if (!fs::exists(state_dir / "resume.json", ec)) return 0;
-  auto doc = boost::json::parse(read_file(state_dir / "resume.json"), ec);
-  if (ec || !doc.is_object() || !doc.as_object().contains("checkpoint")) return 0;
-  std::string text(doc.as_object().at("checkpoint").as_string());
-  auto at = text.find("\noffset ");
-  return at == std::string::npos ? 0 : std::stoull(text.substr(at + 8));
-}
-
 class MenderArtifactResume : public ::testing::Test {
  protected:
   TempDir tmp;
@@ -58,7 +47,7 @@ class MenderArtifactResume : public ::testing::Test {
     std::uint64_t before = 0;
     bool half = false;
     while (p.running() && std::chrono::steady_clock::now() < deadline) {
-      auto offset = checkpoint_offset(dev.dir() / "state");
+      auto offset = saved_checkpoint_offset(dev.dir() / "state");
       if (!half && proxy.bytes_downstream() >= size / 2) {
         half = true;
         before = offset;
@@ -67,7 +56,7 @@ class MenderArtifactResume : public ::testing::Test {
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     p.kill();
-    return checkpoint_offset(dev.dir() / "state");
+    return saved_checkpoint_offset(dev.dir() / "state");
   }
 };
 
@@ -126,7 +115,7 @@ TEST_F(MenderArtifactResume, XzInOneBlockStartsAgainFromByteZeroAndSaysWhy) {
   ASSERT_TRUE(said) << log;
   EXPECT_NE(log.find("an xz stream written as one block"), std::string::npos) << log;
   EXPECT_LT(proxy.bytes_downstream(), size) << "killed before the whole artifact was served";
-  EXPECT_EQ(checkpoint_offset(dev.dir() / "state"), 0u) << "one xz block: no checkpoint";
+  EXPECT_EQ(saved_checkpoint_offset(dev.dir() / "state"), 0u) << "one xz block: no checkpoint";
   proxy.clear_faults();
   auto r = dev.agent("resume");
   ASSERT_EQ(r.exit_code, 4) << r.output;
