@@ -74,6 +74,25 @@ int hex_digit(char c) {
   return -1;
 }
 
+/// `s` with its %XX escapes decoded; nullopt for a malformed escape, or a backslash or control
+/// character (escaped or not).
+std::optional<std::string> percent_decoded(std::string_view s) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c == '%') {
+      if (i + 2 >= s.size()) return std::nullopt;
+      const int hi = hex_digit(s[i + 1]), lo = hex_digit(s[i + 2]);
+      if (hi < 0 || lo < 0) return std::nullopt;
+      c = static_cast<char>(hi * 16 + lo);
+      i += 2;
+    }
+    if (c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
+    out += c;
+  }
+  return out;
+}
+
 /// The file name from "/artifacts/<name>[?query]", percent-decoded; nullopt if it is not a plain
 /// file name in the root (subdirectories, "..", hidden files, control characters).
 std::optional<std::string> file_name_of(std::string_view target) {
@@ -81,20 +100,8 @@ std::optional<std::string> file_name_of(std::string_view target) {
   if (!target.starts_with(prefix)) return std::nullopt;
   target.remove_prefix(prefix.size());
   if (const auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
-  std::string name;
-  for (std::size_t i = 0; i < target.size(); ++i) {
-    char c = target[i];
-    if (c == '%') {
-      if (i + 2 >= target.size()) return std::nullopt;
-      const int hi = hex_digit(target[i + 1]), lo = hex_digit(target[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      c = static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
-    if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
-    name += c;
-  }
-  if (name.empty() || name.starts_with(".")) return std::nullopt;
+  auto name = percent_decoded(target);
+  if (!name || name->find('/') != std::string::npos || name->empty() || name->starts_with(".")) return std::nullopt;
   return name;
 }
 
@@ -104,19 +111,9 @@ std::optional<std::string> file_name_of(std::string_view target) {
 std::optional<std::string> static_path_of(std::string_view target) {
   if (!target.starts_with("/")) return std::nullopt;
   if (const auto q = target.find_first_of("?#"); q != std::string_view::npos) target = target.substr(0, q);
-  std::string path;
-  for (std::size_t i = 1; i < target.size(); ++i) {
-    char c = target[i];
-    if (c == '%') {
-      if (i + 2 >= target.size()) return std::nullopt;
-      const int hi = hex_digit(target[i + 1]), lo = hex_digit(target[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      c = static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
-    if (c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return std::nullopt;
-    path += c;
-  }
+  auto decoded = percent_decoded(target.substr(1));
+  if (!decoded) return std::nullopt;
+  std::string path = std::move(*decoded);
   if (path.empty() || path.ends_with('/')) path += "index.html";
   int levels = 0;
   for (std::size_t start = 0; start <= path.size();) {

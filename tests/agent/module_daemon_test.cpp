@@ -86,17 +86,7 @@ class ModuleDaemonTest : public ::testing::Test {
   }
 
   std::vector<std::string> statuses(const std::string& device, const std::string& dep) {
-    std::vector<std::string> out;
-    std::istringstream in(read_file(tmp / "watch.log"));
-    for (std::string line; std::getline(in, line);) {
-      if (!line.starts_with("tern/devices/" + device + "/status ")) continue;
-      if (line.find("\"deployment_id\":\"" + dep + "\"") == std::string::npos) continue;
-      auto k = line.find("\"status\":\"");
-      if (k == std::string::npos) continue;
-      k += 10;
-      out.push_back(line.substr(k, line.find('"', k) - k));
-    }
-    return out;
+    return status_words(tmp / "watch.log", device, dep);
   }
   static bool has(const std::vector<std::string>& v, const std::string& s) {
     return std::find(v.begin(), v.end(), s) != v.end();

@@ -15,6 +15,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <vector>
+#include <sstream>
 
 namespace tern::test {
 
@@ -198,6 +200,23 @@ inline std::uint64_t saved_checkpoint_offset(const fs::path& state_dir) {
   std::string text(doc.as_object().at("checkpoint").as_string());
   auto at = text.find("\noffset ");
   return at == std::string::npos ? 0 : std::stoull(text.substr(at + 8));
+}
+
+/// Status words `device` sent for deployment `dep`, in arrival order, from a `mosquitto_sub -v -t
+/// 'tern/devices/#'` log.
+inline std::vector<std::string> status_words(const fs::path& watch_log, const std::string& device,
+                                             const std::string& dep) {
+  std::vector<std::string> out;
+  std::istringstream in(read_file(watch_log));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.starts_with("tern/devices/" + device + "/status ")) continue;
+    if (line.find("\"deployment_id\":\"" + dep + "\"") == std::string::npos) continue;
+    auto k = line.find("\"status\":\"");
+    if (k == std::string::npos) continue;
+    k += 10;
+    out.push_back(line.substr(k, line.find('"', k) - k));
+  }
+  return out;
 }
 
 }  // namespace tern::test
