@@ -388,7 +388,21 @@ namespace {
 // start at once: the version is read again under a lock on schema_version, so each migration runs
 // once.
 void migrate(Store::Impl& impl) {
-  impl.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "creating schema_version");
+  if (impl.postgres()) {
+    // CREATE TABLE IF NOT EXISTS is not safe against itself in PostgreSQL: two bridges starting on
+    // a new database at once can both try to create the table (a duplicate key in pg_type).
+    impl.exec("BEGIN", "creating schema_version");
+    try {
+      impl.exec("SELECT pg_advisory_xact_lock(hashtext('tern:schema_version'))", "locking the schema");
+      impl.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "creating schema_version");
+      impl.exec("COMMIT", "creating schema_version");
+    } catch (...) {
+      impl.rollback();
+      throw;
+    }
+  } else {
+    impl.exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "creating schema_version");
+  }
   for (;;) {
     impl.exec(impl.begin_sql(), "starting migration");
     try {
