@@ -97,6 +97,38 @@ std::string data_member_header(std::string_view name, std::uint64_t size) {
 }
 
 
+// header-info, key for key as mender-artifact 4.4 writes it, for one payload of `type`.
+boost::json::object header_info_json(const WriterOptions& o, const std::string& type) {
+  boost::json::object info;
+  boost::json::array payloads;
+  payloads.emplace_back(boost::json::object{{"type", type}});
+  info["payloads"] = payloads;
+  boost::json::object prov{{"artifact_name", o.artifact_name}};
+  if (!o.artifact_group.empty()) prov["artifact_group"] = o.artifact_group;
+  info["artifact_provides"] = prov;
+  boost::json::object deps{{"device_type", to_array(o.device_types)}};
+  if (!o.depends_artifact_names.empty()) deps["artifact_name"] = to_array(o.depends_artifact_names);
+  if (!o.depends_groups.empty()) deps["artifact_group"] = to_array(o.depends_groups);
+  info["artifact_depends"] = deps;
+  return info;
+}
+
+// type-info with the caller's depends and provides; the writer adds the type's own provides and
+// clears_artifact_provides.
+boost::json::object type_info_json(const WriterOptions& o, const std::string& type) {
+  boost::json::object type_info;
+  type_info["type"] = type;
+  if (!o.depends.empty()) {
+    boost::json::object d;
+    for (auto& [k, v] : o.depends) d[k] = v;
+    type_info["artifact_depends"] = d;
+  }
+  boost::json::object tprov;
+  for (auto& [k, v] : o.provides) tprov[k] = v;
+  type_info["artifact_provides"] = tprov;
+  return type_info;
+}
+
 // The members before data/: version, manifest, manifest.sig when a key is given, header.tar.*.
 Result<std::string> artifact_head(const WriterOptions& o, const std::string& version, const std::string& manifest,
                                   const std::string& header_name, const std::string& header_z) {
@@ -201,31 +233,11 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   auto [payload_sha, payload_size] = *payload;
   std::string payload_name = o.payload.filename().string();
 
-  // header-info and type-info, key for key as mender-artifact 4.4 writes them.
-  boost::json::object info;
-  boost::json::array payloads;
-  payloads.emplace_back(boost::json::object{{"type", "rootfs-image"}});
-  info["payloads"] = payloads;
-  boost::json::object prov{{"artifact_name", o.artifact_name}};
-  if (!o.artifact_group.empty()) prov["artifact_group"] = o.artifact_group;
-  info["artifact_provides"] = prov;
-  boost::json::object deps{{"device_type", to_array(o.device_types)}};
-  if (!o.depends_artifact_names.empty()) deps["artifact_name"] = to_array(o.depends_artifact_names);
-  if (!o.depends_groups.empty()) deps["artifact_group"] = to_array(o.depends_groups);
-  info["artifact_depends"] = deps;
-
-  boost::json::object type_info;
-  type_info["type"] = "rootfs-image";
-  if (!o.depends.empty()) {
-    boost::json::object d;
-    for (auto& [k, v] : o.depends) d[k] = v;
-    type_info["artifact_depends"] = d;
-  }
-  boost::json::object tprov;
-  for (auto& [k, v] : o.provides) tprov[k] = v;
+  boost::json::object info = header_info_json(o, "rootfs-image");
+  boost::json::object type_info = type_info_json(o, "rootfs-image");
+  boost::json::object& tprov = type_info["artifact_provides"].as_object();
   tprov["rootfs-image.checksum"] = payload_sha;
   tprov["rootfs-image.version"] = o.software_version.empty() ? o.artifact_name : o.software_version;
-  type_info["artifact_provides"] = tprov;
   type_info["clears_artifact_provides"] = to_array(
       o.clears_provides.value_or(std::vector<std::string>{"artifact_group", "rootfs_image_checksum", "rootfs-image.*"}));
 
@@ -340,29 +352,10 @@ Result<void> write_module_artifact(const WriterOptions& o, const fs::path& out_p
     files.push_back(std::move(f));
   }
 
-  boost::json::object info;
-  boost::json::array payloads;
-  payloads.emplace_back(boost::json::object{{"type", type}});
-  info["payloads"] = payloads;
-  boost::json::object prov{{"artifact_name", o.artifact_name}};
-  if (!o.artifact_group.empty()) prov["artifact_group"] = o.artifact_group;
-  info["artifact_provides"] = prov;
-  boost::json::object deps{{"device_type", to_array(o.device_types)}};
-  if (!o.depends_artifact_names.empty()) deps["artifact_name"] = to_array(o.depends_artifact_names);
-  if (!o.depends_groups.empty()) deps["artifact_group"] = to_array(o.depends_groups);
-  info["artifact_depends"] = deps;
-
-  boost::json::object type_info;
-  type_info["type"] = type;
-  if (!o.depends.empty()) {
-    boost::json::object d;
-    for (auto& [k, v] : o.depends) d[k] = v;
-    type_info["artifact_depends"] = d;
-  }
-  boost::json::object tprov;
-  for (auto& [k, v] : o.provides) tprov[k] = v;
+  boost::json::object info = header_info_json(o, type);
+  boost::json::object type_info = type_info_json(o, type);
+  boost::json::object& tprov = type_info["artifact_provides"].as_object();
   tprov["rootfs-image." + type + ".version"] = o.software_version.empty() ? o.artifact_name : o.software_version;
-  type_info["artifact_provides"] = tprov;
   type_info["clears_artifact_provides"] =
       to_array(o.clears_provides.value_or(std::vector<std::string>{"rootfs-image." + type + ".*"}));
 
