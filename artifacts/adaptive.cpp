@@ -15,28 +15,50 @@ namespace tern::artifacts {
 
 using detail::artifact_error;
 
+std::size_t LocalTable::slot(std::uint64_t hash) const {
+  const std::size_t k = static_cast<std::size_t>(hash >> 48);
+  if (k + 1 >= buckets.size()) return SIZE_MAX;
+  auto first = hashes.begin() + buckets[k], last = hashes.begin() + buckets[k + 1];
+  auto it = std::lower_bound(first, last, hash);
+  return it != last && *it == hash ? static_cast<std::size_t>(it - hashes.begin()) : SIZE_MAX;
+}
+
 std::optional<std::uint64_t> LocalTable::find(std::uint64_t hash) const {
-  auto it =
-      std::lower_bound(entries.begin(), entries.end(), std::pair<std::uint64_t, std::uint64_t>{hash, 0});
-  if (it == entries.end() || it->first != hash) return std::nullopt;
-  return it->second;
+  const std::size_t s = slot(hash);
+  if (s == SIZE_MAX || where[s] == none) return std::nullopt;
+  return std::uint64_t(where[s]) * block_size;
+}
+
+std::size_t LocalTable::found() const {
+  return static_cast<std::size_t>(std::count_if(where.begin(), where.end(), [](auto w) { return w != none; }));
 }
 
 // ---- LocalIndexer -----------------------------------------------------------------------------
 
-LocalIndexer::LocalIndexer(const ChunkIndex& wanted) : wanted_(wanted.block_hashes) {
-  std::sort(wanted_.begin(), wanted_.end());
-  wanted_.erase(std::unique(wanted_.begin(), wanted_.end()), wanted_.end());
-  wanted_.shrink_to_fit();
+LocalIndexer::LocalIndexer(const ChunkIndex& wanted) {
   table_.block_size = wanted.block_size;
+  table_.kind = wanted.block_hash_kind;
+  table_.hashes = wanted.block_hashes;
+  std::sort(table_.hashes.begin(), table_.hashes.end());
+  table_.hashes.erase(std::unique(table_.hashes.begin(), table_.hashes.end()), table_.hashes.end());
+  table_.hashes.shrink_to_fit();
+  table_.where.assign(table_.hashes.size(), LocalTable::none);
+  table_.buckets.assign((std::size_t(1) << 16) + 1, 0);
+  std::size_t at = 0;
+  for (std::size_t k = 0; k < (std::size_t(1) << 16); ++k) {
+    table_.buckets[k] = static_cast<std::uint32_t>(at);
+    while (at < table_.hashes.size() && (table_.hashes[at] >> 48) == k) ++at;
+  }
+  table_.buckets.back() = static_cast<std::uint32_t>(at);
   partial_.reserve(wanted.block_size);
 }
 
 void LocalIndexer::add_block(std::span<const std::uint8_t> block) {
-  auto h = hasher_.block_hash(block);
-  if (std::binary_search(wanted_.begin(), wanted_.end(), h))
-    table_.entries.emplace_back(h, table_.bytes_indexed);
   table_.bytes_indexed += block.size();
+  const std::uint64_t n = block_number_++;
+  if (n >= LocalTable::none) return;  // past 2^32 blocks (4 TiB at 1 KiB): not indexed
+  const std::size_t s = table_.slot(hasher_.block_hash(table_.kind, block));
+  if (s != SIZE_MAX && table_.where[s] == LocalTable::none) table_.where[s] = static_cast<std::uint32_t>(n);
 }
 
 void LocalIndexer::feed(std::span<const std::uint8_t> bytes) {
@@ -57,14 +79,6 @@ void LocalIndexer::feed(std::span<const std::uint8_t> bytes) {
 }
 
 LocalTable LocalIndexer::finish() {
-  // Sorted by hash, first offset of each: a stable sort keeps offsets in order within a hash.
-  std::stable_sort(table_.entries.begin(), table_.entries.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  table_.entries.erase(std::unique(table_.entries.begin(), table_.entries.end(),
-                                   [](const auto& a, const auto& b) { return a.first == b.first; }),
-                       table_.entries.end());
-  table_.entries.shrink_to_fit();
-  std::vector<std::uint64_t>().swap(wanted_);
   return std::move(table_);
 }
 
@@ -178,21 +192,38 @@ Result<void> FrameBuilder::build_local(std::size_t i, const LocalReader& read) {
   frame_.resize(len);
   const std::size_t bs = index_.block_size;
   const std::size_t first = i * index_.blocks_per_frame();
-  for (std::size_t at = 0, b = first; at < len; at += bs, ++b) {
-    const std::uint64_t want = index_.block_hashes[b];
-    auto where = table_.find(want);
+  auto source = [&](std::size_t at) -> Result<std::uint64_t> {
+    const std::size_t b = first + at / bs;
+    auto where = table_.find(index_.block_hashes[b]);
     if (!where)
       return artifact_error(ArtifactErrc::malformed, "frame " + std::to_string(i) + ": block " +
                                                          std::to_string(b) + " is not in the local data");
-    auto block = std::span<std::uint8_t>(frame_).subspan(at, std::min<std::size_t>(bs, len - at));
-    if (auto r = read(*where, block); !r) return r.error().context("frame " + std::to_string(i));
-    if (hasher_.block_hash(block) != want)
-      return artifact_error(ArtifactErrc::manifest_mismatch,
-                            "frame " + std::to_string(i) + ": the local block at byte " +
-                                std::to_string(*where) + " no longer matches block " + std::to_string(b) +
-                                " of the chunk index");
+    return *where;
+  };
+  // Blocks that follow each other locally are read with one call.
+  auto next = source(0);
+  for (std::size_t at = 0; at < len;) {
+    if (!next) return next.error();
+    const std::uint64_t from = *next;
+    std::size_t end = std::min<std::size_t>(at + bs, len);
+    for (; end < len; end = std::min<std::size_t>(end + bs, len)) {
+      next = source(end);
+      if (!next || *next != from + (end - at)) break;
+    }
+    if (end >= len) next = std::uint64_t{0};
+    if (auto r = read(from, std::span<std::uint8_t>(frame_).subspan(at, end - at)); !r)
+      return r.error().context("frame " + std::to_string(i));
+    at = end;
   }
-  return check_frame(i);
+  if (index_.block_hash_kind == BlockHashKind::sha256) return check_frame(i);
+  for (std::size_t at = 0, b = first; at < len; at += bs, ++b) {
+    auto block = std::span<const std::uint8_t>(frame_).subspan(at, std::min<std::size_t>(bs, len - at));
+    if (hasher_.block_hash(index_.block_hash_kind, block) != index_.block_hashes[b])
+      return artifact_error(ArtifactErrc::manifest_mismatch,
+                            "frame " + std::to_string(i) + ": the local block read for block " +
+                                std::to_string(b) + " no longer matches the chunk index");
+  }
+  return {};
 }
 
 Result<void> FrameBuilder::decode_fetched(std::size_t i, std::span<const std::uint8_t> compressed) {

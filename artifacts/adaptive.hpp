@@ -16,10 +16,12 @@
 //     -> a build_local error (the local data changed since it was indexed) means: fetch that frame.
 //
 // Trust: the index comes from the signed header (reader.hpp). A block read from the local disk is
-// used only if its SHA-256 (first 8 bytes) equals the index's, and a frame only if the SHA-256 of
-// its whole bytes equals the index's frame hash; a fetched frame is checked the same way.
+// used only if its hash equals the index's block hash (with an index of SHA-256 block hashes, the
+// frame's SHA-256 is checked instead: one pass rather than two); a fetched frame only if the
+// SHA-256 of its bytes equals the index's frame hash. Whatever the blocks, the installer checks the
+// SHA-256 of the whole payload against the signed manifest before it uses it (chunk_index.hpp).
 //
-// Not thread-safe; one instance per thread. Memory: LocalIndexer keeps 16 bytes per distinct
+// Not thread-safe; one instance per thread. Memory: LocalIndexer keeps 12 bytes per distinct
 // wanted block (at most the new payload's block count), FrameBuilder one frame.
 #pragma once
 
@@ -37,17 +39,28 @@
 
 namespace tern::artifacts {
 
-/// Content-addressed view of local data: block hash → one offset where a block with that hash
-/// starts (offsets are multiples of block_size).
+/// Content-addressed view of local data: for each distinct block hash of the index, the first
+/// local block found with that hash. Memory: 12 bytes per distinct block of the new payload (at
+/// 1 GiB in 4 KiB blocks: 3 MiB), plus 256 KiB of buckets; nothing grows while indexing.
 struct LocalTable {
+  static constexpr std::uint32_t none = UINT32_MAX;
   std::uint32_t block_size = 0;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> entries;  ///< (hash, offset), sorted by hash, unique
-  std::uint64_t bytes_indexed = 0;                               ///< local bytes hashed
+  BlockHashKind kind = BlockHashKind::xxh3;
+  std::vector<std::uint64_t> hashes;   ///< the index's distinct block hashes, sorted
+  std::vector<std::uint32_t> where;    ///< per hash: the first local block number holding it, or none
+  std::vector<std::uint32_t> buckets;  ///< hashes with top 16 bits k: [buckets[k], buckets[k+1])
+  std::uint64_t bytes_indexed = 0;     ///< local bytes hashed
+
+  /// Position of `hash` in `hashes`, or SIZE_MAX.
+  std::size_t slot(std::uint64_t hash) const;
+  /// Byte offset of a local block with this hash.
   std::optional<std::uint64_t> find(std::uint64_t hash) const;
+  /// Distinct wanted blocks found locally.
+  std::size_t found() const;
 };
 
 /// Streams local data (a partition or image file) and hashes it block by block at the index's
-/// block size. Keeps only blocks whose hash the index wants, the first offset of each.
+/// block size and hash kind, noting where each wanted block first appears.
 class LocalIndexer {
  public:
   explicit LocalIndexer(const ChunkIndex& wanted);
@@ -58,9 +71,9 @@ class LocalIndexer {
 
  private:
   void add_block(std::span<const std::uint8_t> block);
-  std::vector<std::uint64_t> wanted_;  // sorted unique hashes of the index
   std::vector<std::uint8_t> partial_;
   LocalTable table_;
+  std::uint64_t block_number_ = 0;
   BlockHasher hasher_;
 };
 
@@ -121,10 +134,12 @@ class FrameBuilder {
   FrameBuilder(const FrameBuilder&) = delete;
   FrameBuilder& operator=(const FrameBuilder&) = delete;
 
-  /// Frame i from local data: each block found in the table, read, checked against its block
-  /// hash, then the frame against its SHA-256. Errors: ArtifactErrc::manifest_mismatch naming the
-  /// block or frame whose local bytes differ from the index (fetch the frame instead),
-  /// ArtifactErrc::malformed when a block is not in the table, and `read`'s errors.
+  /// Frame i from local data: each block found in the table, runs of blocks that lie one after
+  /// the other locally read with one call, each block checked against its XXH3 block hash (or,
+  /// for an index of SHA-256 block hashes, the frame against its SHA-256). Errors:
+  /// ArtifactErrc::manifest_mismatch naming the block or frame whose local bytes differ from the
+  /// index (fetch the frame instead), ArtifactErrc::malformed when a block is not in the table,
+  /// and `read`'s errors.
   Result<void> build_local(std::size_t i, const LocalReader& read);
   /// Frame i from its fetched compressed bytes (exactly Plan::frame_range(i)): decompressed (zstd)
   /// or taken as is (none), then checked against its SHA-256. Errors: ArtifactErrc::malformed

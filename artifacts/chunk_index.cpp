@@ -1,6 +1,8 @@
 #include "artifacts/chunk_index.hpp"
 
 #include <openssl/evp.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <cstring>
 
@@ -75,7 +77,8 @@ std::string ChunkIndex::serialize() const {
   put<std::uint64_t>(out, payload_size);
   put<std::uint8_t>(out, compression == Compression::zstd ? 1 : 0);
   put<std::uint8_t>(out, block_hash_size);
-  put<std::uint16_t>(out, 0);
+  put<std::uint8_t>(out, static_cast<std::uint8_t>(block_hash_kind));
+  put<std::uint8_t>(out, 0);
   put<std::uint64_t>(out, frames_offset);
   put<std::uint32_t>(out, static_cast<std::uint32_t>(frames.size()));
   for (auto& f : frames) {
@@ -104,7 +107,8 @@ Result<ChunkIndex> ChunkIndex::parse(std::string_view binary) {
   x.payload_size = c.get<std::uint64_t>();
   auto comp = c.get<std::uint8_t>();
   auto hash_size = c.get<std::uint8_t>();
-  auto reserved = c.get<std::uint16_t>();
+  auto hash_kind = c.get<std::uint8_t>();
+  auto reserved = c.get<std::uint8_t>();
   x.frames_offset = c.get<std::uint64_t>();
   auto frame_count = c.get<std::uint32_t>();
   if (!power_of_two(x.block_size) || x.block_size < 512 || x.block_size > max_block_size)
@@ -116,6 +120,8 @@ Result<ChunkIndex> ChunkIndex::parse(std::string_view binary) {
   x.compression = comp == 1 ? Compression::zstd : Compression::none;
   if (hash_size != block_hash_size)
     return bad("block hash size " + std::to_string(hash_size) + " (8 expected)");
+  if (hash_kind > 1) return bad("unknown block hash kind " + std::to_string(hash_kind));
+  x.block_hash_kind = static_cast<BlockHashKind>(hash_kind);
   if (reserved != 0) return bad("reserved field is not zero");
   if (x.payload_size == 0) return bad("payload size is zero");
   const std::uint64_t frames = ceil_div(x.payload_size, x.frame_size);
@@ -183,7 +189,8 @@ std::array<std::uint8_t, 32> BlockHasher::sha256(std::span<const std::uint8_t> d
   return out;
 }
 
-std::uint64_t BlockHasher::block_hash(std::span<const std::uint8_t> block) {
+std::uint64_t BlockHasher::block_hash(BlockHashKind kind, std::span<const std::uint8_t> block) {
+  if (kind == BlockHashKind::xxh3) return XXH3_64bits(block.data(), block.size());
   auto d = sha256(block);
   std::uint64_t v = 0;
   for (std::size_t i = 0; i < 8; ++i) v |= std::uint64_t(d[i]) << (8 * i);
@@ -204,8 +211,9 @@ std::optional<std::uint32_t> ext4_block_size(std::span<const std::uint8_t> head)
 
 ChunkIndexBuilder::ChunkIndexBuilder(std::uint32_t block_size, std::uint32_t frame_size,
                                      std::uint64_t payload_size, Compression compression,
-                                     std::uint64_t frames_offset) {
+                                     std::uint64_t frames_offset, BlockHashKind kind) {
   index_.block_size = block_size;
+  index_.block_hash_kind = kind;
   index_.frame_size = frame_size;
   index_.payload_size = payload_size;
   index_.compression = compression;
@@ -216,7 +224,7 @@ ChunkIndexBuilder::ChunkIndexBuilder(std::uint32_t block_size, std::uint32_t fra
 }
 
 void ChunkIndexBuilder::end_block() {
-  index_.block_hashes.push_back(hasher_.block_hash(block_));
+  index_.block_hashes.push_back(hasher_.block_hash(index_.block_hash_kind, block_));
   block_.clear();
 }
 

@@ -12,8 +12,10 @@
 //   u32 frame_size                   uncompressed payload bytes per frame (a multiple of block_size)
 //   u64 payload_size                 bytes of the payload file
 //   u8  compression                  0: none, 1: zstd (one independent zstd frame per frame)
-//   u8  block_hash_size              8: the first 8 bytes of each block's SHA-256
-//   u16 reserved                     0
+//   u8  block_hash_size              8
+//   u8  block_hash_kind              0: the first 8 bytes of the block's SHA-256 (indexes written
+//                                    before XXH3), 1: XXH3-64 (the default since; see below)
+//   u8  reserved                     0
 //   u64 frames_offset                where frame 0 starts in the data member's content (bytes
 //                                    before it: data/0000.tar's header for the payload file)
 //   u32 frame_count                  ceil(payload_size / frame_size)
@@ -21,6 +23,14 @@
 //   ceil(payload_size / block_size) × u8[block_hash_size]
 // Frame i holds payload bytes [i × frame_size, min((i+1) × frame_size, payload_size)); its
 // compressed bytes follow frame i-1's in the data member. The last block may be short.
+//
+// Why block hashes need not be cryptographic: a block hash only says where local data that is
+// probably the block lies, and each block read from the local disk is checked against it before it
+// is written. What a device trusts is cryptographic: each fetched frame's SHA-256, and the SHA-256 of
+// the whole payload in the signed manifest, checked before the boot switch (an install whose payload
+// does not match is not switched to; the adaptive install then downloads the artifact whole). XXH3
+// hashes a partition at memory speed, where SHA-256 at 1 KiB blocks costs more than the disk read
+// (README "Adaptive updates", measured).
 #pragma once
 
 #include <array>
@@ -40,6 +50,9 @@ namespace tern::artifacts {
 /// The meta-data key that holds the index.
 inline constexpr std::string_view chunk_index_key = "tern.chunk-index";
 
+/// How block hashes are computed.
+enum class BlockHashKind : std::uint8_t { sha256 = 0, xxh3 = 1 };
+
 struct ChunkIndex {
   static constexpr std::size_t block_hash_size = 8;
   struct Frame {
@@ -52,6 +65,7 @@ struct ChunkIndex {
   std::uint32_t frame_size = 64 * 1024;
   std::uint64_t payload_size = 0;
   Compression compression = Compression::zstd;  ///< zstd or none
+  BlockHashKind block_hash_kind = BlockHashKind::xxh3;
   std::uint64_t frames_offset = 0;
   std::vector<Frame> frames;
   std::vector<std::uint64_t> block_hashes;  ///< block_hash() of each block, in payload order
@@ -73,15 +87,15 @@ struct ChunkIndex {
   static Result<ChunkIndex> decode(std::string_view text);
 };
 
-/// The first 8 bytes of SHA-256(block), as a little-endian integer. Reuses one EVP context; not
-/// thread-safe (one per thread).
+/// Block hashes of either kind: XXH3-64, or the first 8 bytes of SHA-256 as a little-endian integer;
+/// and whole SHA-256 digests. Reuses one EVP context; not thread-safe (one per thread).
 class BlockHasher {
  public:
   BlockHasher();
   ~BlockHasher();
   BlockHasher(const BlockHasher&) = delete;
   BlockHasher& operator=(const BlockHasher&) = delete;
-  std::uint64_t block_hash(std::span<const std::uint8_t> block);
+  std::uint64_t block_hash(BlockHashKind kind, std::span<const std::uint8_t> block);
   std::array<std::uint8_t, 32> sha256(std::span<const std::uint8_t> data);
 
  private:
@@ -98,7 +112,8 @@ std::optional<std::uint32_t> ext4_block_size(std::span<const std::uint8_t> head)
 class ChunkIndexBuilder {
  public:
   ChunkIndexBuilder(std::uint32_t block_size, std::uint32_t frame_size, std::uint64_t payload_size,
-                    Compression compression, std::uint64_t frames_offset);
+                    Compression compression, std::uint64_t frames_offset,
+                    BlockHashKind kind = BlockHashKind::xxh3);
   void feed(std::span<const std::uint8_t> payload);
   /// Ends the current frame (call exactly at each frame boundary, and after the last byte).
   void frame_done(std::uint64_t compressed_size);

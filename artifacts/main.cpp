@@ -26,7 +26,7 @@ const char* usage =
     "        [--compression zstd|gzip|lzma|none] [-k PRIVATE_KEY] [-p KEY:VALUE]... [-d KEY:VALUE]...\n"
     "        [-N DEPENDS_ARTIFACT_NAME]... [-g PROVIDES_GROUP] [-G DEPENDS_GROUP]... [-s SCRIPT]...\n"
     "        [--software-version VERSION] [--clears-provides NAME]... [--frame-size BYTES]\n"
-    "        [--no-chunk-index] [--chunk-block-size BYTES]\n"
+    "        [--no-chunk-index] [--chunk-block-size BYTES] [--chunk-block-hash xxh3|sha256]\n"
     "  tern-artifact write module-image -T TYPE [-f FILE]... -t DEVICE_TYPE [-t ...] -n NAME -o OUT\n"
     "        [-m META_DATA.json] [--compression zstd|gzip|lzma|none] [-k PRIVATE_KEY] [-p KEY:VALUE]...\n"
     "        [-d KEY:VALUE]... [-N NAME]... [-g GROUP] [-G GROUP]... [-s SCRIPT]... [--software-version V]\n"
@@ -125,7 +125,10 @@ int cmd_write(int argc, char** argv) {
     else if (a == "-s" || a == "--script") o.scripts.push_back(*v);
     else if (a == "--software-version") o.software_version = *v;
     else if (a == "--clears-provides") clears.push_back(*v);
-    else if (a == "--frame-size" || a == "--chunk-block-size") {
+    else if (a == "--chunk-block-hash") {
+      if (*v != "xxh3" && *v != "sha256") return die("--chunk-block-hash wants xxh3 or sha256, got '" + *v + "'");
+      o.chunk_block_hash = *v == "xxh3" ? art::BlockHashKind::xxh3 : art::BlockHashKind::sha256;
+    } else if (a == "--frame-size" || a == "--chunk-block-size") {
       auto n = number(*v);
       if (!n || *n == 0) return die(a + " wants a positive number of bytes, got '" + *v + "'");
       if (a == "--frame-size") o.frame_size = *n;
@@ -204,7 +207,8 @@ int cmd_read(int argc, char** argv, bool print) {
             << "\n";
   if (const auto* x = h->chunk_index.get())
     std::cout << "    Chunk index: " << x->frames.size() << " frames of " << x->frame_size << " bytes, "
-              << x->block_hashes.size() << " blocks of " << x->block_size << " bytes\n";
+              << x->block_hashes.size() << " blocks of " << x->block_size << " bytes, "
+              << (x->block_hash_kind == art::BlockHashKind::xxh3 ? "XXH3" : "SHA-256") << " block hashes\n";
   if (!h->is_rootfs()) {
     std::cout << "    Files:" << (h->files.empty() ? " none" : "") << "\n";
     for (auto& f : h->files) std::cout << "      name:     " << f << "\n";
@@ -303,7 +307,7 @@ int cmd_plan(int argc, char** argv) {
     } else {
       table = std::move(*t);
       std::cout << "local data: " << local << ", " << mib(table->bytes_indexed) << " indexed, "
-                << table->entries.size() << " distinct wanted blocks found\n";
+                << table->found() << " distinct wanted blocks found\n";
       plan = art::plan_adaptive(*x, *table, po);
     }
   }

@@ -187,7 +187,8 @@ Result<DataTar> write_data_tar(const WriterOptions& o, const std::string& payloa
   if (auto r = feed(inner); !r) return r.error();
   if (auto r = z->end_frame(sink); !r) return r.error();
   std::optional<ChunkIndexBuilder> builder;
-  if (indexed) builder.emplace(block_size, static_cast<std::uint32_t>(o.frame_size), payload_size, o.compression, out.pos());
+  if (indexed) builder.emplace(block_size, static_cast<std::uint32_t>(o.frame_size), payload_size, o.compression, out.pos(),
+                                o.chunk_block_hash);
 
   std::uint64_t done = 0, frame_start = out.pos();
   while (done < payload_size) {

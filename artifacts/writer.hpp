@@ -4,6 +4,7 @@
 // of those frames (chunk_index.hpp) so a device can build most of an update from its own data.
 #pragma once
 
+#include "artifacts/chunk_index.hpp"
 #include "artifacts/compress.hpp"
 #include "common/error.hpp"
 
@@ -43,6 +44,8 @@ struct WriterOptions {
   bool chunk_index = true;
   /// Block size of the index's hashes; 0: the payload's ext4 block size, or 4096 if not ext4.
   std::uint32_t chunk_block_size = 0;
+  /// How the index hashes blocks (chunk_index.hpp): XXH3, or SHA-256 as indexes before it did.
+  BlockHashKind chunk_block_hash = BlockHashKind::xxh3;
   std::optional<std::string> signing_key_pem;  ///< RSA, EC P-256 or Ed25519 private key
   /// Called as the payload is written: (bytes done, total).
   std::function<void(std::uint64_t, std::uint64_t)> progress;

@@ -150,7 +150,7 @@ TEST_F(AdaptiveExt4, AFlippedBitInTheLocalImageMakesThatFrameFetched) {
   artifacts::BlockHasher hasher;
   std::map<std::uint64_t, int> in_v1, in_v2;
   for (std::size_t off = 0; off < old.size(); off += 1024)
-    ++in_v1[hasher.block_hash({reinterpret_cast<const std::uint8_t*>(old.data()) + off, 1024})];
+    ++in_v1[hasher.block_hash(x.block_hash_kind, {reinterpret_cast<const std::uint8_t*>(old.data()) + off, 1024})];
   for (auto hsh : x.block_hashes) ++in_v2[hsh];
   std::size_t frame = 0;
   std::optional<std::uint64_t> at;

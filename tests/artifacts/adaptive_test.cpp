@@ -73,7 +73,8 @@ TEST_F(AdaptiveTest, IndexRoundTripsAndDescribesEveryFrameAndBlock) {
   EXPECT_EQ(x.block_hashes[0], x.block_hashes[3]);  // same content, same hash
   EXPECT_NE(x.block_hashes[0], x.block_hashes[1]);
   artifacts::BlockHasher hasher;
-  EXPECT_EQ(x.block_hashes[4], hasher.block_hash(bytes_of(std::string(1024, 'd'))));
+  EXPECT_EQ(x.block_hash_kind, artifacts::BlockHashKind::xxh3);  // the default
+  EXPECT_EQ(x.block_hashes[4], hasher.block_hash(x.block_hash_kind, bytes_of(std::string(1024, 'd'))));
   EXPECT_EQ(x.frames[2].sha256, hasher.sha256(bytes_of(payload.substr(8192))));
   EXPECT_EQ(x.frame_length(2), 2048u);
 
@@ -103,6 +104,8 @@ TEST_F(AdaptiveTest, MalformedIndexesAreRefusedNamingTheField) {
            {with(12, std::string("\x00\x05\x00\x00", 4)), "not a multiple of the block size"},
            {with(24, "\x07"), "unknown compression 7"},
            {with(25, "\x04"), "block hash size 4"},
+           {with(26, "\x05"), "unknown block hash kind 5"},
+           {with(27, "\x01"), "reserved field is not zero"},
            {with(16, std::string("\x00\x00\x01\x00\x00\x00\x00\x00", 8)), "frames for 65536 bytes"},
            {good.substr(0, good.size() - 1), "bytes, " + std::to_string(good.size()) + " expected"},
            {good + "x", "bytes, " + std::to_string(good.size()) + " expected"},
@@ -216,12 +219,12 @@ TEST_F(AdaptiveTest, LocalBlocksAreFoundByContentWhereverTheyMoved) {
   // Fed in any chunking, the table is the same (odd chunks cut blocks anywhere).
   auto table = table_of(x, local);
   for (std::size_t chunk : {std::size_t{1}, std::size_t{1000}, std::size_t{1025}})
-    EXPECT_EQ(table_of(x, local, chunk).entries, table.entries) << chunk;
-  EXPECT_EQ(table.entries.size(), 8u);  // 'z' is not wanted; the partial tail is ignored
+    EXPECT_EQ(table_of(x, local, chunk).where, table.where) << chunk;
+  EXPECT_EQ(table.found(), 8u);  // 'z' is not wanted; the partial tail is ignored
   EXPECT_EQ(table.bytes_indexed, 9u * 1024);
   artifacts::BlockHasher hasher;
-  EXPECT_EQ(table.find(hasher.block_hash(bytes_of(std::string(1024, 'a')))), 8u * 1024);
-  EXPECT_FALSE(table.find(hasher.block_hash(bytes_of(std::string(1024, 'x')))));
+  EXPECT_EQ(table.find(hasher.block_hash(x.block_hash_kind, bytes_of(std::string(1024, 'a')))), 8u * 1024);
+  EXPECT_FALSE(table.find(hasher.block_hash(x.block_hash_kind, bytes_of(std::string(1024, 'x')))));
 
   artifacts::PlanOptions po{.artifact_size = artifact.size(), .data_offset = h.data_offset};
   auto plan = artifacts::plan_adaptive(x, table, po);
@@ -302,7 +305,8 @@ TEST_F(AdaptiveTest, FrameBuilderRefusesLocalDataThatChangedAndCorruptFetches) {
   auto r = b.build_local(1, read_local);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), ArtifactErrc::manifest_mismatch);
-  EXPECT_NE(r.error().message().find("local block at byte 4096 no longer matches block 4"), std::string::npos)
+  EXPECT_NE(r.error().message().find("frame 1: the local block read for block 4 no longer matches"),
+            std::string::npos)
       << r.error().message();
   // A read error passes through with the frame named.
   auto failing = [](std::uint64_t, std::span<std::uint8_t>) -> Result<void> {
@@ -330,6 +334,53 @@ TEST_F(AdaptiveTest, FrameBuilderRefusesLocalDataThatChangedAndCorruptFetches) {
   EXPECT_TRUE(swapped.error().code() == ArtifactErrc::manifest_mismatch ||
               swapped.error().code() == ArtifactErrc::malformed)
       << swapped.error().message();
+}
+
+TEST_F(AdaptiveTest, LocalRunsAreReadWithOneCallAndSha256IndexesStillWork) {
+  // New: [a b c d] [e f g h]. Local: a b c d in order, then e f, x, h g: frame 0 is one read, frame 1
+  // is three (e f / g / h).
+  auto payload = blocks({'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'});
+  const auto local = blocks({'a', 'b', 'c', 'd', 'e', 'f', 'x', 'h', 'g'});
+  for (auto kind : {artifacts::BlockHashKind::xxh3, artifacts::BlockHashKind::sha256}) {
+    artifacts::WriterOptions o;
+    o.payload = dir / "payload.img";
+    write_file(o.payload, payload);
+    o.device_types = {"qemu"};
+    o.artifact_name = "v2";
+    o.frame_size = 4096;
+    o.chunk_block_size = 1024;
+    o.chunk_block_hash = kind;
+    ASSERT_TRUE(artifacts::write_rootfs_artifact(o, dir / "kind.mender"));
+    auto h = header_of(read_file(dir / "kind.mender"));
+    ASSERT_TRUE(h.chunk_index);
+    const auto& x = *h.chunk_index;
+    EXPECT_EQ(x.block_hash_kind, kind);
+    auto table = table_of(x, local);
+    EXPECT_EQ(table.found(), 8u);
+    artifacts::FrameBuilder b(x, table);
+    std::string disk = local;
+    std::vector<std::pair<std::uint64_t, std::size_t>> reads;
+    auto read_local = [&](std::uint64_t off, std::span<std::uint8_t> out) -> Result<void> {
+      reads.emplace_back(off, out.size());
+      std::memcpy(out.data(), disk.data() + off, out.size());
+      return {};
+    };
+    ASSERT_TRUE(b.build_local(0, read_local));
+    EXPECT_EQ(reads, (std::vector<std::pair<std::uint64_t, std::size_t>>{{0, 4096}}));
+    reads.clear();
+    ASSERT_TRUE(b.build_local(1, read_local));
+    EXPECT_EQ(reads, (std::vector<std::pair<std::uint64_t, std::size_t>>{{4096, 2048}, {8192, 1024}, {7168, 1024}}));
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.frame().data()), b.frame().size()), payload.substr(4096));
+    // A changed byte is caught: by its block's hash, or (SHA-256 block hashes) by the frame's SHA-256.
+    disk[8192 + 10] ^= 1;
+    auto r = b.build_local(1, read_local);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code(), ArtifactErrc::manifest_mismatch);
+    EXPECT_NE(r.error().message().find(kind == artifacts::BlockHashKind::xxh3 ? "block 6 no longer matches"
+                                                                               : "frame 1: its SHA-256"),
+              std::string::npos)
+        << r.error().message();
+  }
 }
 
 TEST_F(AdaptiveTest, ApplyPlanRefetchesAFrameWhoseLocalDataChangedAndChecksTheWhole) {
