@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "agent/errors.hpp"
+#include "agent/install/write_behind.hpp"
 #include "artifacts/crypto.hpp"
 #include "artifacts/tar.hpp"
 #include "common/blocking.hpp"
@@ -208,8 +209,8 @@ std::vector<Run> fetch_runs(const ChunkIndex& index, const artifacts::Plan& plan
   return runs;
 }
 
-/// The blocking half, used from one pool thread at a time: builds, checks and writes frames in
-/// order, and hashes the whole payload.
+/// The blocking half, used from one pool thread at a time: builds, checks and hashes frames in
+/// order; a WriteBehind writes them meanwhile.
 class FrameWriter {
  public:
   FrameWriter(const ChunkIndex& index, artifacts::LocalTable table, PartitionWriter writer, UniqueFd active,
@@ -217,7 +218,7 @@ class FrameWriter {
       : index_(index),
         table_(std::move(table)),
         builder_(index_, table_),
-        writer_(std::move(writer)),
+        out_(std::move(writer)),
         active_(std::move(active)),
         active_part_(std::move(active_part)),
         target_(std::move(target)),
@@ -269,12 +270,13 @@ class FrameWriter {
       if (auto w = put(builder_.frame()); !w) return w.error();
       bytes = bytes.subspan(size);
     }
-    return {};
+    // Fetched frames reach the kernel before more is fetched: a killed agent fetches them not again.
+    return out_.drain();
   }
 
   /// Syncs the partition and checks the whole payload against the manifest's SHA-256.
   Result<void> finish(const std::string& payload_sha256) {
-    if (auto r = writer_.finish(); !r) return r.error();
+    if (auto r = out_.finish(); !r) return r.error();
     const auto got = payload_hash_.hex_final();
     if (got != payload_sha256)
       return Error(
@@ -283,22 +285,21 @@ class FrameWriter {
     return {};
   }
 
-  std::uint64_t written() const { return writer_.bytes_written(); }
+  std::uint64_t written() const { return out_.written(); }
   std::uint64_t reused() const { return reused_; }
 
  private:
   static bool is_io(const Error& e) { return e.code() == make_error_code(Errc::io); }
   Result<void> put(std::span<const std::uint8_t> bytes) {
-    if (auto r = writer_.write(bytes); !r) return r.error();
     payload_hash_.update(bytes);
-    return {};
+    return out_.put(bytes);
   }
 
   const ChunkIndex& index_;
   artifacts::LocalTable table_;
   artifacts::FrameBuilder builder_;
   artifacts::BlockHasher hasher_;
-  PartitionWriter writer_;
+  WriteBehind out_;
   UniqueFd active_;
   PartitionRef active_part_;
   UniqueFd target_;
@@ -598,6 +599,10 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   }
   auto finished =
       co_await offload(options.blocking, [&](std::stop_token) { return out.finish(header.payload_sha256); });
+  // Only a block on the running partition that matches its XXH3 hash but not the image (made so on
+  // purpose) gets here: the partition is not switched to, and the artifact is streamed instead.
+  if (!finished && finished.error().code() == artifacts::ArtifactErrc::manifest_mismatch)
+    co_return fallback(finished.error().message());
   if (!finished) co_return finished.error();
   advance(from.size());
   reporter.report(progress, true);

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "agent/boot/partitions.hpp"
+#include "agent/install/write_behind.hpp"
 #include "tests/support/testenv.hpp"
 
 namespace tern::agent {
@@ -320,6 +321,52 @@ TEST(PartitionWriter, RefusesOverflowBeforeWriting) {
   EXPECT_EQ(after.substr(part.offset + part.size - 10, 10), std::string(10, 'Y'));
   EXPECT_TRUE(after.compare(part.offset + part.size, std::string::npos, before, part.offset + part.size) == 0)
       << "the refused write touched the next partition";
+}
+
+TEST(WriteBehind, WritesEverythingInOrderWhateverThePieces) {
+  TempDir dir("tern-writer");
+  const fs::path disk = make_gpt(dir, '\xa5');
+  const std::string before = test::read_file(disk);
+  auto part = partition_on_disk(disk, "rootfs-b").value();
+  const std::string payload = pattern(3 * MiB + 12345, 7);
+  {
+    // Small buffers and flush windows: the queue fills and the producer waits for the writer.
+    WriteBehind out(PartitionWriter::open(part, {.flush_every = 64 * 1024}).value(), 2, 100'000);
+    std::size_t at = 0;
+    for (std::size_t n = 1; at < payload.size(); n = n * 3 + 7) {
+      const std::size_t take = std::min(n % 300'000 + 1, payload.size() - at);
+      ASSERT_TRUE(out.put(bytes(payload.substr(at, take))));
+      at += take;
+    }
+    ASSERT_TRUE(out.drain());
+    EXPECT_EQ(out.written(), payload.size());
+    ASSERT_TRUE(out.finish());
+  }
+  const std::string after = test::read_file(disk);
+  EXPECT_TRUE(after.compare(part.offset, payload.size(), payload) == 0);
+  EXPECT_EQ(after.substr(0, part.offset), before.substr(0, part.offset));
+  EXPECT_EQ(after.substr(part.offset + payload.size()), before.substr(part.offset + payload.size()));
+}
+
+TEST(WriteBehind, AWriteErrorComesBackAndNothingMoreIsWritten) {
+  TempDir dir("tern-writer");
+  const fs::path disk = make_gpt(dir, '\xa5');
+  const std::string before = test::read_file(disk);
+  auto part = partition_on_disk(disk, "rootfs-b").value();
+  // 4 MiB of partition, 5 MiB of bytes: the buffer that would pass the end is refused whole.
+  WriteBehind out(PartitionWriter::open(part).value(), 3, 300'000);
+  const std::string chunk = pattern(MiB, 9);
+  Result<void> r;
+  for (int i = 0; i < 5 && r; ++i) r = out.put(bytes(chunk));
+  if (r) r = out.finish();
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find("would pass the end of"), std::string::npos) << r.error().message();
+  EXPECT_LE(out.written(), part.size);
+  EXPECT_FALSE(out.put(bytes(chunk)));  // it stays failed
+  EXPECT_FALSE(out.finish());
+  const std::string after = test::read_file(disk);
+  EXPECT_EQ(after.substr(part.offset + part.size), before.substr(part.offset + part.size))
+      << "the next partition was touched";
 }
 
 TEST(PartitionWriter, ResumesAtAPosition) {

@@ -1,0 +1,70 @@
+// Writes a partition behind the thread that produces the bytes: put() copies them into one of a
+// few fixed buffers and returns; a thread of its own writes full buffers in order through a
+// PartitionWriter, whose flush windows wait for the device there, not in the producer. The
+// adaptive install builds, checks and hashes the next frames while the previous ones reach the
+// disk (adaptive_source.cpp).
+//
+//   WriteBehind out(std::move(writer));
+//   out.put(frame);      // any sizes; blocks only while every buffer waits for the disk
+//   out.finish();        // the rest written, then PartitionWriter::finish() (fdatasync)
+//
+// Errors: the writer's, returned by the put() or finish() after it happened; nothing more is
+// written after an error. Thread safety: put() and finish() from one thread at a time (any);
+// written() from any thread. Destruction stops the thread after the buffer being written; what
+// is still queued is dropped (a cancelled install).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <thread>
+#include <vector>
+
+#include "agent/boot/partitions.hpp"
+#include "common/error.hpp"
+
+namespace tern::agent {
+
+class WriteBehind {
+ public:
+  explicit WriteBehind(PartitionWriter writer, std::size_t buffers = 4, std::size_t buffer_size = 512 * 1024);
+  ~WriteBehind();
+  WriteBehind(const WriteBehind&) = delete;
+  WriteBehind& operator=(const WriteBehind&) = delete;
+
+  Result<void> put(std::span<const std::uint8_t> bytes);
+  /// Returns when everything put so far has been written (handed to the kernel: it survives the
+  /// process being killed; not a power cut, for that finish() syncs).
+  Result<void> drain();
+  /// drain(), then PartitionWriter::finish() (fdatasync).
+  Result<void> finish();
+  /// Bytes on their way to the device (written through the PartitionWriter).
+  std::uint64_t written() const { return written_.load(std::memory_order_relaxed); }
+
+ private:
+  static constexpr std::size_t none = SIZE_MAX;
+  void run();
+  void submit();
+  std::optional<Error> failure();
+
+  PartitionWriter writer_;
+  const std::size_t size_;
+  std::unique_ptr<std::uint8_t[]> memory_;
+  std::vector<std::size_t> used_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::size_t> free_, ready_;
+  std::size_t busy_ = 0;  // buffers being written (0 or 1)
+  std::optional<Error> error_;
+  bool closing_ = false;
+  std::size_t current_ = none;  // the buffer put() fills (the producer's only)
+  std::atomic<std::uint64_t> written_{0};
+  std::thread thread_;
+};
+
+}  // namespace tern::agent
