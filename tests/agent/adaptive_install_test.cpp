@@ -186,6 +186,29 @@ TEST_F(AdaptiveInstall, AServerWithoutRangeAndAnArtifactWithoutIndexFallBackToTh
   EXPECT_GE(proxy.bytes_downstream(), fs::file_size(artifact_no_index));
 }
 
+// Block hashes are XXH3, not cryptographic: what makes a built image trusted is the payload's
+// SHA-256 in the manifest. An artifact whose manifest disagrees with its payload (what a block forged
+// to match its XXH3 hash would look like to the agent) is built adaptively, refused, then streamed and
+// refused again; the device keeps booting v1.
+TEST_F(AdaptiveInstall, ABuiltPayloadThatFailsTheManifestIsStreamedInsteadAndNeverBooted) {
+  std::string bytes = read_file(artifact);
+  const auto line = bytes.find("  data/0000/");
+  ASSERT_NE(line, std::string::npos);
+  ASSERT_GE(line, 64u);
+  char& digit = bytes[line - 1];
+  digit = digit == '0' ? '1' : '0';  // the payload's SHA-256 in the manifest, one hex digit changed
+  Nginx nginx;
+  write_file(nginx.root() / "v2.mender", bytes);
+  auto dev = device("device-1");
+  auto r = dev.agent("install " + nginx.url("v2.mender"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(plan_line(r.output).found) << r.output;
+  EXPECT_NE(r.output.find("not installing adaptively (the payload built adaptively has SHA-256"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(dev.boot(), 2);  // not switched: v1 still runs
+}
+
 // Body bytes the agent says it fetched ("Fetched 196.0 KiB of ..."), in bytes.
 double fetched_bytes(const std::string& output) {
   std::smatch m;
