@@ -192,9 +192,11 @@ asio::awaitable<Result<void>> RangeClient::Impl::run(std::span<const ByteRange> 
         continue;
       case Kind::fatal:
         co_return o.error;
-      case Kind::stale:
       case Kind::single:
-        continue;  // at once: the server answered, the link works
+        multi = false;  // from now on one range per request
+        continue;       // at once: the server answered, the link works
+      case Kind::stale:
+        continue;  // at once, on a new connection
       case Kind::redirect: {
         if (++redirects > opts.max_redirects) {
           co_return fail(Errc::protocol, "fetching ranges of " + url + ": more than " +
