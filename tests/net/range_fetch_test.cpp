@@ -473,6 +473,80 @@ TEST(RangeFetch, CancellationEndsAStalledFetchPromptly) {
   EXPECT_EQ(client.attempts(), 1);
 }
 
+// Not a timed assertion: prints what one kept-alive connection with multi-range requests saves
+// against a connection per range (how adaptive installs fetched before), next to a full download
+// of the file, all in this invocation on this machine.
+TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
+  Nginx nginx;
+  const std::string data = random_bytes(32 * MiB, 42);
+  write_file(nginx.root() / "a.bin", data);
+  const auto ranges = spread_ranges(300, data.size(), 64 * KiB, 12);
+  asio::io_context io;
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+
+  // A full download of the file.
+  auto t0 = clock::now();
+  std::uint64_t full_bytes = 0;
+  agent::DownloadState full{.url = nginx.url("a.bin")};
+  io.restart();
+  run_coro(io, [&]() -> asio::awaitable<void> {
+    const auto o = fast_options();
+    const agent::BodySink count = [&](std::span<const std::uint8_t> b) -> asio::awaitable<Result<void>> {
+      full_bytes += b.size();
+      co_return Result<void>{};
+    };
+    auto r = co_await agent::download(o, full, count, nullptr, nullptr);
+    EXPECT_TRUE(r);
+  }, 120s);
+  const double full_ms = ms(clock::now() - t0);
+  ASSERT_EQ(full_bytes, data.size());
+
+  // One download() per range: a new connection each.
+  t0 = clock::now();
+  Collected per(ranges.size());
+  int per_connections = 0;
+  io.restart();
+  run_coro(io, [&]() -> asio::awaitable<void> {
+    const auto o = fast_options();
+    for (std::size_t i = 0; i < ranges.size(); ++i) {
+      agent::DownloadState st{.url = nginx.url("a.bin")};
+      st.offset = ranges[i].offset;
+      st.end = ranges[i].offset + ranges[i].length - 1;
+      const agent::BodySink to_range = [&, i](std::span<const std::uint8_t> b) -> asio::awaitable<Result<void>> {
+        per.parts[i].append(reinterpret_cast<const char*>(b.data()), b.size());
+        per.bytes += b.size();
+        co_return Result<void>{};
+      };
+      auto r = co_await agent::download(o, st, to_range, nullptr, nullptr);
+      CO_ASSERT_TRUE(r, r.error().message());
+      per_connections += st.attempts;
+    }
+  }, 240s);
+  const double per_ms = ms(clock::now() - t0);
+  EXPECT_TRUE(per.matches(data, ranges));
+
+  // RangeClient.
+  t0 = clock::now();
+  RangeClient client(fast_options(), nginx.url("a.bin"));
+  Collected c(ranges.size());
+  auto r = fetch_all(io, client, ranges, c);
+  const double multi_ms = ms(clock::now() - t0);
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_TRUE(c.matches(data, ranges));
+  EXPECT_EQ(client.attempts(), 1);
+  EXPECT_EQ(per_connections, 300);
+
+  std::printf("300 ranges, %.1f MiB of a %.0f MiB file, nginx on loopback (TLS):\n"
+              "  full download of the file:      %7.0f ms (1 connection)\n"
+              "  download() per range:           %7.0f ms (%d connections, %d requests)\n"
+              "  RangeClient:                    %7.0f ms (%d connection, %llu requests): %.2fx a full download, "
+              "%.2fx one connection per range\n",
+              double(total_length(ranges)) / MiB, double(data.size()) / MiB, full_ms, per_ms, per_connections,
+              int(ranges.size()), multi_ms, client.attempts(), static_cast<unsigned long long>(client.requests()),
+              multi_ms / full_ms, multi_ms / per_ms);
+}
+
 /// Answers every request on every connection with `response`, then closes: for answers no real
 /// server sends (a malformed multipart body).
 class CannedServer {
