@@ -126,8 +126,9 @@ Result<void> fetch_all(asio::io_context& io, RangeClient& client, const std::vec
 
 /// An ArtifactServer on the test's io_context serving a TempDir.
 struct Served {
-  explicit Served(asio::io_context& io, bool tls = true, std::chrono::milliseconds idle = 30s) {
-    auto o = served_options(dir.path(), tls, false);
+  explicit Served(asio::io_context& io, bool tls = true, std::chrono::milliseconds idle = 30s,
+                  bool client_certs = false) {
+    auto o = served_options(dir.path(), tls, client_certs);
     o.idle_timeout = idle;
     server = std::make_unique<ArtifactServer>(io.get_executor(), o);
     auto p = server->start();
@@ -547,12 +548,13 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
               multi_ms / full_ms, multi_ms / per_ms);
 }
 
-/// Answers every request on every connection with `response`, then closes: for answers no real
-/// server sends (a malformed multipart body).
+/// Answers the n-th request (one per connection) with responses[n] (the last one from then on),
+/// then closes: for answers no real server sends on cue (a malformed multipart body, a 503).
 class CannedServer {
  public:
-  CannedServer(asio::io_context& io, std::string response)
-      : acceptor_(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)), response_(std::move(response)) {
+  CannedServer(asio::io_context& io, std::vector<std::string> responses)
+      : acceptor_(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+        responses_(std::move(responses)) {
     asio::co_spawn(io, serve(), [](std::exception_ptr) {});
   }
   std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
@@ -567,16 +569,22 @@ class CannedServer {
       std::string request;
       auto [rec, rn] = co_await asio::async_read_until(socket, asio::dynamic_buffer(request), "\r\n\r\n", await);
       if (rec) continue;
+      const std::string& response = responses_[std::min<std::size_t>(requests, responses_.size() - 1)];
       ++requests;
-      auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(response_), await);
+      auto [wec, wn] = co_await asio::async_write(socket, asio::buffer(response), await);
       (void)wec;
       boost::system::error_code ignored;
       socket.close(ignored);
     }
   }
   asio::ip::tcp::acceptor acceptor_;
-  std::string response_;
+  std::vector<std::string> responses_;
 };
+
+std::string multipart_response(const std::string& body) {
+  return "HTTP/1.1 206 Partial Content\r\nETag: \"v1\"\r\nContent-Type: multipart/byteranges; "
+         "boundary=XyZ\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
 
 TEST(RangeFetch, MalformedMultipartAnswerIsAProtocolError) {
   const std::string data = random_bytes(1000, 41);
@@ -585,10 +593,8 @@ TEST(RangeFetch, MalformedMultipartAnswerIsAProtocolError) {
   const std::string body = "\r\n--XyZ\r\nContent-Range: bytes 100-199/1000\r\n\r\n" + data.substr(100, 100) +
                            "\r\n--XyZ\r\nContent-Range: bytes 410-459/1000\r\n\r\n" + data.substr(410, 50) +
                            "\r\n--XyZ--\r\n";
-  const std::string response = "HTTP/1.1 206 Partial Content\r\nETag: \"v1\"\r\nContent-Type: multipart/byteranges; "
-                               "boundary=XyZ\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
   asio::io_context io;
-  CannedServer server(io, response);
+  CannedServer server(io, {multipart_response(body)});
   RangeClient client(fast_options(), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 30s);
@@ -597,6 +603,68 @@ TEST(RangeFetch, MalformedMultipartAnswerIsAProtocolError) {
   EXPECT_NE(r.error().message().find("Content-Range 'bytes 410-459/1000'"), std::string::npos) << r.error().message();
   EXPECT_EQ(c.parts[0], data.substr(100, 100)) << "the good part was delivered";
   EXPECT_EQ(server.requests, 1) << "not retried";
+}
+
+TEST(RangeFetch, ClientCertificateWhenTheServerRequiresOne) {
+  asio::io_context io;
+  Served s(io, true, 30s, true);
+  const std::string data = random_bytes(MiB, 43);
+  write_file(s.dir / "a.bin", data);
+  const auto ranges = spread_ranges(30, data.size(), 8 * KiB, 13);
+
+  auto with_cert = fast_options();
+  with_cert.cert_file = (certs() / "device-1.crt").string();
+  with_cert.key_file = (certs() / "device-1.key").string();
+  RangeClient client(with_cert, s.url("a.bin"));
+  Collected c(ranges.size());
+  auto r = fetch_all(io, client, ranges, c);
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_TRUE(c.matches(data, ranges));
+
+  auto without = fast_options();
+  without.max_attempts = 3;
+  RangeClient refused(without, s.url("a.bin"));
+  Collected c2(ranges.size());
+  auto r2 = fetch_all(io, refused, ranges, c2, 30s);
+  ASSERT_FALSE(r2);
+  EXPECT_NE(r2.error().message().find("TLS"), std::string::npos) << r2.error().message();
+  EXPECT_EQ(c2.bytes, 0u);
+}
+
+TEST(RangeFetch, A503IsRetriedAfterBackoff) {
+  const std::string data = random_bytes(1000, 44);
+  const std::vector<ByteRange> ranges = {{100, 100}, {400, 50}};
+  const std::string body = "\r\n--XyZ\r\nContent-Range: bytes 100-199/1000\r\n\r\n" + data.substr(100, 100) +
+                           "\r\n--XyZ\r\nContent-Range: bytes 400-449/1000\r\n\r\n" + data.substr(400, 50) +
+                           "\r\n--XyZ--\r\n";
+  asio::io_context io;
+  CannedServer server(io, {"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", multipart_response(body)});
+  RangeClient client(fast_options(), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
+  Collected c(ranges.size());
+  auto r = fetch_all(io, client, ranges, c, 30s);
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_TRUE(c.matches(data, ranges));
+  EXPECT_EQ(server.requests, 2);
+  EXPECT_EQ(client.attempts(), 2);
+}
+
+TEST(RangeFetch, AStalledLinkTimesOutAndResumes) {
+  asio::io_context io;
+  Served s(io, false);
+  const std::string data = random_bytes(8 * MiB, 45);
+  write_file(s.dir / "a.bin", data);
+  FaultProxy proxy(s.port);
+  proxy.set_stall_after(300 * KiB);  // every connection goes silent after 300 KiB
+  auto opts = fast_options();
+  opts.read_timeout = 300ms;
+  RangeClient client(opts, s.url("a.bin", proxy.port(), false));
+  const auto ranges = spread_ranges(100, data.size(), 24 * KiB, 14);
+  Collected c(ranges.size());
+  auto r = fetch_all(io, client, ranges, c, 120s);
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_TRUE(c.matches(data, ranges));
+  EXPECT_GE(client.attempts(), 3);
+  EXPECT_LE(static_cast<double>(client.received()), 1.05 * static_cast<double>(total_length(ranges)));
 }
 
 TEST(RangeFetch, BadRangesAreRefusedBeforeAnyRequest) {
