@@ -4,6 +4,7 @@
 // socket so stop() can close them, and count themselves per client address for the caps. Responses are written as a Beast header followed by raw file
 // bytes read with pread() into a fixed buffer, so memory does not grow with the file.
 #include "broker-bridge/artifact_server.hpp"
+#include "broker-bridge/byte_ranges.hpp"
 
 #include "common/file.hpp"
 #include "common/log.hpp"
@@ -35,6 +36,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <vector>
 
 namespace tern::bridge {
@@ -48,6 +50,9 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr std::size_t kChunk = 64 * 1024;
+// Range-specs per request beyond which the whole file is sent (RFC 9110 lets a server ignore a
+// Range header that asks for many small pieces). The agent asks for at most 100.
+constexpr std::size_t kMaxRanges = 200;
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
 // Heap is trimmed when the open connections fall to half of a peak at least this high.
 constexpr std::size_t kTrimPeak = 256;
@@ -139,45 +144,10 @@ const char* content_type_of(std::string_view name) {
   return "application/octet-stream";
 }
 
-struct ByteRange {
-  std::uint64_t first = 0, length = 0;
-};
-enum class RangeResult { none, ok, unsatisfiable };
-
-
-/// A single "bytes=a-b | a- | -n" against a file of `size` bytes. Several ranges are answered with
-/// the whole file (RFC 9110 lets a server ignore Range); anything malformed is unsatisfiable.
-RangeResult parse_range(std::string_view v, std::uint64_t size, ByteRange& out) {
-  auto trim = [](std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-    return s;
-  };
-  v = trim(v);
-  if (!v.starts_with("bytes=")) return RangeResult::unsatisfiable;
-  v = trim(v.substr(6));
-  if (v.find(',') != std::string_view::npos) return RangeResult::none;
-  const auto dash = v.find('-');
-  if (dash == std::string_view::npos) return RangeResult::unsatisfiable;
-  const auto a = trim(v.substr(0, dash)), b = trim(v.substr(dash + 1));
-  if (a.empty()) {  // suffix: the last n bytes
-    const auto n = parse_u64(b);
-    if (!n || *n == 0 || size == 0) return RangeResult::unsatisfiable;
-    out.length = std::min(*n, size);
-    out.first = size - out.length;
-    return RangeResult::ok;
-  }
-  const auto first = parse_u64(a);
-  if (!first || *first >= size) return RangeResult::unsatisfiable;
-  std::uint64_t last = size - 1;
-  if (!b.empty()) {
-    const auto l = parse_u64(b);
-    if (!l || *l < *first) return RangeResult::unsatisfiable;
-    last = std::min(*l, size - 1);
-  }
-  out.first = *first;
-  out.length = last - *first + 1;
-  return RangeResult::ok;
+/// A boundary for one multipart answer: random, so it cannot be guessed into a file's bytes.
+std::string make_boundary() {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  return "tern-" + hex(rng()) + hex(rng());
 }
 
 }  // namespace
@@ -461,31 +431,42 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
   res.set(http::field::last_modified, last_modified);
   res.keep_alive(req.keep_alive());
 
-  ByteRange range{0, size};
+  RangeSet set;  // no Range (or one to ignore): the whole file
   const auto range_header = req[http::field::range];
   if (!range_header.empty()) {
     // If-Range: the range applies only to the representation the client already has.
     const auto if_range = req[http::field::if_range];
     const bool current = if_range.empty() || if_range == etag || if_range == last_modified;
-    ByteRange r;
-    switch (current ? parse_range(range_header, size, r) : RangeResult::none) {
-      case RangeResult::none:
-        break;
-      case RangeResult::ok:
-        range = r;
-        res.result(http::status::partial_content);
-        res.set(http::field::content_range, "bytes " + std::to_string(r.first) + "-" +
-                                                std::to_string(r.first + r.length - 1) + "/" +
-                                                std::to_string(size));
-        break;
-      case RangeResult::unsatisfiable:
-        res.result(http::status::range_not_satisfiable);
-        res.set(http::field::content_range, "bytes */" + std::to_string(size));
-        range.length = 0;
-        break;
-    }
+    if (current) set = parse_ranges(range_header, size, kMaxRanges);
   }
-  res.content_length(range.length);
+  const std::string part_type = res[http::field::content_type];
+  std::string boundary;
+  std::uint64_t length = size;
+  switch (set.answer) {
+    case RangeSet::Answer::whole:
+      set.ranges = {FileRange{0, size}};
+      break;
+    case RangeSet::Answer::partial:
+      res.result(http::status::partial_content);
+      if (set.ranges.size() == 1) {
+        const auto& r = set.ranges.front();
+        res.set(http::field::content_range, "bytes " + std::to_string(r.first) + "-" +
+                                                std::to_string(r.first + r.length - 1) + "/" + std::to_string(size));
+        length = r.length;
+      } else {  // RFC 9110 14.6: the parts in the order asked, each with its Content-Range
+        boundary = make_boundary();
+        res.set(http::field::content_type, "multipart/byteranges; boundary=" + boundary);
+        length = multipart_length(boundary, part_type, set.ranges, size);
+      }
+      break;
+    case RangeSet::Answer::unsatisfiable:
+      res.result(http::status::range_not_satisfiable);
+      res.set(http::field::content_range, "bytes */" + std::to_string(size));
+      set.ranges.clear();
+      length = 0;
+      break;
+  }
+  res.content_length(length);
   ++total_requests;
 
   tcp.expires_after(opts.io_timeout);
@@ -494,24 +475,41 @@ asio::awaitable<bool> ArtifactServer::Impl::respond(Stream& stream, beast::tcp_s
   if (hec) co_return false;
   if (head) co_return req.keep_alive();
 
-  // The body: fixed chunks straight from the file.
-  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, range.length)));
-  std::uint64_t pos = range.first, left = range.length;
-  while (left > 0) {
-    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size()));
-    const ssize_t got = ::pread(file.get(), buf.data(), want, static_cast<off_t>(pos));
-    if (got <= 0) {
-      // The file shrank or failed under us: the announced length cannot be met; close.
-      log::warn("artifact server: reading ", path, " at ", pos, ": ",
-                got < 0 ? std::strerror(errno) : "unexpected end of file");
-      co_return false;
+  // The body: each part's header (multipart only), then its bytes in fixed chunks from the file.
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, length)));
+  for (const auto& range : set.ranges) {
+    std::size_t fill = 0;  // a part's header goes out with its first bytes
+    if (!boundary.empty()) {
+      const std::string head_of_part = part_header(boundary, part_type, range, size);
+      std::memcpy(buf.data(), head_of_part.data(), head_of_part.size());  // buf holds >= one part
+      fill = head_of_part.size();
     }
+    std::uint64_t pos = range.first, left = range.length;
+    while (left > 0 || fill > 0) {
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(left, buf.size() - fill));
+      const ssize_t got = want ? ::pread(file.get(), buf.data() + fill, want, static_cast<off_t>(pos)) : 0;
+      if (want && got <= 0) {
+        // The file shrank or failed under us: the announced length cannot be met; close.
+        log::warn("artifact server: reading ", path, " at ", pos, ": ",
+                  got < 0 ? std::strerror(errno) : "unexpected end of file");
+        co_return false;
+      }
+      tcp.expires_after(opts.io_timeout);
+      auto [wec, wn] = co_await asio::async_write(
+          stream, asio::buffer(buf.data(), fill + static_cast<std::size_t>(got)), kAwait);
+      count(*name, wn);
+      if (wec) co_return false;
+      pos += static_cast<std::uint64_t>(got);
+      left -= static_cast<std::uint64_t>(got);
+      fill = 0;
+    }
+  }
+  if (!boundary.empty()) {
+    const std::string close = closing_delimiter(boundary);
     tcp.expires_after(opts.io_timeout);
-    auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(buf.data(), static_cast<std::size_t>(got)), kAwait);
-    count(*name, wn);
-    if (wec) co_return false;
-    pos += static_cast<std::uint64_t>(got);
-    left -= static_cast<std::uint64_t>(got);
+    auto [cec, cn] = co_await asio::async_write(stream, asio::buffer(close), kAwait);
+    count(*name, cn);
+    if (cec) co_return false;
   }
   co_return req.keep_alive();
 }

@@ -1,8 +1,10 @@
 // The bridge's artifact server: files of one directory over HTTPS (or plain HTTP for tests) as
-// /artifacts/<filename>, with what a resuming downloader needs: single Range requests
-// (`bytes=a-b`, `a-`, `-n`; 206 + Content-Range, 416 + `Content-Range: bytes */size` when invalid or
-// unsatisfiable), If-Range, a strong ETag (size, mtime, inode), Last-Modified, HEAD and keep-alive.
-// Files are streamed in fixed chunks, never buffered whole. 404 for a missing file, 400 for a path
+// /artifacts/<filename>, with what a resuming downloader needs: Range requests (`bytes=a-b`, `a-`,
+// `-n`; 206 + Content-Range, 416 + `Content-Range: bytes */size` when invalid or unsatisfiable),
+// several ranges in one request (`bytes=a-b,c-d`: 206 multipart/byteranges, parts in the order
+// asked, overlapping or touching ranges merged, more than 200 answered with the whole file: see
+// byte_ranges.hpp), If-Range, a strong ETag (size, mtime, inode), Last-Modified, HEAD and
+// keep-alive. Files (and each part) are streamed in fixed chunks, never buffered whole. 404 for a missing file, 400 for a path
 // with subdirectories, `..` or other oddities, 405 for other methods.
 //
 // With `static_root` set it also serves a folder of static files (the dashboard) at every other

@@ -7,6 +7,7 @@
 // sink. An attempt ends with an Outcome: done, retry (after backoff), redirect, restart (content
 // changed: start again from 0 at once) or fatal.
 #include "agent/download/https_download.hpp"
+#include "agent/download/http_util.hpp"
 #include "agent/download/rate_limit.hpp"
 
 #include "agent/errors.hpp"
@@ -23,10 +24,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
-#include <boost/url/parse.hpp>
-#include <boost/url/url.hpp>
 
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
@@ -43,115 +41,16 @@ namespace http = beast::http;
 namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 using std::chrono::steady_clock;
+using detail::certificate_error;
+using detail::Target;
+using detail::describe;
+using detail::parse_content_range;
+using detail::parse_target;
+using detail::resolve_location;
+using detail::weak_etag;
 
 constexpr std::size_t kChunk = 64 * 1024;
 constexpr auto kAwait = asio::as_tuple(asio::use_awaitable);
-
-/// The parts of an http(s) URL a request needs.
-struct Target {
-  bool tls = false;
-  std::string host;         ///< for DNS, SNI and certificate verification (no brackets)
-  std::string port;         ///< numeric or service name
-  std::string host_header;  ///< Host: value
-  std::string target;       ///< path and query
-};
-
-Result<Target> parse_target(const std::string& url) {
-  auto parsed = boost::urls::parse_uri(url);
-  if (!parsed) {
-    return fail(Errc::invalid_argument, "malformed URL '" + url + "': " + parsed.error().message());
-  }
-  const boost::urls::url_view& u = *parsed;
-  Target t;
-  const std::string scheme = u.scheme();
-  if (scheme == "https") {
-    t.tls = true;
-  } else if (scheme != "http") {
-    return fail(Errc::invalid_argument, "unsupported URL scheme '" + scheme + "' in '" + url + "'");
-  }
-  t.host = u.host_address();
-  if (t.host.empty()) return fail(Errc::invalid_argument, "URL '" + url + "' has no host");
-  t.port = u.has_port() ? std::string(u.port()) : std::string(t.tls ? "443" : "80");
-  t.host_header = std::string(u.encoded_host_and_port());
-  t.target = std::string(u.encoded_target());
-  if (t.target.empty()) t.target = "/";
-  return t;
-}
-
-/// Resolves `location` (absolute or relative) against `base`.
-Result<std::string> resolve_location(const std::string& base, std::string_view location) {
-  auto b = boost::urls::parse_uri(base);
-  auto ref = boost::urls::parse_uri_reference(location);
-  if (!b || !ref) {
-    return fail(Errc::protocol, "bad redirect Location '" + std::string(location) + "' from " + base);
-  }
-  boost::urls::url dest;
-  auto r = boost::urls::resolve(*b, *ref, dest);
-  if (!r) {
-    return fail(Errc::protocol, "cannot resolve redirect Location '" + std::string(location) +
-                                    "' against " + base + ": " + r.error().message());
-  }
-  dest.remove_fragment();
-  return std::string(dest.buffer());
-}
-
-/// Parses "bytes a-b/N" or "bytes a-b/*"; nullopt if malformed.
-struct ContentRange {
-  std::uint64_t first = 0, last = 0;
-  std::optional<std::uint64_t> complete;
-};
-std::optional<ContentRange> parse_content_range(std::string_view v) {
-  if (!v.starts_with("bytes ")) return std::nullopt;
-  v.remove_prefix(6);
-  const auto slash = v.find('/');
-  if (slash == std::string_view::npos) return std::nullopt;
-  const std::string_view range = v.substr(0, slash), size = v.substr(slash + 1);
-  ContentRange cr;
-  if (size != "*") {
-    cr.complete = parse_u64(size);
-    if (!cr.complete) return std::nullopt;
-  }
-  if (range == "*") return cr;  // the 416 form; first/last unused
-  const auto dash = range.find('-');
-  if (dash == std::string_view::npos) return std::nullopt;
-  auto a = parse_u64(range.substr(0, dash)), b = parse_u64(range.substr(dash + 1));
-  if (!a || !b || *b < *a) return std::nullopt;
-  cr.first = *a;
-  cr.last = *b;
-  return cr;
-}
-
-bool weak_etag(std::string_view etag) { return etag.starts_with("W/"); }
-
-/// TLS failures about certificates (ours or theirs) do not go away by retrying.
-bool certificate_error(const boost::system::error_code& ec) {
-  if (ec.category() != asio::error::get_ssl_category()) return false;
-  switch (ERR_GET_REASON(static_cast<unsigned long>(ec.value()))) {
-    case SSL_R_CERTIFICATE_VERIFY_FAILED:
-    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
-    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
-    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
-    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
-    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
-    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
-    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
-    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
-      return true;
-    default:
-      return false;
-  }
-}
-
-std::string describe(const boost::system::error_code& ec) {
-  if (ec == beast::error::timeout) return "timed out";
-  std::string m = ec.message();
-  if (ec.category() == asio::error::get_ssl_category()) {
-    char buf[256];
-    ERR_error_string_n(static_cast<unsigned long>(ec.value()), buf, sizeof buf);
-    m = std::string("TLS error: ") + buf;
-  }
-  return m;
-}
 
 enum class Kind { done, retry, fatal, redirect, restart };
 struct Outcome {
@@ -203,33 +102,7 @@ class Downloader {
 Result<void> Downloader::make_tls_context() {
   if (tls_) return {};
   tls_.emplace(ssl::context::tls_client);
-  auto& ctx = *tls_;
-  boost::system::error_code ec;
-  ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                  ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-  ctx.set_verify_mode(ssl::verify_peer, ec);
-  if (opts_.ca_file.empty()) {
-    ctx.set_default_verify_paths(ec);
-    if (ec) return fail(Errc::invalid_argument, "loading the system CA certificates: " + ec.message());
-  } else {
-    ctx.load_verify_file(opts_.ca_file, ec);
-    if (ec) {
-      return fail(Errc::invalid_argument, "loading CA file " + opts_.ca_file + ": " + describe(ec));
-    }
-  }
-  if (!opts_.cert_file.empty()) {
-    ctx.use_certificate_chain_file(opts_.cert_file, ec);
-    if (ec) {
-      return fail(Errc::invalid_argument,
-                  "loading client certificate " + opts_.cert_file + ": " + describe(ec));
-    }
-    ctx.use_private_key_file(opts_.key_file.empty() ? opts_.cert_file : opts_.key_file,
-                             ssl::context::pem, ec);
-    if (ec) {
-      return fail(Errc::invalid_argument, "loading client key " + opts_.key_file + ": " + describe(ec));
-    }
-  }
-  return {};
+  return detail::configure_client_tls(*tls_, opts_);
 }
 
 Result<void> Downloader::restart(const std::string& why) {

@@ -201,6 +201,48 @@ TEST_F(ServerTest, IfRange) {
   EXPECT_NE(header(replaced, "etag"), etag);
 }
 
+TEST_F(ServerTest, SeveralRangesAreAMultipartAnswer) {
+  write_file(dir / "a.bin", kData);
+  start(true);
+  const std::string size = std::to_string(kData.size());
+  // 100-199 and 150-299 overlap: one part; 299990-400000 is clipped; 500000- is dropped.
+  auto r = curl("-r 0-9,100-199,150-299,299990-400000,500000-");
+  ASSERT_EQ(r.status, 206) << last_output;
+  const std::string type = header(r, "content-type");
+  const std::string prefix = "multipart/byteranges; boundary=";
+  ASSERT_TRUE(type.starts_with(prefix)) << type;
+  const std::string boundary = type.substr(prefix.size());
+  auto part = [&](std::uint64_t first, std::uint64_t last) {
+    return "\r\n--" + boundary + "\r\ncontent-type: application/octet-stream\r\ncontent-range: bytes " +
+           std::to_string(first) + "-" + std::to_string(last) + "/" + size + "\r\n\r\n" +
+           kData.substr(first, last - first + 1);
+  };
+  const std::string expected = part(0, 9) + part(100, 299) + part(299990, 299999) + "\r\n--" + boundary + "--\r\n";
+  // Header names in the parts as the server writes them; compare case-insensitively on those only.
+  std::string body = r.body;
+  for (const std::string name : {"Content-Type", "Content-Range"}) {
+    std::string lower = name;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    for (auto at = body.find("\r\n" + name + ": "); at != std::string::npos; at = body.find("\r\n" + name + ": ", at + 1)) {
+      body.replace(at + 2, name.size(), lower);
+    }
+  }
+  EXPECT_EQ(body.size(), expected.size());
+  EXPECT_TRUE(body == expected) << "the multipart body differs";
+  EXPECT_EQ(header(r, "content-length"), std::to_string(expected.size()));
+  EXPECT_TRUE(header(r, "content-range").empty());
+
+  // Ranges out of order keep their order; more than 200 get the whole file.
+  auto reversed = curl("-r 1000-1009,0-9");
+  ASSERT_EQ(reversed.status, 206);
+  EXPECT_LT(reversed.body.find("bytes 1000-1009/"), reversed.body.find("bytes 0-9/"));
+  std::string many;
+  for (int i = 0; i < 201; ++i) many += (i ? "," : "") + std::to_string(i * 10) + "-" + std::to_string(i * 10 + 1);
+  auto too_many = curl("-r " + many);
+  ASSERT_EQ(too_many.status, 200);
+  EXPECT_EQ(too_many.body, kData);
+}
+
 TEST_F(ServerTest, MissingFileIs404AndBadPathsAre400) {
   write_file(dir / "a.bin", kData);
   fs::create_directories(dir / "sub");
