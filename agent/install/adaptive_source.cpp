@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "agent/download/range_fetch.hpp"
 #include "agent/errors.hpp"
 #include "agent/install/write_behind.hpp"
 #include "artifacts/crypto.hpp"
@@ -29,8 +30,11 @@ namespace {
 constexpr std::uint64_t kFirstPiece = 8 * 1024;    // the first Range request: version, manifest, ...
 constexpr std::uint64_t kFrameMargin = 4096;       // past the data member's header: its first frame
 constexpr std::uint64_t kMaxPrefix = 64ull << 20;  // a header larger than this is not worth it
-constexpr std::size_t kBatch = 256 * 1024;         // fetched bytes per hand-off to the pool
+constexpr std::size_t kBatch = 64 * 1024;          // fetched bytes per hand-off to the pool
 constexpr std::size_t kLocalRun = 128;             // local frames per hand-off to the pool
+// Fetched runs with at most this much payload built locally between them share a fetch() (and its
+// requests): the answer waits while those frames are built (a few seconds on slow storage).
+constexpr std::uint64_t kGroupLocal = 32ull << 20;
 
 std::string mib(std::uint64_t n) {
   char buf[32];
@@ -38,58 +42,46 @@ std::string mib(std::uint64_t n) {
   return buf;
 }
 
-/// Range requests of one artifact: every request after the first carries its validators
-/// (If-Range), so a changed artifact is noticed; counts what the network delivered.
+/// The artifact's byte ranges (range_fetch.hpp): one kept-alive connection for the prefix and the
+/// plan's ranges, several ranges per request; a second one, made when first needed, for a frame
+/// that must be fetched while the first is in the middle of an answer (local data that changed
+/// since it was indexed). Every request carries If-Range with the first answer's validators.
 class Fetcher {
  public:
-  Fetcher(const DownloadOptions& options, std::string url) : options_(options), url_(std::move(url)) {}
+  Fetcher(const DownloadOptions& options, std::string url)
+      : options_(options), url_(std::move(url)), main_(options_, url_) {}
 
-  /// Delivers artifact bytes [r.offset, r.offset + r.length) to `sink`, resuming after cut links.
-  asio::awaitable<Result<void>> fetch(const ByteRange& r, const BodySink& sink) {
-    DownloadState st{.url = url_};
-    st.offset = r.offset;
-    st.end = r.offset + r.length - 1;
-    st.etag = etag_;
-    st.last_modified = last_modified_;
-    st.total = total_;
-    const std::string url = url_;
-    RestartHandler on_restart = [url]() -> Result<void> {
-      return fail(AgentErrc::source_changed,
-                  "the artifact at " + url + " changed on the server during the download");
-    };
-    auto res = co_await download(options_, st, sink, on_restart, nullptr);
-    received_ += st.bytes_received;
-    attempts_ += st.attempts;
-    ++requests_;
-    if (etag_.empty() && last_modified_.empty()) {
-      etag_ = st.etag;
-      last_modified_ = st.last_modified;
+  /// Delivers `ranges` (ascending) to `sink` on the main connection.
+  asio::awaitable<Result<void>> fetch(std::span<const ByteRange> ranges, const RangeSink& sink) {
+    co_return co_await main_.fetch(ranges, sink);
+  }
+  /// Delivers one range on the second connection.
+  asio::awaitable<Result<void>> fetch_aside(const ByteRange& range, const RangeSink& sink) {
+    if (!aside_) {
+      aside_ = std::make_unique<RangeClient>(options_, url_);
+      aside_->assume(main_.etag(), main_.last_modified(), main_.total().value_or(0));
     }
-    if (st.total) total_ = st.total;
-    co_return res;
+    const ByteRange one[] = {range};
+    co_return co_await aside_->fetch(one, sink);
   }
 
-  std::optional<std::uint64_t> total() const { return total_; }
-  std::string etag() const { return etag_; }
-  std::string last_modified() const { return last_modified_; }
+  std::optional<std::uint64_t> total() const { return main_.total(); }
+  std::string etag() const { return main_.etag(); }
+  std::string last_modified() const { return main_.last_modified(); }
   /// Validators of a prefix fetched by an earlier run: every range is checked against them.
   void assume(std::string etag, std::string last_modified, std::uint64_t total) {
-    etag_ = std::move(etag);
-    last_modified_ = std::move(last_modified);
-    total_ = total;
+    main_.assume(std::move(etag), std::move(last_modified), total);
   }
-  bool has_validators() const { return !etag_.empty() || !last_modified_.empty(); }
-  std::uint64_t received() const { return received_; }
-  int attempts() const { return attempts_; }
-  std::uint64_t requests() const { return requests_; }
+  bool has_validators() const { return main_.has_validators(); }
+  std::uint64_t received() const { return main_.received() + (aside_ ? aside_->received() : 0); }
+  int attempts() const { return main_.attempts() + (aside_ ? aside_->attempts() : 0); }
+  std::uint64_t requests() const { return main_.requests() + (aside_ ? aside_->requests() : 0); }
 
  private:
   const DownloadOptions& options_;
   std::string url_;
-  std::string etag_, last_modified_;
-  std::optional<std::uint64_t> total_;
-  std::uint64_t received_ = 0, requests_ = 0;
-  int attempts_ = 0;
+  RangeClient main_;
+  std::unique_ptr<RangeClient> aside_;
 };
 
 /// Where the next prefix request should end (exclusive), from the outer tar seen so far: through
@@ -375,7 +367,7 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
     head = cached->head;
     co_return Prefix{std::move(header), {}};
   }
-  BodySink sink = [&](std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
+  RangeSink sink = [&](std::size_t, std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
     if (!header) {
       auto r = reader.feed(bytes);
       if (!r && !header) co_return r.error();
@@ -392,7 +384,7 @@ asio::awaitable<Result<Prefix>> fetch_prefix(Fetcher& fetcher, const artifacts::
       end = std::min(end, *fetcher.total());
     }
     if (end > kMaxPrefix) co_return Prefix{{}, "the artifact's header is larger than " + mib(kMaxPrefix)};
-    const ByteRange piece{head.size(), end - head.size()};
+    const ByteRange piece[] = {{head.size(), end - head.size()}};
     auto r = co_await fetcher.fetch(piece, sink);
     if (!r && is(r.error(), AgentErrc::range_ignored))
       co_return Prefix{{}, "the server ignores Range requests"};
@@ -413,7 +405,7 @@ std::string AdaptivePlanSummary::describe() const {
          std::to_string(frames) + " chunks (" + mib(bytes_reused) + ") reused" +
          (frames_on_standby ? " (" + std::to_string(frames_on_standby) + " already on the target)" : "") +
          ", fetching " + mib(bytes_to_fetch) + " of " + mib(artifact_size) + " (" + p + ") in " +
-         std::to_string(ranges) + " range requests";
+         std::to_string(ranges) + " ranges";
 }
 
 namespace {
@@ -544,59 +536,93 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
     progress.attempt = std::max(1, fetcher.attempts());
     reporter.report(progress);
   };
-  // Fetches frames [first, last) (their bytes are `range`) and writes them, a batch per hand-off.
-  auto fetch_frames = [&](std::size_t first, std::size_t last,
-                          const ByteRange& range) -> asio::awaitable<Result<void>> {
+  // Fetched bytes of frames [next, last) arrive in pieces: whole frames are decoded and written a
+  // batch per hand-off to the pool.
+  struct Feed {
+    std::size_t next = 0, last = 0;
     std::vector<std::uint8_t> buf;
-    buf.reserve(kBatch + 128 * 1024);
-    std::size_t next = first;
-    BodySink sink = [&](std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
-      buf.insert(buf.end(), bytes.begin(), bytes.end());
-      std::size_t upto = next;
-      std::size_t used = 0;
-      while (upto < last && used + index.frames[upto].size <= buf.size()) used += index.frames[upto++].size;
-      if (upto == next || (used < kBatch && upto < last)) co_return Result<void>{};
-      const std::size_t a = next, b = upto;
-      auto r = co_await offload(options.blocking, [&](std::stop_token) {
-        return out.decode(a, b, {buf.data(), used});
-      });
-      if (!r) co_return r.error();
-      buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
-      next = upto;
-      advance(next);
-      co_return Result<void>{};
-    };
-    auto r = co_await fetcher.fetch(range, sink);
-    if (r && next != last)
-      r = fail(Errc::internal,
-               "fetched frames " + std::to_string(next) + " to " + std::to_string(last) + " are incomplete");
-    co_return r;
+  };
+  auto feed = [&](Feed& f, std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
+    f.buf.insert(f.buf.end(), bytes.begin(), bytes.end());
+    std::size_t upto = f.next;
+    std::size_t used = 0;
+    while (upto < f.last && used + index.frames[upto].size <= f.buf.size()) used += index.frames[upto++].size;
+    if (upto == f.next || (used < kBatch && upto < f.last)) co_return Result<void>{};
+    const std::size_t a = f.next, b = upto;
+    auto r = co_await offload(options.blocking, [&](std::stop_token) {
+      return out.decode(a, b, {f.buf.data(), used});
+    });
+    if (!r) co_return r.error();
+    f.buf.erase(f.buf.begin(), f.buf.begin() + static_cast<std::ptrdiff_t>(used));
+    f.next = upto;
+    advance(f.next);
+    co_return Result<void>{};
+  };
+  auto incomplete = [](const Feed& f) {
+    return fail(Errc::internal, "fetched frames " + std::to_string(f.next) + " to " + std::to_string(f.last) +
+                                    " are incomplete");
   };
 
-  std::size_t run = 0;
-  for (std::size_t i = 0; i < from.size();) {
-    if (run < runs.size() && runs[run].first == i) {
-      const Run& rr = runs[run++];
-      auto r = co_await fetch_frames(rr.first, rr.last, rr.range);
-      if (!r) co_return r.error();
-      i = rr.last;
-      continue;
+  // Frames [i, stop_at) from local data (none of them is in a run). A frame whose local data no
+  // longer matches (changed since it was indexed) is fetched on the second connection.
+  std::size_t i = 0;
+  auto build_upto = [&](std::size_t stop_at) -> asio::awaitable<Result<void>> {
+    while (i < stop_at) {
+      const std::size_t a = i, b = std::min(stop_at, i + kLocalRun);
+      auto built = co_await offload(options.blocking,
+                                    [&](std::stop_token stop) { return out.build(from, a, b, stop); });
+      if (!built) co_return built.error();
+      i = *built;
+      if (i < b) {
+        Feed f{i, i + 1, {}};
+        RangeSink one = [&](std::size_t, std::span<const std::uint8_t> bytes) { return feed(f, bytes); };
+        auto r = co_await fetcher.fetch_aside(plan.frame_range(index, i), one);
+        if (r && f.next != f.last) r = incomplete(f);
+        if (!r) co_return r.error();
+        ++i;
+      }
+      advance(i);
     }
-    const std::size_t stop_at =
-        std::min({from.size(), i + kLocalRun, run < runs.size() ? runs[run].first : from.size()});
-    const std::size_t a = i;
-    auto built = co_await offload(options.blocking,
-                                  [&](std::stop_token stop) { return out.build(from, a, stop_at, stop); });
-    if (!built) co_return built.error();
-    i = *built;
-    if (i < stop_at) {
-      // The local data changed since it was indexed (or the target's copy): fetch this one frame.
-      auto r = co_await fetch_frames(i, i + 1, plan.frame_range(index, i));
-      if (!r) co_return r.error();
-      ++i;
-    }
-    advance(i);
+    co_return Result<void>{};
+  };
+
+  // The runs, several per fetch() (and so per request): neighbours with at most kGroupLocal of
+  // local frames between them, built while the answer waits, so the connection never idles long.
+  for (std::size_t g = 0; g < runs.size();) {
+    std::size_t h = g + 1;
+    while (h < runs.size() && index.frame_payload_offset(runs[h].first) -
+                                      index.frame_payload_offset(runs[h - 1].last) <= kGroupLocal)
+      ++h;
+    auto before = co_await build_upto(runs[g].first);
+    if (!before) co_return before.error();
+    std::vector<ByteRange> ranges;
+    for (std::size_t k = g; k < h; ++k) ranges.push_back(runs[k].range);
+    std::size_t current = SIZE_MAX;
+    Feed f;
+    f.buf.reserve(kBatch + 128 * 1024);
+    RangeSink sink = [&](std::size_t k, std::span<const std::uint8_t> bytes) -> asio::awaitable<Result<void>> {
+      if (k != current) {
+        if (current != SIZE_MAX && f.next != f.last) co_return incomplete(f);
+        const Run& run = runs[g + k];
+        auto built = co_await build_upto(run.first);
+        if (!built) co_return built.error();
+        current = k;
+        f.next = run.first;
+        f.last = run.last;
+        f.buf.clear();
+      }
+      auto r = co_await feed(f, bytes);
+      if (r) i = f.next;
+      co_return r;
+    };
+    auto r = co_await fetcher.fetch(ranges, sink);
+    if (r && (current != h - g - 1 || f.next != f.last)) r = incomplete(f);
+    if (!r) co_return r.error();
+    i = runs[h - 1].last;
+    g = h;
   }
+  auto rest = co_await build_upto(from.size());
+  if (!rest) co_return rest.error();
   auto finished =
       co_await offload(options.blocking, [&](std::stop_token) { return out.finish(header.payload_sha256); });
   // Only a block on the running partition that matches its XXH3 hash but not the image (made so on

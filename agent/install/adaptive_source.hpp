@@ -6,21 +6,28 @@
 //      payload's tar header) is fetched with Range requests and verified by the artifact reader,
 //      exactly as a full install verifies it; the HeaderCheck runs there.
 //   2. The running partition is indexed (streamed once, on the blocking pool) and a plan made.
-//   3. Frame by frame, in payload order: built from local blocks (each block and the frame checked
-//      against the signed index), or fetched (coalesced neighbouring frames, one Range request per
-//      run, sequential on one connection at a time) and checked the same way; written to the
-//      standby partition; the payload's SHA-256 from the signed manifest checked over all of it.
+//   3. Frame by frame, in payload order: built from local blocks (runs of blocks that follow each
+//      other locally read at once, each block checked against its index hash), or fetched
+//      (coalesced neighbouring frames; the runs go several per request over one kept-alive
+//      connection, RangeClient of range_fetch.hpp, and local frames between them are built while
+//      the answer waits) and checked against the frame's SHA-256; written to the standby partition
+//      behind the builder (WriteBehind); the payload's SHA-256 from the signed manifest checked over
+//      all of it.
 //
 // Never worse than a full download: no index, a server that ignores Range, an unreadable running
 // partition, a plan fetching more than `full_threshold` of the artifact, or an unsigned artifact
 // whose deployment carries a SHA-256 of the whole file (which only a full download can check)
-// all return `fallback` with the reason, before anything is written; the caller streams.
+// all return `fallback` with the reason, before anything is written; the caller streams. So does
+// a built payload whose SHA-256 differs from the manifest's, after writing (XXH3 block hashes are
+// not cryptographic, chunk_index.hpp; only a block forged to match one gets there): the stream
+// overwrites it.
 //
 // Resume: only the prefix is kept (prefix_cache). An install run again after a kill or a power cut
 // (`resuming`) verifies the kept prefix again, checks each frame the standby partition already
 // holds against the index and keeps those, so only frames still missing are fetched; the ranges
 // carry If-Range with the kept validators, so a changed artifact is noticed. A cut link resumes
-// the range it was fetching at the byte where it stopped.
+// the range it was fetching at the byte where it stopped. A kill loses what was fetched and not yet
+// written: at most one batch of compressed frames (64 KiB) and what was in the socket buffers.
 //
 // Threads: runs on the caller's io executor; partition reads, hashing, decompression and writes run
 // on `blocking` (whole runs of frames per hand-off). Cancellation: per-operation cancellation of
