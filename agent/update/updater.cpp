@@ -384,6 +384,9 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   s.artifact_name = result->header.artifact_name;
   s.provides = provides_of(result->header);
   s.clears_provides = result->header.clears_provides;
+  // Kept for the final status, sent after the reboot by the next daemon.
+  s.bytes_fetched = result->network_bytes;
+  s.bytes_reused = result->reused;
   // Download_Leave; then the artifact's scripts take over, kept on the data partition for the
   // states after the reboot; ArtifactInstall_Enter.
   ScriptState failed_state = ScriptState::Download;
