@@ -295,13 +295,17 @@ TEST_F(Fleet, AdaptiveInstallsFetchAFractionAndTheSummaryAndTernFleetShowWhatWas
   auto r = deploy("release-2 --all --id adaptive-1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   std::string s;
-  ASSERT_TRUE(wait_until([&] { return (s = summary("adaptive-1")).find("\"success\":2") != std::string::npos; }, 120s))
-      << s << "\n" << daemons[0]->log() << daemons[1]->log();
-  const std::uint64_t served_two = server_link->bytes_downstream(), connections_two = server_link->connections();
+  ASSERT_TRUE(wait_until(
+      [&] { return (s = summary("adaptive-1")).find("\"success\":2") != std::string::npos; }, 120s))
+      << s << "\n"
+      << daemons[0]->log() << daemons[1]->log();
+  const std::uint64_t served_two = server_link->bytes_downstream(),
+                      connections_two = server_link->connections();
 
   // device-3 was off; it comes online, gets the deployment kept for it, and installs it.
   daemons.push_back(std::make_unique<SimDaemon>(*devices[2]));
-  ASSERT_TRUE(wait_until([&] { return finished(s = summary("adaptive-1")); }, 120s)) << s << daemons[2]->log();
+  ASSERT_TRUE(wait_until([&] { return finished(s = summary("adaptive-1")); }, 120s))
+      << s << daemons[2]->log();
   const std::uint64_t served_third = server_link->bytes_downstream() - served_two;
   const std::uint64_t connections_third = server_link->connections() - connections_two;
 
@@ -321,8 +325,8 @@ TEST_F(Fleet, AdaptiveInstallsFetchAFractionAndTheSummaryAndTernFleetShowWhatWas
   std::vector<Figures> reported;
   for (int i : {1, 2, 3}) {
     auto id = "device-" + std::to_string(i);
-    auto st = run("mosquitto_sub " + broker.client_args("operator") + " -C 1 -W 5 --retained-only -t tern/devices/" +
-                  id + "/status");
+    auto st = run("mosquitto_sub " + broker.client_args("operator") +
+                  " -C 1 -W 5 --retained-only -t tern/devices/" + id + "/status");
     ASSERT_EQ(st.exit_code, 0) << st.output;
     auto o = boost::json::parse(st.output).as_object();
     EXPECT_EQ(o.at("status").as_string(), "success") << st.output;
@@ -341,7 +345,8 @@ TEST_F(Fleet, AdaptiveInstallsFetchAFractionAndTheSummaryAndTernFleetShowWhatWas
   // The server's side agrees: it sent the bodies the devices counted, plus a TLS handshake and
   // HTTP headers per connection (about 3 KiB; each range request opens one).
   const std::uint64_t fetched_two = reported[0].fetched + reported[1].fetched, per_connection = 8u << 10;
-  RecordProperty("served_fraction_per_adaptive_device", std::to_string(double(served_two) / 2.0 / double(size)));
+  RecordProperty("served_fraction_per_adaptive_device",
+                 std::to_string(double(served_two) / 2.0 / double(size)));
   EXPECT_LT(double(served_two), 2 * 0.4 * double(size)) << "served " << served_two << " for 2 x " << size;
   EXPECT_GE(served_two, fetched_two);
   EXPECT_LE(served_two, fetched_two + connections_two * per_connection)
@@ -352,7 +357,8 @@ TEST_F(Fleet, AdaptiveInstallsFetchAFractionAndTheSummaryAndTernFleetShowWhatWas
   EXPECT_GE(double(reported[2].fetched), 0.9 * double(size)) << daemons[2]->log();
   EXPECT_GE(served_third, reported[2].fetched);
   EXPECT_LE(served_third, reported[2].fetched + connections_third * per_connection)
-      << connections_third << " connections\n" << daemons[2]->log();
+      << connections_third << " connections\n"
+      << daemons[2]->log();
 
   // The bridge's summary: every device counted once, with the figures it reported.
   auto text = summary("adaptive-1");
@@ -378,8 +384,8 @@ TEST_F(Fleet, AdaptiveInstallsFetchAFractionAndTheSummaryAndTernFleetShowWhatWas
     std::snprintf(b, sizeof b, "%.1f MiB", double(n) / 1048576.0);
     return std::string(b);
   };
-  const std::string line = "saved " + mib(saved) + ": 3 device(s) fetched " + mib(fetched_all) + " and reused " +
-                           mib(reused_all) + " of their own data";
+  const std::string line = "saved " + mib(saved) + ": 3 device(s) fetched " + mib(fetched_all) +
+                           " and reused " + mib(reused_all) + " of their own data";
   EXPECT_NE(text.find(line), std::string::npos) << "expected \"" << line << "\" in:\n" << text;
 }
 
