@@ -102,6 +102,11 @@ class Daemon {
   }
 
   // --- reporting -------------------------------------------------------------------------------
+  /// The statuses that carry bytes fetched and reused: progress, and a finished install's.
+  static bool carries_transfer(Status s) {
+    return s == Status::downloading || s == Status::installing || s == Status::success;
+  }
+
   /// `seq` 0: the next sequence number.
   void report(const InstallJob& job, Status status, std::uint64_t bytes = 0, std::uint64_t total = 0,
               const std::string& error = {}, std::uint64_t seq_number = 0, std::uint64_t eta = 0) {
@@ -121,8 +126,8 @@ class Daemon {
                    .time = unix_now(),
                    .seq = *seq,
                    .eta = eta,
-                   .bytes_fetched = status == Status::downloading || status == Status::installing ? fetched_ : 0,
-                   .bytes_reused = status == Status::downloading || status == Status::installing ? reused_ : 0};
+                   .bytes_fetched = carries_transfer(status) ? fetched_ : 0,
+                   .bytes_reused = carries_transfer(status) ? reused_ : 0};
     log::info("status ", job.deployment_id, ": ", to_string(status), error.empty() ? "" : " (" + error + ")");
     // Paho stores it (file persistence) until the broker has it, across reconnects and restarts.
     // Retained: the broker keeps each device's last status, which the bridges reconcile against
@@ -149,6 +154,10 @@ class Daemon {
                   : s.success         ? Status::success
                                       : Status::failure;
       if (st == Status::failure) co_await send_log(s);  // before the status: there when it is seen
+      // The install's figures, kept in the state across the reboot: the last status, which the
+      // broker retains and the bridges reconcile from, says what the install cost.
+      fetched_ = s.bytes_fetched;
+      reused_ = s.bytes_reused;
       report(s.job, st, s.aborted ? 0 : s.job.size, s.job.size, s.success ? "" : s.error, s.final_seq);
     }
     auto r = co_await state_op([&]() -> Result<void> {

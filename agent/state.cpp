@@ -181,6 +181,8 @@ Result<InstallState> StateStore::load_install() const {
     TERN_GET(aborted, boolean_or, "aborted", false)
     TERN_GET(final_seq, u64_or, "final_seq", 0)
     TERN_GET(reported, boolean_or, "reported", true)
+    TERN_GET(bytes_fetched, u64_or, "bytes_fetched", 0)
+    TERN_GET(bytes_reused, u64_or, "bytes_reused", 0)
     TERN_GET(updated, i64_or, "updated", 0)
 #undef TERN_GET
     auto provides = root.string_map_or_empty("provides");
@@ -212,6 +214,8 @@ Result<void> StateStore::save_install(const InstallState& s) {
   o["aborted"] = s.aborted;
   o["final_seq"] = s.final_seq;
   o["reported"] = s.reported;
+  o["bytes_fetched"] = s.bytes_fetched;
+  o["bytes_reused"] = s.bytes_reused;
   o["updated"] = s.updated;
   return write_file_atomic(dir_ / "install.json", serialize_pretty(o));
 }

@@ -69,6 +69,8 @@ struct InstallState {
   std::uint64_t final_seq = 0;  ///< for done: the final status's sequence number, once allocated; a
                                 ///< status sent again after a power cut reuses it (receivers dedup)
   bool reported = true;       ///< for done: whether the final status reached the daemon's queue
+  std::uint64_t bytes_fetched = 0;  ///< artifact bytes the download received (for the final status)
+  std::uint64_t bytes_reused = 0;   ///< payload bytes an adaptive install built locally (likewise)
   std::int64_t updated = 0;   ///< Unix time of the last transition
 };
 

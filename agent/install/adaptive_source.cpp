@@ -419,7 +419,9 @@ asio::awaitable<Result<AdaptiveOutcome>> run_once(const PipelineSource& source,
   Fetcher fetcher(source.download, url);
   ProgressGate reporter(progress_fn);
   PipelineProgress progress;
-  auto fallback = [](std::string why) { return AdaptiveOutcome{{}, std::move(why)}; };
+  auto fallback = [&fetcher](std::string why) {
+    return AdaptiveOutcome{{}, std::move(why), fetcher.received()};
+  };
 
   // 1. The signed header, with the chunk index: kept by an interrupted run of this install, or fetched.
   const std::filesystem::path cache = options.prefix_cache;

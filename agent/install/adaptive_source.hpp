@@ -73,6 +73,7 @@ struct AdaptiveOptions {
 struct AdaptiveOutcome {
   std::optional<PipelineResult> result;  ///< installed (written and synced)
   std::string fallback;                  ///< else why not: stream the artifact instead
+  std::uint64_t fetched = 0;             ///< with a fallback: artifact bytes received first (the prefix)
 };
 
 /// Installs source.job.source (an http(s) URL) into `target` adaptively, or says why not.

@@ -265,6 +265,7 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   DownloadOptions download = download_;
   download.max_bytes_per_second = combined_cap(config_.download_max_rate, job.max_rate);
   Result<PipelineResult> result = fail(Errc::internal, "not run");
+  std::uint64_t fallback_fetched = 0;  // what an adaptive attempt fetched before the full stream
   for (int restart = 0; restart < 3; ++restart) {
     if (adaptive) {
       AdaptiveOptions ao{.active = partition_of(start->running), .resuming = adaptive_resuming, .blocking = pool_.any()};
@@ -285,6 +286,7 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
         break;
       }
       log::info("not installing adaptively (", a->fallback, "): streaming the whole artifact");
+      fallback_fetched += a->fetched;
       adaptive = false;
     }
     PartitionWriterOptions writer_options;
@@ -353,6 +355,7 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
     }
   }
 
+  if (result) result->network_bytes += fallback_fetched;  // every byte this install received
   // Not a rootfs image: its update module installs it (the pipeline stopped at its header).
   if (module_header) co_return co_await ModuleInstall::install(*this, job, s, *module_header, ro, progress);
   if (!result && is(result.error(), AgentErrc::already_installed)) {
@@ -384,6 +387,9 @@ asio::awaitable<Result<InstallReport>> Updater::install(const InstallJob& job_ar
   s.artifact_name = result->header.artifact_name;
   s.provides = provides_of(result->header);
   s.clears_provides = result->header.clears_provides;
+  // Kept for the final status, sent after the reboot by the next daemon.
+  s.bytes_fetched = result->network_bytes;
+  s.bytes_reused = result->reused;
   // Download_Leave; then the artifact's scripts take over, kept on the data partition for the
   // states after the reboot; ArtifactInstall_Enter.
   ScriptState failed_state = ScriptState::Download;

@@ -7,28 +7,17 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
-#include <random>
 #include <regex>
 #include <thread>
 
 #include "broker-bridge/artifact_server.hpp"
 #include "tests/agent/sim_agent.hpp"
+#include "tests/support/ext4_image.hpp"
 #include "tests/support/fault_proxy.hpp"
 #include "tests/support/nginx.hpp"
 
 namespace tern::test {
 namespace {
-
-// File-like, compressible content: words of a small vocabulary, seeded.
-std::string words(std::size_t size, unsigned seed) {
-  static const char* vocab[] = {"partition ",  "rootfs ", "kernel ",      "module ", "firmware ", "\n",
-                                "GLIBC_2.36 ", "0x7f3a ", "libssl.so.3 ", "update ", "signed ",   "frame "};
-  std::mt19937 rng(seed);
-  std::string s;
-  while (s.size() < size) s += vocab[rng() % std::size(vocab)];
-  s.resize(size);
-  return s;
-}
 
 // Artifact bytes the plan line says it fetches ("fetching 1.2 MiB of ..."), and chunks reused.
 struct PlanLine {
@@ -55,30 +44,22 @@ class AdaptiveInstall : public ::testing::Test {
     for (int i = 0; i < 60; ++i) {
       auto p = tmp / "tree1" / ("d" + std::to_string(i % 4)) / ("f" + std::to_string(i));
       fs::create_directories(p.parent_path());
-      write_file(p, words(10000 + (i * 7919) % (190 * 1024), static_cast<unsigned>(i)));
+      write_file(p, file_text(10000 + (i * 7919) % (190 * 1024), static_cast<unsigned>(i)));
     }
     ASSERT_EQ(run("cp -a " + q(tmp / "tree1") + " " + q(tmp / "tree2")).exit_code, 0);
     for (int i : {5, 22, 41})
       write_file(tmp / "tree2" / ("d" + std::to_string(i % 4)) / ("f" + std::to_string(i)),
-                 words(60000 + i * 333, 900u + static_cast<unsigned>(i)));
-    write_file(tmp / "tree2/d1/new-a", words(180000, 3001));
-    write_file(tmp / "tree2/new-b", words(40000, 3002));
-    mkfs(tmp / "tree1", v1);
-    mkfs(tmp / "tree2", v2);
+                 file_text(60000 + i * 333, 900u + static_cast<unsigned>(i)));
+    write_file(tmp / "tree2/d1/new-a", file_text(180000, 3001));
+    write_file(tmp / "tree2/new-b", file_text(40000, 3002));
+    make_ext4(tmp / "tree1", v1, 12);
+    make_ext4(tmp / "tree2", v2, 12);
     v1_bytes = read_file(v1);
     v2_bytes = read_file(v2);
     artifact = make_artifact(tmp.path(), "v2", v2_bytes);
     fs::create_directories(tmp / "plain");
     artifact_no_index = make_artifact(tmp / "plain", "v2", v2_bytes, "qemu", "--no-chunk-index");
     artifact_size = fs::file_size(artifact);
-  }
-
-  static void mkfs(const fs::path& tree, const fs::path& img) {
-    const std::string uuid = "0d6f3c2a-5b7e-4f21-8c3d-9e1a2b3c4d5e";
-    auto r = run("find " + q(tree) + " -exec touch -h -d @1700000000 {} + && truncate -s 12M " + q(img) +
-                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid +
-                 " -E hash_seed=" + uuid + ",root_owner=0:0 -d " + q(tree) + " " + q(img));
-    ASSERT_EQ(r.exit_code, 0) << r.output;
   }
 
   /// A device running v1 from partition 2.

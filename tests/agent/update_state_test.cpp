@@ -102,6 +102,8 @@ TEST(StateStore, RoundTripsAtomicallyAndCountsSequences) {
   s.provides = {{"rootfs-image.version", "2"}};
   s.clears_provides = {"rootfs-image.*"};
   s.job.sha256 = std::string(64, 'a');
+  s.bytes_fetched = 123456;
+  s.bytes_reused = 7890123;
   ASSERT_TRUE(store->save_install(s));
   auto back = store->load_install();
   ASSERT_TRUE(back);
@@ -109,6 +111,8 @@ TEST(StateStore, RoundTripsAtomicallyAndCountsSequences) {
   EXPECT_EQ(back->job, s.job) << "the job goes into the state file and comes back whole";
   EXPECT_EQ(back->provides, s.provides);
   EXPECT_EQ(back->clears_provides, s.clears_provides);
+  EXPECT_EQ(back->bytes_fetched, 123456u) << "kept for the final status, sent after the reboot";
+  EXPECT_EQ(back->bytes_reused, 7890123u);
   EXPECT_FALSE(fs::exists(dir / "state/install.json.tmp"));
 
   auto a = store->next_seq(), b = store->next_seq();

@@ -5,10 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <random>
 
 #include "artifacts/adaptive.hpp"
 #include "tests/artifacts/fixtures.hpp"
+#include "tests/support/ext4_image.hpp"
 
 namespace tern::test {
 namespace {
@@ -18,18 +18,6 @@ std::string q(const fs::path& p) {
 }
 std::string tool() {
   return (build_dir() / "artifacts/tern-artifact").string();
-}
-
-// Compressible, file-like content: words from a small vocabulary, seeded.
-std::string text_file(std::size_t size, unsigned seed) {
-  static const char* words[] = {"update ",    "device ", "fleet ",     "kernel ",    "rootfs ",
-                                "partition ", "signed ", "frame ",     "block ",     "index ",
-                                "\n",         "0x1f2e ", "libc.so.6 ", "GLIBC_2.34 "};
-  std::mt19937 rng(seed);
-  std::string s;
-  while (s.size() < size) s += words[rng() % std::size(words)];
-  s.resize(size);
-  return s;
 }
 
 class AdaptiveExt4 : public ::testing::Test {
@@ -42,26 +30,17 @@ class AdaptiveExt4 : public ::testing::Test {
     for (int i = 0; i < 40; ++i) {
       auto p = dir / "tree1" / ("d" + std::to_string(i % 3)) / ("f" + std::to_string(i));
       fs::create_directories(p.parent_path());
-      write_file(p, text_file(8192 + (i * 2909) % (112 * 1024), static_cast<unsigned>(i)));
+      write_file(p, file_text(8192 + (i * 2909) % (112 * 1024), static_cast<unsigned>(i)));
     }
     // v2: 3 files rewritten (new content, other sizes), 2 added; copied so mkfs allocates afresh.
     ASSERT_EQ(run("cp -a " + q(dir / "tree1") + " " + q(dir / "tree2")).exit_code, 0);
     for (int i : {3, 17, 31})
       write_file(dir / "tree2" / ("d" + std::to_string(i % 3)) / ("f" + std::to_string(i)),
-                 text_file(50000 + i * 100, 1000u + static_cast<unsigned>(i)));
-    write_file(dir / "tree2/d0/new-a", text_file(150000, 2001));
-    write_file(dir / "tree2/new-b", text_file(30000, 2002));
-    mkfs(dir / "tree1", v1);
-    mkfs(dir / "tree2", v2);
-  }
-
-  void mkfs(const fs::path& tree, const fs::path& img) {
-    // Reproducible: fixed time, UUID and hash seed, every file's mtime the same.
-    const std::string uuid = "6b1c9d2e-0f4a-4c1e-9a55-7d3e2b1f0a11";
-    auto r = run("find " + q(tree) + " -exec touch -h -d @1700000000 {} + && truncate -s 8M " + q(img) +
-                 " && E2FSPROGS_FAKE_TIME=1700000000 mkfs.ext4 -q -F -b 1024 -U " + uuid +
-                 " -E hash_seed=" + uuid + ",root_owner=0:0 -d " + q(tree) + " " + q(img));
-    ASSERT_EQ(r.exit_code, 0) << r.output;
+                 file_text(50000 + i * 100, 1000u + static_cast<unsigned>(i)));
+    write_file(dir / "tree2/d0/new-a", file_text(150000, 2001));
+    write_file(dir / "tree2/new-b", file_text(30000, 2002));
+    make_ext4(dir / "tree1", v1, 8);
+    make_ext4(dir / "tree2", v2, 8);
   }
 
   artifacts::Header write_artifact(const std::string& extra = "") {
