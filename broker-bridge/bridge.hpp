@@ -65,6 +65,9 @@ struct BridgeOptions {
   std::string shared_group;
   bool retained_device_state = true;         ///< see the header comment
   std::chrono::milliseconds tick{200};       ///< rollout evaluation and summary coalescing period
+  /// Most messages taken from the inbox at once; the statuses among them are ingested in one
+  /// store transaction (Fleet::handle_batch).
+  std::size_t batch = 512;
   /// Reconciliation (with a shared_group only; see below): a pass after every (re)connection and
   /// then every reconcile_interval (0: only after connections); a pass that has not seen its
   /// marker within reconcile_deadline is reported and given up.
