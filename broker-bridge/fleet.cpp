@@ -140,26 +140,30 @@ Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& 
 
 // --- rollout ----------------------------------------------------------------------------------------
 
+void Fleet::mark_sent(DeviceDeploymentRecord& row, const DeploymentRecord& d, const ArtifactRecord& art, int attempt,
+                      std::int64_t now, Outgoing& out) {
+  row.attempt = attempt;
+  row.status = "sent";
+  row.bytes = 0;
+  row.updated = now;
+  protocol::Deployment m;
+  m.deployment_id = wire_id(d.id, attempt);
+  m.artifact_name = art.name;
+  m.url = options_.artifact_base_url + "/" + art.file;
+  m.size = art.size;
+  m.sha256 = art.sha256;
+  m.max_rate = d.max_rate;
+  m.reboot = d.reboot;
+  out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
+}
+
 Result<void> Fleet::send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
                          Outgoing& out) {
   auto art = store_.artifact(d.artifact);
   if (!art) return art.error();
   if (!*art) return fail(Errc::not_found, "artifact " + d.artifact + " is no longer in the catalog");
-  row.attempt = attempt;
-  row.status = "sent";
-  row.bytes = 0;
-  row.updated = now;
-  if (auto w = store_.put_device_deployment(row); !w) return w;
-  protocol::Deployment m;
-  m.deployment_id = wire_id(d.id, attempt);
-  m.artifact_name = (*art)->name;
-  m.url = options_.artifact_base_url + "/" + (*art)->file;
-  m.size = (*art)->size;
-  m.sha256 = (*art)->sha256;
-  m.max_rate = d.max_rate;
-  m.reboot = d.reboot;
-  out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
-  return {};
+  mark_sent(row, d, **art, attempt, now, out);
+  return store_.put_device_deployment(row);
 }
 
 Result<void> Fleet::start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out) {
@@ -170,13 +174,19 @@ Result<void> Fleet::start_phase(DeploymentRecord& d, int phase, std::int64_t now
   if (auto w = store_.update_deployment(d); !w) return w;
   auto rows = store_.device_deployments(d.id);
   if (!rows) return rows.error();
-  std::size_t sent = 0;
+  std::vector<DeviceDeploymentRecord> sent;
   for (auto& row : *rows) {
     if (row.phase != phase || row.status != "pending") continue;
-    if (auto w = send(row, d, 1, now, out); !w) return w;
-    ++sent;
+    sent.push_back(std::move(row));
   }
-  log::info("deployment ", d.id, ": phase ", phase + 1, " of ", d.phases.size(), " (", sent, " devices)");
+  if (!sent.empty()) {
+    auto art = store_.artifact(d.artifact);
+    if (!art) return art.error();
+    if (!*art) return fail(Errc::not_found, "artifact " + d.artifact + " is no longer in the catalog");
+    for (auto& row : sent) mark_sent(row, d, **art, 1, now, out);
+    if (auto w = store_.put_device_deployments(sent); !w) return w;  // a few multi-row statements
+  }
+  log::info("deployment ", d.id, ": phase ", phase + 1, " of ", d.phases.size(), " (", sent.size(), " devices)");
   dirty_.insert(d.id);
   return {};
 }

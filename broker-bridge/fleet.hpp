@@ -144,6 +144,9 @@ class Fleet {
   Result<void> publish_summary(const DeploymentRecord& d, Outgoing& out);
   Result<void> send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
                     Outgoing& out);
+  /// The row as sent with `attempt`, and its retained deployment message (send() also stores it).
+  void mark_sent(DeviceDeploymentRecord& row, const DeploymentRecord& d, const ArtifactRecord& art, int attempt,
+                 std::int64_t now, Outgoing& out);
   Result<void> start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out);
   /// Phase completion, threshold and finish for a running deployment.
   Result<void> evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& out);
