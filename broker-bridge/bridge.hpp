@@ -37,6 +37,10 @@
 // from the executor thread (every outgoing message) would wait for that lock while the thread
 // that could empty the inbox is the one waiting: a deadlock, seen with a small inbox under load.
 //
+// Batches: after each wait the receive loop also takes what is already in the inbox (up to
+// BridgeOptions::batch) and hands it to Fleet::handle_batch, so a burst of statuses is one store
+// transaction.
+//
 // Thread safety: create, run and stop on one executor (stop may be called from any thread: it
 // posts). The store is SQLite on the executor's thread (WAL, short transactions).
 #pragma once

@@ -9,7 +9,9 @@
 // The schema is versioned (table schema_version, one row) and brought up to date by numbered
 // migrations when the file is opened; a file from a newer bridge is refused. The SQL is plain
 // (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) and runs unchanged on both, except the
-// history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL). On PostgreSQL the
+// history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL) and migration 5's
+// triggers (per deployment, phase and status, the number of device rows: deployment_counts(), kept
+// by the database on every write, so a rollout is evaluated without a scan). On PostgreSQL the
 // migrations run under a lock on schema_version, so bridges starting together migrate once; a
 // dropped connection is re-established before the next statement outside a transaction.
 //

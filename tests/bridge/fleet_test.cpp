@@ -14,6 +14,8 @@
 #include <boost/json/parse.hpp>
 #include <sqlite3.h>
 
+#include <tuple>
+
 namespace tern::test {
 namespace {
 
@@ -146,6 +148,40 @@ TEST(BridgeStore, RefusesASchemaFromANewerBridge) {
   auto s = Store::open(where);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("newer"), std::string::npos) << s.error().message();
+}
+
+TEST(BridgeStore, MigrationFiveCountsTheRowsAlreadyThere) {
+  TempDir dir;
+  const auto where = test_store(dir.path());
+  { ASSERT_TRUE(Store::open(where)); }
+  // Back to schema 4 (no counters, no triggers), with rows written meanwhile.
+  const bool pg = where.starts_with("postgresql");
+  store_exec(where, pg ? "DROP TRIGGER device_deployments_count ON device_deployments; "
+                         "DROP FUNCTION tern_count_device_deployments()"
+                       : "DROP TRIGGER device_deployments_count_insert; DROP TRIGGER device_deployments_count_update; "
+                         "DROP TRIGGER device_deployments_count_delete");
+  store_exec(where,
+             "DROP TABLE deployment_counts; UPDATE schema_version SET version = 4; "
+             "INSERT INTO deployments (id, artifact, targets, phases, pause_seconds, threshold, on_threshold, retries, "
+             "state, phase, created) VALUES ('d1', 'a', '{}', '[50,100]', 0, 100, 'pause', 0, 'running', 0, 1); "
+             "INSERT INTO device_deployments (deployment, device, phase, status) VALUES "
+             "('d1', 'x1', 0, 'success'), ('d1', 'x2', 0, 'success'), ('d1', 'x3', 0, 'failure'), ('d1', 'x4', 1, 'pending')");
+  auto s = Store::open(where);
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ((*s)->version().value(), bridge::schema_version);
+  std::vector<std::tuple<int, std::string, std::uint64_t>> got;
+  for (auto& c : (*s)->deployment_counts("d1").value()) got.emplace_back(c.phase, c.status, c.n);
+  const std::vector<std::tuple<int, std::string, std::uint64_t>> want{
+      {0, "failure", 1}, {0, "success", 2}, {1, "pending", 1}};
+  EXPECT_EQ(got, want);
+  // And the triggers are back: a row leaving "pending" moves its count.
+  auto row = (*s)->device_deployment("d1", "x4").value().value();
+  row.status = "sent";
+  ASSERT_TRUE((*s)->put_device_deployment(row));
+  got.clear();
+  for (auto& c : (*s)->deployment_counts("d1").value()) got.emplace_back(c.phase, c.status, c.n);
+  EXPECT_EQ(got, (std::vector<std::tuple<int, std::string, std::uint64_t>>{
+                     {0, "failure", 1}, {0, "success", 2}, {1, "sent", 1}}));
 }
 
 TEST(BridgeStore, FailedTransactionChangesNothing) {
