@@ -68,24 +68,35 @@ struct Bridge::Impl {
     }
   }
 
+  // Takes what arrived together (up to options.batch messages: the one waited for, then what is
+  // already in the inbox) and hands it to the fleet in one go, so a burst of statuses is one store
+  // transaction. The marker of a reconciliation pass is seen here in order: the messages before it
+  // are handled before the pass's coroutine runs again.
   asio::awaitable<void> receive_loop() {
+    std::vector<mqtt::Message> batch;
     for (;;) {
-      auto m = co_await client->receive();
-      if (!m) co_return;
-      if (m->topic == marker_topic()) {
-        if (m->payload == std::to_string(pass)) {
-          marker_seen = true;
-          marker_back.cancel();
+      auto first = co_await client->receive();
+      if (!first) co_return;
+      batch.clear();
+      std::optional<mqtt::Message> m = std::move(*first);
+      while (m) {
+        if (m->topic == marker_topic()) {
+          if (m->payload == std::to_string(pass)) {
+            marker_seen = true;
+            marker_back.cancel();
+          }
+        } else {
+          if (m->retained && m->topic.starts_with("tern/devices/")) {
+            ++retained_seen;
+            log::debug("reconciling ", m->topic, " from its retained message");
+          }
+          batch.push_back(std::move(*m));
         }
-        continue;
+        m = batch.size() < options.batch ? client->try_receive() : std::nullopt;
       }
-      if (m->retained && m->topic.starts_with("tern/devices/")) {
-        ++retained_seen;
-        log::debug("reconciling ", m->topic, " from its retained message");
-      }
-      auto out = fleet->handle(*m, unix_now());
+      auto out = fleet->handle_batch(batch, unix_now());
       publish(out);
-      ++processed;
+      processed += batch.size();
     }
   }
 

@@ -37,6 +37,10 @@
 // from the executor thread (every outgoing message) would wait for that lock while the thread
 // that could empty the inbox is the one waiting: a deadlock, seen with a small inbox under load.
 //
+// Batches: after each wait the receive loop also takes what is already in the inbox (up to
+// BridgeOptions::batch) and hands it to Fleet::handle_batch, so a burst of statuses is one store
+// transaction.
+//
 // Thread safety: create, run and stop on one executor (stop may be called from any thread: it
 // posts). The store is SQLite on the executor's thread (WAL, short transactions).
 #pragma once
@@ -65,6 +69,9 @@ struct BridgeOptions {
   std::string shared_group;
   bool retained_device_state = true;         ///< see the header comment
   std::chrono::milliseconds tick{200};       ///< rollout evaluation and summary coalescing period
+  /// Most messages taken from the inbox at once; the statuses among them are ingested in one
+  /// store transaction (Fleet::handle_batch).
+  std::size_t batch = 512;
   /// Reconciliation (with a shared_group only; see below): a pass after every (re)connection and
   /// then every reconcile_interval (0: only after connections); a pass that has not seen its
   /// marker within reconcile_deadline is reported and given up.

@@ -10,7 +10,6 @@
 
 #include <boost/json/array.hpp>
 
-#include <charconv>
 
 namespace tern::bridge {
 
@@ -23,19 +22,6 @@ mqtt::Message retained(std::string topic, std::string payload) {
   m.qos = 1;
   m.retained = true;
   return m;
-}
-
-// "{id}-retry-N" → {id, N}; nullopt if `wire` has no such suffix.
-std::optional<std::pair<std::string, int>> split_retry(const std::string& wire) {
-  constexpr std::string_view marker = "-retry-";
-  auto pos = wire.rfind(marker);
-  if (pos == std::string::npos || pos == 0) return std::nullopt;
-  std::string_view num(wire);
-  num.remove_prefix(pos + marker.size());
-  int n = 0;
-  auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
-  if (ec != std::errc{} || end != num.data() + num.size() || n < 2) return std::nullopt;
-  return std::pair{wire.substr(0, pos), n};
 }
 
 bool counts_as_failure(const std::string& status) { return status == "failure" || status == "aborted"; }
@@ -150,125 +136,34 @@ Outgoing Fleet::handle_presence(const std::string& device, const mqtt::Message& 
   });
 }
 
-// --- status ingest ----------------------------------------------------------------------------------
-
-Outgoing Fleet::handle_status(const std::string& device, const mqtt::Message& msg, std::int64_t now) {
-  if (msg.payload.empty()) return {};  // a cleared retained status (decommission): nothing to learn
-  auto ev = protocol::parse_status(msg.payload);
-  if (!ev) {
-    log::warn("dropping status of ", device, ": ", ev.error().message());
-    return {};
-  }
-  log::debug("status of ", device, " seq ", ev->seq, " for ", ev->deployment_id);
-  Outgoing out;
-  auto r = store_.transaction([&]() -> Result<void> {
-    // Several bridges: one status of a device at a time (last_seq makes a redelivered one a no-op).
-    if (auto l = store_.lock("device:" + device); !l) return l;
-    bool created = false;
-    auto dev = seen_device(device, created);
-    if (!dev) return dev.error();
-    dev->last_seen = now;
-    if (created) publish_device(*dev, out);
-
-    // Which deployment and attempt: the id as sent, or "{id}-retry-N".
-    int wire_attempt = 1;
-    auto row = store_.device_deployment(ev->deployment_id, device);
-    if (!row) return row.error();
-    if (!*row) {
-      if (auto split = split_retry(ev->deployment_id)) {
-        row = store_.device_deployment(split->first, device);
-        if (!row) return row.error();
-        wire_attempt = split->second;
-      }
-    }
-    if (!*row) {
-      log::warn("status of ", device, " for unknown deployment ", ev->deployment_id, ": dropped");
-      return store_.put_device(*dev);
-    }
-    auto& rr = **row;
-    const std::string word(protocol::to_string(ev->status));
-    // Idempotence under QoS 1 redelivery and ordering per device: seq only grows.
-    if (ev->seq != 0 && ev->seq <= rr.last_seq) {
-      log::debug("status of ", device, " seq ", ev->seq, ": duplicate or older than ", rr.last_seq);
-      return store_.put_device(*dev);
-    }
-    if (wire_attempt < rr.attempt) {
-      log::debug("status of ", device, ": attempt ", wire_attempt, " is superseded by ", rr.attempt);
-      return store_.put_device(*dev);
-    }
-    if (is_final_status(rr.status)) {
-      log::debug("status of ", device, ": ", rr.deployment, " already ended with ", rr.status);
-      return store_.put_device(*dev);
-    }
-    auto dep = store_.deployment(rr.deployment);
-    if (!dep) return dep.error();
-    if (!*dep) return fail(Errc::internal, "device deployment without deployment " + rr.deployment);
-
-    HistoryRecord h{rr.deployment, device, ev->seq, word, ev->time ? ev->time : now, ev->error, wire_attempt};
-    if (auto w = store_.add_history(h); !w) return w;
-    if (ev->bytes_fetched || ev->bytes_reused)
-      if (auto w = store_.put_transfer({.deployment = rr.deployment, .device = device, .fetched = ev->bytes_fetched,
-                                        .reused = ev->bytes_reused, .artifact = ev->total});
-          !w)
-        return w;
-    rr.status = word;
-    rr.bytes = ev->bytes;
-    rr.total = ev->total;
-    rr.error = ev->error;
-    if (ev->seq) rr.last_seq = ev->seq;
-    rr.updated = now;
-    if (rr.attempt == 0) rr.attempt = wire_attempt;
-
-    const bool running = (*dep)->state == "running" || (*dep)->state == "paused";
-    if (ev->status == protocol::Status::failure && running && rr.attempt <= (*dep)->retries) {
-      // Another attempt: a new deployment id so the device runs it again.
-      log::info("deployment ", rr.deployment, " failed on ", device, " (attempt ", rr.attempt, "): retrying");
-      if (auto w = send(rr, **dep, rr.attempt + 1, now, out); !w) return w;
-    } else {
-      if (auto w = store_.put_device_deployment(rr); !w) return w;
-      if (is_final_status(word)) {
-        // Done on this device: nothing left for it to run.
-        out.push_back(retained(protocol::topics::deployment(device), ""));
-        if (ev->status == protocol::Status::success || ev->status == protocol::Status::already_installed) {
-          if (dev->artifact_name != (*dep)->artifact) {
-            dev->artifact_name = (*dep)->artifact;
-            publish_device(*dev, out);
-          }
-        }
-      }
-    }
-    dirty_.insert(rr.deployment);
-    return store_.put_device(*dev);
-  });
-  if (!r) {
-    log::error("status of ", device, ": ", r.error().message());
-    return {};
-  }
-  return out;
-}
+// Status ingest (handle_status, handle_batch): fleet_ingest.cpp.
 
 // --- rollout ----------------------------------------------------------------------------------------
+
+void Fleet::mark_sent(DeviceDeploymentRecord& row, const DeploymentRecord& d, const ArtifactRecord& art, int attempt,
+                      std::int64_t now, Outgoing& out) {
+  row.attempt = attempt;
+  row.status = "sent";
+  row.bytes = 0;
+  row.updated = now;
+  protocol::Deployment m;
+  m.deployment_id = wire_id(d.id, attempt);
+  m.artifact_name = art.name;
+  m.url = options_.artifact_base_url + "/" + art.file;
+  m.size = art.size;
+  m.sha256 = art.sha256;
+  m.max_rate = d.max_rate;
+  m.reboot = d.reboot;
+  out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
+}
 
 Result<void> Fleet::send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
                          Outgoing& out) {
   auto art = store_.artifact(d.artifact);
   if (!art) return art.error();
   if (!*art) return fail(Errc::not_found, "artifact " + d.artifact + " is no longer in the catalog");
-  row.attempt = attempt;
-  row.status = "sent";
-  row.bytes = 0;
-  row.updated = now;
-  if (auto w = store_.put_device_deployment(row); !w) return w;
-  protocol::Deployment m;
-  m.deployment_id = wire_id(d.id, attempt);
-  m.artifact_name = (*art)->name;
-  m.url = options_.artifact_base_url + "/" + (*art)->file;
-  m.size = (*art)->size;
-  m.sha256 = (*art)->sha256;
-  m.max_rate = d.max_rate;
-  m.reboot = d.reboot;
-  out.push_back(retained(protocol::topics::deployment(row.device), protocol::serialize(m)));
-  return {};
+  mark_sent(row, d, **art, attempt, now, out);
+  return store_.put_device_deployment(row);
 }
 
 Result<void> Fleet::start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out) {
@@ -279,13 +174,19 @@ Result<void> Fleet::start_phase(DeploymentRecord& d, int phase, std::int64_t now
   if (auto w = store_.update_deployment(d); !w) return w;
   auto rows = store_.device_deployments(d.id);
   if (!rows) return rows.error();
-  std::size_t sent = 0;
+  std::vector<DeviceDeploymentRecord> sent;
   for (auto& row : *rows) {
     if (row.phase != phase || row.status != "pending") continue;
-    if (auto w = send(row, d, 1, now, out); !w) return w;
-    ++sent;
+    sent.push_back(std::move(row));
   }
-  log::info("deployment ", d.id, ": phase ", phase + 1, " of ", d.phases.size(), " (", sent, " devices)");
+  if (!sent.empty()) {
+    auto art = store_.artifact(d.artifact);
+    if (!art) return art.error();
+    if (!*art) return fail(Errc::not_found, "artifact " + d.artifact + " is no longer in the catalog");
+    for (auto& row : sent) mark_sent(row, d, **art, 1, now, out);
+    if (auto w = store_.put_device_deployments(sent); !w) return w;  // a few multi-row statements
+  }
+  log::info("deployment ", d.id, ": phase ", phase + 1, " of ", d.phases.size(), " (", sent.size(), " devices)");
   dirty_.insert(d.id);
   return {};
 }
@@ -294,14 +195,14 @@ Result<void> Fleet::evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& ou
   // A phase may be empty (few devices, close percentages): loop until one has devices in flight.
   for (;;) {
     if (d.state != "running") return {};
-    auto rows = store_.device_deployments(d.id);
-    if (!rows) return rows.error();
+    auto counts = store_.deployment_counts(d.id);
+    if (!counts) return counts.error();
     std::uint64_t started = 0, open = 0, failed = 0;
-    for (auto& r : *rows) {
-      if (r.phase > d.phase) continue;
-      ++started;
-      if (!is_final_status(r.status)) ++open;
-      else if (counts_as_failure(r.status)) ++failed;
+    for (auto& c : *counts) {
+      if (c.phase > d.phase) continue;
+      started += c.n;
+      if (!is_final_status(c.status)) open += c.n;
+      else if (counts_as_failure(c.status)) failed += c.n;
     }
     if (open > 0) return {};
     if (started > 0 && failed * 100 > static_cast<std::uint64_t>(d.threshold) * started) {
@@ -362,6 +263,7 @@ Outgoing Fleet::tick(std::int64_t now) {
   }
   auto ids = std::move(dirty_);
   dirty_.clear();
+  std::set<std::string> failed;
   for (auto& id : ids) {
     Outgoing step;
     auto r = store_.transaction([&]() -> Result<void> {
@@ -375,11 +277,13 @@ Outgoing Fleet::tick(std::int64_t now) {
     });
     if (!r) {
       log::error("deployment ", id, ": ", r.error().message());
+      failed.insert(id);  // e.g. a deadlock between bridges: evaluated again at the next tick
       continue;
     }
     out.insert(out.end(), std::make_move_iterator(step.begin()), std::make_move_iterator(step.end()));
   }
   for (auto& id : ids) dirty_.erase(id);  // published just now, with everything evaluate() changed
+  dirty_.merge(failed);
   return out;
 }
 
@@ -439,29 +343,33 @@ Outgoing Fleet::recover(std::int64_t now) {
 // --- summaries --------------------------------------------------------------------------------------
 
 Result<boost::json::object> Fleet::summary(const DeploymentRecord& d) {
-  auto rows = store_.device_deployments(d.id);
-  if (!rows) return rows.error();
-  boost::json::object counts;
-  boost::json::array failures;
+  // From the counters; only the failures listed are read as rows.
+  auto by_phase = store_.deployment_counts(d.id);
+  if (!by_phase) return by_phase.error();
+  std::map<std::string, std::uint64_t> by_status;
   std::uint64_t total = 0;
-  for (auto& r : *rows) {
-    ++total;
-    auto& c = counts[r.status];
-    c = c.is_null() ? std::int64_t{1} : c.as_int64() + 1;
-    if (counts_as_failure(r.status) && failures.size() < options_.summary_failures) {
-      boost::json::object f;
-      f["device"] = r.device;
-      f["status"] = r.status;
-      f["error"] = r.error;
-      f["attempt"] = r.attempt;
-      auto log = store_.deployment_log(r.device, d.id, false);
-      if (!log) return log.error();
-      if (*log) {
-        f["log"] = true;  // tern-fleet log DEVICE DEPLOYMENT prints it
-        f["log_complete"] = (*log)->complete();
-      }
-      failures.push_back(std::move(f));
+  for (auto& c : *by_phase) {
+    by_status[c.status] += c.n;
+    total += c.n;
+  }
+  boost::json::object counts;
+  for (auto& [status, n] : by_status) counts[status] = n;
+  boost::json::array failures;
+  auto failed = store_.failed_device_deployments(d.id, options_.summary_failures);
+  if (!failed) return failed.error();
+  for (auto& r : *failed) {
+    boost::json::object f;
+    f["device"] = r.device;
+    f["status"] = r.status;
+    f["error"] = r.error;
+    f["attempt"] = r.attempt;
+    auto log = store_.deployment_log(r.device, d.id, false);
+    if (!log) return log.error();
+    if (*log) {
+      f["log"] = true;  // tern-fleet log DEVICE DEPLOYMENT prints it
+      f["log_complete"] = (*log)->complete();
     }
+    failures.push_back(std::move(f));
   }
   boost::json::array phases;
   for (int p : d.phases) phases.push_back(p);

@@ -6,10 +6,11 @@
 //   for (auto& out : fleet.tick(now)) publish(out);            // every few hundred milliseconds
 //
 // handle() ingests device messages (status, inventory, presence) and operator commands, each in
-// one store transaction; the messages it returns are to be published after it returns (the store
+// one store transaction (handle_batch(): a burst of statuses in one); the messages it returns are to be published after it returns (the store
 // is already committed, so a crash in between is repaired by recover()). tick() moves rollouts on
-// (phase completion, threshold, pause) and publishes coalesced summaries: evaluating a deployment
-// scans its devices, so it happens at most once per tick however many statuses arrived.
+// (phase completion, threshold, pause) and publishes coalesced summaries, at most once per tick
+// however many statuses arrived; a deployment is evaluated from its per-phase status counters,
+// which the store keeps on every write (migration 5), not from a scan of its devices.
 //
 // Topics (DESIGN.md): device traffic under tern/devices/{id}/{status,inventory,presence};
 // commands under tern/fleet/: deployments/create, deployments/list, deployments/{id}/abort,
@@ -33,6 +34,7 @@
 #include "broker-bridge/store.hpp"
 #include "common/error.hpp"
 #include "common/mqtt/client.hpp"
+#include "common/protocol.hpp"
 
 #include <boost/json/object.hpp>
 
@@ -70,6 +72,10 @@ class Fleet {
   /// or an error reply for a command).
   Outgoing handle(const mqtt::Message& msg, std::int64_t now);
 
+  /// Handles messages received together, in order, with the same outcome as handle() on each in
+  /// turn; a run of consecutive statuses is ingested in one store transaction (fleet_ingest.cpp).
+  Outgoing handle_batch(const std::vector<mqtt::Message>& msgs, std::int64_t now);
+
   /// Moves rollouts on and publishes summaries changed since the last tick.
   Outgoing tick(std::int64_t now);
 
@@ -86,6 +92,15 @@ class Fleet {
 
  private:
   Outgoing handle_status(const std::string& device, const mqtt::Message& msg, std::int64_t now);
+  // Status ingest (fleet_ingest.cpp): statuses in arrival order, one transaction for all of them;
+  // if it fails, each again in its own.
+  struct StatusIn {
+    std::string device;
+    protocol::StatusEvent ev;
+  };
+  Outgoing ingest_statuses(const std::vector<StatusIn>& batch, std::int64_t now);
+  Result<void> ingest_batch(const std::vector<StatusIn>& batch, std::int64_t now, Outgoing& out,
+                            std::set<std::string>& dirty);
   Outgoing handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_command(const mqtt::Message& msg, std::int64_t now);
@@ -129,6 +144,9 @@ class Fleet {
   Result<void> publish_summary(const DeploymentRecord& d, Outgoing& out);
   Result<void> send(DeviceDeploymentRecord& row, const DeploymentRecord& d, int attempt, std::int64_t now,
                     Outgoing& out);
+  /// The row as sent with `attempt`, and its retained deployment message (send() also stores it).
+  void mark_sent(DeviceDeploymentRecord& row, const DeploymentRecord& d, const ArtifactRecord& art, int attempt,
+                 std::int64_t now, Outgoing& out);
   Result<void> start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out);
   /// Phase completion, threshold and finish for a running deployment.
   Result<void> evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& out);

@@ -340,6 +340,7 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   // Phase i covers the targets up to ceil(phases[i]% of them), in device id order.
   const std::size_t total = targets.size();
   std::size_t begin = 0;
+  std::vector<DeviceDeploymentRecord> rows;
   for (std::size_t i = 0; i < d.phases.size(); ++i) {
     std::size_t end = (total * static_cast<std::size_t>(d.phases[i]) + 99) / 100;
     if (i + 1 == d.phases.size()) end = total;
@@ -349,9 +350,10 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
       row.device = targets[begin];
       row.phase = static_cast<int>(i);
       row.updated = now;
-      if (auto w = store_.put_device_deployment(row); !w) return w.error();
+      rows.push_back(std::move(row));
     }
   }
+  if (auto w = store_.put_device_deployments(rows); !w) return w.error();  // multi-row statements
   if (auto w = start_phase(d, 0, now, out); !w) return w.error();
   if (auto w = evaluate(d, now, out); !w) return w.error();  // an empty first phase moves on
   if (auto w = publish_summary(d, out); !w) return w.error();

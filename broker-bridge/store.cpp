@@ -114,7 +114,60 @@ CREATE TABLE transfers (
   PRIMARY KEY (deployment, device)
 );
 )sql",
+    // 5: per deployment, phase and status, how many device rows there are, kept by triggers on
+    // device_deployments so a rollout is evaluated from a few counters instead of a scan of its rows.
+    R"sql(
+CREATE TABLE deployment_counts (
+  deployment TEXT NOT NULL,
+  phase INTEGER NOT NULL,
+  status TEXT NOT NULL,
+  n BIGINT NOT NULL,
+  PRIMARY KEY (deployment, phase, status)
+);
+INSERT INTO deployment_counts (deployment, phase, status, n)
+  SELECT deployment, phase, status, COUNT(*) FROM device_deployments GROUP BY deployment, phase, status;
+@COUNT_TRIGGERS@
+)sql",
 };
+
+// Migration 5's triggers, in each dialect: a row's (deployment, phase, status) leaving one counter
+// and entering another. Every writer of a deployment's rows holds its "deployment:ID" lock (see
+// Store::lock_all), so two bridges do not wait on each other's counters.
+constexpr const char* count_triggers_sqlite = R"sql(
+CREATE TRIGGER device_deployments_count_insert AFTER INSERT ON device_deployments BEGIN
+  INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
+    ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
+END;
+CREATE TRIGGER device_deployments_count_update AFTER UPDATE ON device_deployments
+  WHEN OLD.deployment <> NEW.deployment OR OLD.phase <> NEW.phase OR OLD.status <> NEW.status BEGIN
+  UPDATE deployment_counts SET n = n - 1 WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
+  INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
+    ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
+END;
+CREATE TRIGGER device_deployments_count_delete AFTER DELETE ON device_deployments BEGIN
+  UPDATE deployment_counts SET n = n - 1 WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
+END;
+)sql";
+constexpr const char* count_triggers_postgres = R"sql(
+CREATE FUNCTION tern_count_device_deployments() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND OLD.deployment = NEW.deployment AND OLD.phase = NEW.phase AND OLD.status = NEW.status THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    UPDATE deployment_counts SET n = n - 1
+      WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
+      ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
+  END IF;
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER device_deployments_count AFTER INSERT OR UPDATE OR DELETE ON device_deployments
+  FOR EACH ROW EXECUTE FUNCTION tern_count_device_deployments();
+)sql";
 
 using DbPtr = std::unique_ptr<sqlite3, decltype(&sqlite3_close)>;
 using StmtPtr = std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)>;
@@ -427,6 +480,8 @@ void migrate(Store::Impl& impl) {
       std::string text = migrations[static_cast<std::size_t>(current)];
       if (auto at = text.find("@HISTORY_ID@"); at != std::string::npos)
         text.replace(at, 12, impl.postgres() ? "hid BIGSERIAL PRIMARY KEY," : "");
+      if (auto at = text.find("@COUNT_TRIGGERS@"); at != std::string::npos)
+        text.replace(at, 16, impl.postgres() ? count_triggers_postgres : count_triggers_sqlite);
       impl.exec(text.c_str(), "migrating to schema " + std::to_string(current + 1));
       if (!has_row) Stmt(impl, "INSERT INTO schema_version (version) VALUES (?)").bind(current + 1).run();
       else Stmt(impl, "UPDATE schema_version SET version = ?").bind(current + 1).run();
@@ -826,6 +881,191 @@ Result<std::vector<HistoryRecord>> Store::history(const std::string& deployment,
     std::vector<HistoryRecord> out;
     while (s.step())
       out.push_back(HistoryRecord{s.text(0), s.text(1), s.u64(2), s.text(3), s.i64(4), s.text(5), s.i32(6)});
+    return out;
+  });
+}
+
+// --- batches ---------------------------------------------------------------------------------------
+
+namespace {
+
+// Rows per multi-row statement: well under both databases' parameter limits (SQLite 32766,
+// PostgreSQL 65535) for the widest row (devices, 9 columns).
+constexpr std::size_t rows_per_statement = 256;
+
+// "(?, ?, ?)" for `columns` parameters.
+std::string row_placeholders(int columns) {
+  std::string r = "(";
+  for (int i = 0; i < columns; ++i) r += i ? ", ?" : "?";
+  return r + ")";
+}
+
+// "?, ?, ?" for `n` parameters.
+std::string list_placeholders(std::size_t n) {
+  std::string r;
+  for (std::size_t i = 0; i < n; ++i) r += i ? ", ?" : "?";
+  return r;
+}
+
+// INSERT `head` VALUES (...), (...) `tail` for `rows`, in chunks; `bind` binds one row.
+template <class Row, class Bind>
+void insert_rows(Store::Impl& impl, std::string_view head, int columns, std::string_view tail,
+                 const std::vector<Row>& rows, Bind bind) {
+  const std::string one = row_placeholders(columns);
+  for (std::size_t at = 0; at < rows.size(); at += rows_per_statement) {
+    const std::size_t n = std::min(rows_per_statement, rows.size() - at);
+    std::string q(head);
+    q += " VALUES ";
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i) q += ", ";
+      q += one;
+    }
+    q += tail;
+    Stmt s(impl, q);
+    for (std::size_t i = 0; i < n; ++i) bind(s, rows[at + i]);
+    s.run();
+  }
+}
+
+// SELECT `head` IN (?, ...) `tail` for `ids`, in chunks; `read` takes each result row.
+template <class Read>
+void select_in(Store::Impl& impl, std::string_view head, std::string_view tail, const std::vector<std::string>& ids,
+               Read read) {
+  for (std::size_t at = 0; at < ids.size(); at += rows_per_statement) {
+    const std::size_t n = std::min(rows_per_statement, ids.size() - at);
+    Stmt s(impl, sql(head, " IN (" + list_placeholders(n) + ")", tail));
+    for (std::size_t i = 0; i < n; ++i) s.bind(ids[at + i]);
+    while (s.step()) read(s);
+  }
+}
+
+}  // namespace
+
+Result<void> Store::lock_all(const std::vector<std::string>& keys) {
+  if (!impl_->postgres() || keys.empty()) return {};
+  return guard("locking " + std::to_string(keys.size()) + " keys", [&] {
+    // One round trip; the locks are taken in the order of their integer keys, the same in every
+    // bridge. (Stmt turns each ? into $n; the cast types the VALUES column.)
+    std::string values;
+    for (std::size_t i = 0; i < keys.size(); ++i) values += i ? ", (?::text)" : "(?::text)";
+    Stmt s(*impl_, "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext(k) AS h FROM (VALUES " + values +
+                       ") AS v(k) ORDER BY h) AS ordered");
+    for (auto& k : keys) s.bind(k);
+    s.run();
+  });
+}
+
+Result<std::vector<DeviceRecord>> Store::devices_in(const std::vector<std::string>& ids) {
+  return guard("reading " + std::to_string(ids.size()) + " devices", [&] {
+    std::vector<DeviceRecord> out;
+    select_in(*impl_, sql("SELECT ", device_columns, " FROM devices WHERE id"), "", ids,
+              [&](const Stmt& s) { out.push_back(read_device(s)); });
+    return out;
+  });
+}
+
+Result<std::vector<DeploymentRecord>> Store::deployments_in(const std::vector<std::string>& ids) {
+  return guard("reading " + std::to_string(ids.size()) + " deployments", [&] {
+    std::vector<DeploymentRecord> out;
+    select_in(*impl_, sql("SELECT ", deployment_columns, " FROM deployments WHERE id"), "", ids,
+              [&](const Stmt& s) { out.push_back(read_deployment(s)); });
+    return out;
+  });
+}
+
+Result<std::vector<DeviceDeploymentRecord>> Store::device_deployments_in(const std::vector<std::string>& deployments,
+                                                                         const std::vector<std::string>& devices) {
+  return guard("reading the deployments of " + std::to_string(devices.size()) + " devices", [&] {
+    std::vector<DeviceDeploymentRecord> out;
+    if (deployments.empty()) return out;
+    // A batch names few deployments: each chunk of devices is read with all of them.
+    for (std::size_t at = 0; at < deployments.size(); at += rows_per_statement) {
+      const std::size_t n = std::min(rows_per_statement, deployments.size() - at);
+      std::vector<std::string> some(deployments.begin() + static_cast<std::ptrdiff_t>(at),
+                                    deployments.begin() + static_cast<std::ptrdiff_t>(at + n));
+      const std::string head = sql("SELECT ", dd_columns, " FROM device_deployments WHERE deployment IN (") +
+                               list_placeholders(n) + ") AND device";
+      for (std::size_t d = 0; d < devices.size(); d += rows_per_statement) {
+        const std::size_t m = std::min(rows_per_statement, devices.size() - d);
+        Stmt s(*impl_, head + " IN (" + list_placeholders(m) + ")");
+        for (auto& dep : some) s.bind(dep);
+        for (std::size_t i = 0; i < m; ++i) s.bind(devices[d + i]);
+        while (s.step()) out.push_back(read_dd(s));
+      }
+    }
+    return out;
+  });
+}
+
+Result<void> Store::put_devices(const std::vector<DeviceRecord>& ds) {
+  return guard("writing " + std::to_string(ds.size()) + " devices", [&] {
+    insert_rows(*impl_, sql("INSERT INTO devices (", device_columns, ")"), 9,
+                " ON CONFLICT (id) DO UPDATE SET "
+                "admission = excluded.admission, grp = excluded.grp, device_type = excluded.device_type, "
+                "inventory = excluded.inventory, last_seen = excluded.last_seen, presence = excluded.presence, "
+                "presence_seq = excluded.presence_seq, artifact_name = excluded.artifact_name",
+                ds, [](Stmt& s, const DeviceRecord& d) {
+                  s.bind(d.id).bind(d.admission).bind(d.group).bind(d.device_type).bind(d.inventory);
+                  s.bind(d.last_seen).bind(d.presence).bind(d.presence_seq).bind(d.artifact_name);
+                });
+  });
+}
+
+Result<void> Store::put_device_deployments(const std::vector<DeviceDeploymentRecord>& rs) {
+  return guard("writing " + std::to_string(rs.size()) + " device deployments", [&] {
+    insert_rows(*impl_, sql("INSERT INTO device_deployments (", dd_columns, ")"), 10,
+                " ON CONFLICT (deployment, device) DO UPDATE SET "
+                "phase = excluded.phase, status = excluded.status, bytes = excluded.bytes, "
+                "total = excluded.total, attempt = excluded.attempt, error = excluded.error, "
+                "last_seq = excluded.last_seq, updated = excluded.updated",
+                rs, [](Stmt& s, const DeviceDeploymentRecord& r) {
+                  s.bind(r.deployment).bind(r.device).bind(r.phase).bind(r.status).bind(r.bytes).bind(r.total);
+                  s.bind(r.attempt).bind(r.error).bind(r.last_seq).bind(r.updated);
+                });
+  });
+}
+
+Result<void> Store::add_history(const std::vector<HistoryRecord>& hs) {
+  return guard("recording " + std::to_string(hs.size()) + " history rows", [&] {
+    insert_rows(*impl_, "INSERT INTO history (deployment, device, seq, status, time, error, attempt)", 7, "", hs,
+                [](Stmt& s, const HistoryRecord& h) {
+                  s.bind(h.deployment).bind(h.device).bind(h.seq).bind(h.status).bind(h.time).bind(h.error);
+                  s.bind(h.attempt);
+                });
+  });
+}
+
+Result<void> Store::put_transfers(const std::vector<TransferRecord>& ts) {
+  return guard("recording " + std::to_string(ts.size()) + " transfers", [&] {
+    insert_rows(*impl_, "INSERT INTO transfers (deployment, device, fetched, reused, artifact)", 5,
+                " ON CONFLICT (deployment, device) DO UPDATE SET fetched = excluded.fetched, "
+                "reused = excluded.reused, artifact = excluded.artifact",
+                ts, [](Stmt& s, const TransferRecord& t) {
+                  s.bind(t.deployment).bind(t.device).bind(t.fetched).bind(t.reused).bind(t.artifact);
+                });
+  });
+}
+
+Result<std::vector<StatusCount>> Store::deployment_counts(const std::string& deployment) {
+  return guard("reading the counters of deployment " + deployment, [&] {
+    Stmt s(*impl_,
+           "SELECT phase, status, n FROM deployment_counts WHERE deployment = ? AND n <> 0 ORDER BY phase, status");
+    s.bind(deployment);
+    std::vector<StatusCount> out;
+    while (s.step()) out.push_back(StatusCount{s.i32(0), s.text(1), s.u64(2)});
+    return out;
+  });
+}
+
+Result<std::vector<DeviceDeploymentRecord>> Store::failed_device_deployments(const std::string& deployment,
+                                                                             std::size_t limit) {
+  return guard("listing the failures of deployment " + deployment, [&] {
+    Stmt s(*impl_, sql("SELECT ", dd_columns,
+                       " FROM device_deployments WHERE deployment = ? AND status IN ('failure', 'aborted') "
+                       "ORDER BY phase, device LIMIT ?"));
+    s.bind(deployment).bind(static_cast<std::uint64_t>(limit));
+    std::vector<DeviceDeploymentRecord> out;
+    while (s.step()) out.push_back(read_dd(s));
     return out;
   });
 }

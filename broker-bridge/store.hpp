@@ -9,7 +9,9 @@
 // The schema is versioned (table schema_version, one row) and brought up to date by numbered
 // migrations when the file is opened; a file from a newer bridge is refused. The SQL is plain
 // (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) and runs unchanged on both, except the
-// history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL). On PostgreSQL the
+// history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL) and migration 5's
+// triggers (per deployment, phase and status, the number of device rows: deployment_counts(), kept
+// by the database on every write, so a rollout is evaluated without a scan). On PostgreSQL the
 // migrations run under a lock on schema_version, so bridges starting together migrate once; a
 // dropped connection is re-established before the next statement outside a transaction.
 //
@@ -33,7 +35,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 4;
+inline constexpr int schema_version = 5;
 
 struct DeviceRecord {
   std::string id;
@@ -126,6 +128,13 @@ struct DeploymentLogRecord {
   bool complete() const { return std::find(received.begin(), received.end(), false) == received.end(); }
 };
 
+/// How many of a deployment's device rows are in one phase and status (migration 5).
+struct StatusCount {
+  int phase = 0;
+  std::string status;
+  std::uint64_t n = 0;
+};
+
 /// Deployment statuses that end a device's part of a deployment.
 bool is_final_status(std::string_view status);
 
@@ -200,6 +209,29 @@ class Store {
   // History
   Result<void> add_history(const HistoryRecord& h);
   Result<std::vector<HistoryRecord>> history(const std::string& deployment, const std::string& device);
+
+  // Batches (a burst of statuses in one transaction): the same as the single-row calls, in a
+  // few multi-row statements. Rows are written in the order given; a key given twice is an error
+  // on PostgreSQL (one statement cannot upsert a row twice), so callers pass each key once.
+  /// Like lock() for every key, in one statement and in one global order (so two bridges locking
+  /// overlapping sets wait for each other instead of deadlocking).
+  Result<void> lock_all(const std::vector<std::string>& keys);
+  Result<std::vector<DeviceRecord>> devices_in(const std::vector<std::string>& ids);
+  Result<std::vector<DeploymentRecord>> deployments_in(const std::vector<std::string>& ids);
+  /// The rows whose deployment is one of `deployments` and whose device is one of `devices`.
+  Result<std::vector<DeviceDeploymentRecord>> device_deployments_in(const std::vector<std::string>& deployments,
+                                                                    const std::vector<std::string>& devices);
+  Result<void> put_devices(const std::vector<DeviceRecord>& ds);
+  Result<void> put_device_deployments(const std::vector<DeviceDeploymentRecord>& rs);
+  Result<void> add_history(const std::vector<HistoryRecord>& hs);
+  Result<void> put_transfers(const std::vector<TransferRecord>& ts);
+
+  // Counters (migration 5), kept by the database on every write of device_deployments.
+  /// Non-zero counters of a deployment, by phase then status.
+  Result<std::vector<StatusCount>> deployment_counts(const std::string& deployment);
+  /// Rows that failed (failure, aborted), by phase then device, at most `limit`.
+  Result<std::vector<DeviceDeploymentRecord>> failed_device_deployments(const std::string& deployment,
+                                                                        std::size_t limit);
 
   struct Impl;
 

@@ -438,6 +438,15 @@ asio::awaitable<Result<Message>> Client::receive() {
   co_return msg;
 }
 
+std::optional<Message> Client::try_receive() {
+  std::optional<Message> out;
+  // The handler runs inside try_receive when a message (or a waiting sender's) is there.
+  impl_->inbox.try_receive([&](boost::system::error_code ec, Message m) {
+    if (!ec) out = std::move(m);
+  });
+  return out;
+}
+
 asio::awaitable<void> Client::disconnect() {
   auto impl = impl_;
   if (!impl->paho->is_connected()) co_return;

@@ -111,6 +111,10 @@ class Client {
   /// The next incoming message. Errors: the client was closed (Errc::cancelled).
   boost::asio::awaitable<Result<Message>> receive();
 
+  /// A message already waiting in the inbox, without waiting for one (e.g. to take a burst in one
+  /// go after receive()); nullopt when the inbox is empty or closed.
+  std::optional<Message> try_receive();
+
   /// Sends DISCONNECT (the will is not published) and stops reconnecting.
   boost::asio::awaitable<void> disconnect();
 

@@ -14,6 +14,8 @@
 #include <boost/json/parse.hpp>
 #include <sqlite3.h>
 
+#include <tuple>
+
 namespace tern::test {
 namespace {
 
@@ -61,6 +63,7 @@ std::optional<mqtt::Message> last_on(const bridge::Outgoing& out, const std::str
 
 struct FleetEnv {
   TempDir dir{"tern-fleet"};
+  std::string where;  // the store: a file, or a PostgreSQL URI
   std::unique_ptr<Store> store;
   std::unique_ptr<Fleet> fleet;
   std::int64_t now = 1000;
@@ -69,7 +72,8 @@ struct FleetEnv {
   FleetEnv() {
     fs::create_directories(dir / "artifacts");
     make_artifact(dir / "artifacts", "release-1");
-    store = Store::open(test_store(dir.path())).value();
+    where = test_store(dir.path());
+    store = Store::open(where).value();
     bridge::FleetOptions o;
     o.artifact_base_url = "https://127.0.0.1:1/artifacts";
     o.artifact_dir = dir / "artifacts";
@@ -144,6 +148,40 @@ TEST(BridgeStore, RefusesASchemaFromANewerBridge) {
   auto s = Store::open(where);
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message().find("newer"), std::string::npos) << s.error().message();
+}
+
+TEST(BridgeStore, MigrationFiveCountsTheRowsAlreadyThere) {
+  TempDir dir;
+  const auto where = test_store(dir.path());
+  { ASSERT_TRUE(Store::open(where)); }
+  // Back to schema 4 (no counters, no triggers), with rows written meanwhile.
+  const bool pg = where.starts_with("postgresql");
+  store_exec(where, pg ? "DROP TRIGGER device_deployments_count ON device_deployments; "
+                         "DROP FUNCTION tern_count_device_deployments()"
+                       : "DROP TRIGGER device_deployments_count_insert; DROP TRIGGER device_deployments_count_update; "
+                         "DROP TRIGGER device_deployments_count_delete");
+  store_exec(where,
+             "DROP TABLE deployment_counts; UPDATE schema_version SET version = 4; "
+             "INSERT INTO deployments (id, artifact, targets, phases, pause_seconds, threshold, on_threshold, retries, "
+             "state, phase, created) VALUES ('d1', 'a', '{}', '[50,100]', 0, 100, 'pause', 0, 'running', 0, 1); "
+             "INSERT INTO device_deployments (deployment, device, phase, status) VALUES "
+             "('d1', 'x1', 0, 'success'), ('d1', 'x2', 0, 'success'), ('d1', 'x3', 0, 'failure'), ('d1', 'x4', 1, 'pending')");
+  auto s = Store::open(where);
+  ASSERT_TRUE(s) << s.error().message();
+  EXPECT_EQ((*s)->version().value(), bridge::schema_version);
+  std::vector<std::tuple<int, std::string, std::uint64_t>> got;
+  for (auto& c : (*s)->deployment_counts("d1").value()) got.emplace_back(c.phase, c.status, c.n);
+  const std::vector<std::tuple<int, std::string, std::uint64_t>> want{
+      {0, "failure", 1}, {0, "success", 2}, {1, "pending", 1}};
+  EXPECT_EQ(got, want);
+  // And the triggers are back: a row leaving "pending" moves its count.
+  auto row = (*s)->device_deployment("d1", "x4").value().value();
+  row.status = "sent";
+  ASSERT_TRUE((*s)->put_device_deployment(row));
+  got.clear();
+  for (auto& c : (*s)->deployment_counts("d1").value()) got.emplace_back(c.phase, c.status, c.n);
+  EXPECT_EQ(got, (std::vector<std::tuple<int, std::string, std::uint64_t>>{
+                     {0, "failure", 1}, {0, "success", 2}, {1, "sent", 1}}));
 }
 
 TEST(BridgeStore, FailedTransactionChangesNothing) {
@@ -573,6 +611,178 @@ TEST(BridgeFleet, CapAndRebootPolicyReachTheDevicesAndTheGoAheadReachesThoseNotF
   EXPECT_FALSE(last_on(env.published, protocol::topics::reboot("device-3"))) << "finished: no go-ahead";
   auto unknown = env.command("tern/fleet/deployments/nope/reboot", "{}");
   EXPECT_NE(unknown.find("\"ok\":false"), std::string::npos) << unknown;
+}
+
+// The counters (migration 5) summed by status, to compare with the scan of status_counts().
+std::map<std::string, std::uint64_t> counted(Store& store, const std::string& deployment) {
+  std::map<std::string, std::uint64_t> by_status;
+  for (auto& c : store.deployment_counts(deployment).value()) by_status[c.status] += c.n;
+  return by_status;
+}
+
+// A burst for 30 devices of deployment d1 (retries 1): every device downloads, installs and ends
+// (every fifth fails and is retried under "d1-retry-2"), interleaved across devices, with QoS 1
+// redeliveries, late older statuses, a status after the final one, one under a superseded
+// attempt, one for an unknown deployment, one from a device never seen, and an inventory message
+// in the middle.
+std::vector<mqtt::Message> burst() {
+  std::vector<mqtt::Message> out;
+  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
+  auto st = [](const std::string& dep, const std::string& word, std::uint64_t seq, std::uint64_t fetched = 0) {
+    protocol::StatusEvent e;
+    e.deployment_id = dep;
+    e.status = protocol::parse_status_word(word).value();
+    e.seq = seq;
+    e.bytes_fetched = fetched;
+    e.total = fetched ? 4096 : 0;
+    if (word == "failure") e.error = "disk full";
+    return protocol::serialize(e);
+  };
+  const std::vector<std::string> words{"downloading", "installing", "success"};
+  for (std::uint64_t step = 0; step < 3; ++step) {
+    for (int i = 0; i < 30; ++i) {
+      const std::string topic = "tern/devices/" + dev(i) + "/status";
+      const bool fails = i % 5 == 0;
+      const std::string word = step == 2 && fails ? "failure" : words[step];
+      out.push_back(msg(topic, st("d1", word, step + 1, i == 7 && step == 2 ? 3000 : 0)));
+      if (i == 3) out.push_back(msg(topic, st("d1", word, step + 1)));  // redelivered
+      if (i == 4 && step == 1) out.push_back(msg(topic, st("d1", "downloading", 1)));  // late, older
+    }
+    if (step == 1) out.push_back(msg("tern/devices/device-03/inventory", R"({"device_type":"qemu","artifact_name":"old"})"));
+  }
+  out.push_back(msg("tern/devices/device-01/status", st("d1", "failure", 9)));            // after its success
+  out.push_back(msg("tern/devices/device-05/status", st("d1-retry-2", "downloading", 4)));  // the retry
+  out.push_back(msg("tern/devices/device-10/status", st("d1", "downloading", 5)));        // superseded attempt
+  out.push_back(msg("tern/devices/device-11/status", st("nope", "downloading", 6)));      // unknown deployment
+  out.push_back(msg("tern/devices/stranger/status", st("d1", "downloading", 1)));         // never seen
+  out.push_back(msg("tern/devices/device-15/status", "not json"));                        // malformed
+  return out;
+}
+
+struct BurstEnv : FleetEnv {
+  BurstEnv() {
+    for (int i = 0; i < 30; ++i) accept("device-" + std::string(i < 10 ? "0" : "") + std::to_string(i));
+    command("tern/fleet/deployments/create", R"({"id":"d1","artifact_name":"release-1","all":true,"retries":1})");
+    published.clear();
+  }
+};
+
+TEST(BridgeFleet, ABurstIngestedInOneBatchEndsExactlyAsOneByOne) {
+  BurstEnv one, batch;
+  const auto msgs = burst();
+  for (auto& m : msgs) one.handle(m);
+  auto out = batch.fleet->handle_batch(msgs, batch.now);
+  batch.published.insert(batch.published.end(), out.begin(), out.end());
+
+  // What was published, in order: device records, cleared deployments, the retries (each env
+  // made its own artifact: its checksum differs).
+  auto same_artifact = [](FleetEnv& env, std::string payload) {
+    const auto sha = env.store->artifact("release-1").value()->sha256;
+    if (auto at = payload.find(sha); at != std::string::npos) payload.replace(at, sha.size(), "SHA");
+    return payload;
+  };
+  ASSERT_EQ(one.published.size(), batch.published.size());
+  for (std::size_t i = 0; i < one.published.size(); ++i) {
+    EXPECT_EQ(one.published[i].topic, batch.published[i].topic) << i;
+    EXPECT_EQ(same_artifact(one, one.published[i].payload), same_artifact(batch, batch.published[i].payload)) << i;
+    EXPECT_EQ(one.published[i].retained, batch.published[i].retained) << i;
+  }
+  // What was stored: every device, row and history.
+  EXPECT_EQ(one.store->devices().value(), batch.store->devices().value());
+  EXPECT_EQ(one.store->device_deployments("d1").value(), batch.store->device_deployments("d1").value());
+  for (auto& d : one.store->devices().value()) {
+    auto a = one.store->history("d1", d.id).value();
+    auto b = batch.store->history("d1", d.id).value();
+    ASSERT_EQ(a.size(), b.size()) << d.id;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].seq, b[i].seq) << d.id;
+      EXPECT_EQ(a[i].status, b[i].status) << d.id;
+      EXPECT_EQ(a[i].attempt, b[i].attempt) << d.id;
+    }
+  }
+  EXPECT_EQ(batch.store->transfer_totals("d1").value().fetched, 3000u);
+
+  // The outcome itself, not only the agreement.
+  EXPECT_EQ(batch.row("d1", "device-03").status, "success");
+  EXPECT_EQ(batch.store->history("d1", "device-03").value().size(), 3u);  // redeliveries not counted
+  EXPECT_EQ(batch.row("d1", "device-04").last_seq, 3u);
+  EXPECT_EQ(batch.row("d1", "device-01").status, "success");              // the late failure ignored
+  EXPECT_EQ(batch.row("d1", "device-05").status, "downloading");          // retried, running again
+  EXPECT_EQ(batch.row("d1", "device-05").attempt, 2);
+  EXPECT_EQ(batch.row("d1", "device-10").status, "sent");                 // old attempt ignored
+  EXPECT_EQ(batch.row("d1", "device-10").attempt, 2);
+  EXPECT_EQ(batch.retained_deployment("device-10").find("d1-retry-2") != std::string::npos, true);
+  EXPECT_EQ(batch.retained_deployment("device-02"), "");                  // done: cleared
+  EXPECT_EQ(batch.store->device("stranger").value()->admission, "pending");
+  EXPECT_EQ(batch.store->device("device-03").value()->artifact_name, "release-1");
+
+  // The counters agree with a scan of the rows, and the summaries are the same.
+  const auto scanned = batch.store->status_counts("d1").value();
+  EXPECT_EQ(counted(*batch.store, "d1"), scanned);
+  EXPECT_EQ(scanned.at("success"), 24u);
+  EXPECT_EQ(counted(*one.store, "d1"), scanned);
+  one.tick();
+  batch.tick();
+  auto a = last_on(one.published, "tern/fleet/deployments/d1");
+  auto b = last_on(batch.published, "tern/fleet/deployments/d1");
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->payload, b->payload);
+  EXPECT_NE(b->payload.find("\"success\":24"), std::string::npos) << b->payload;
+  EXPECT_EQ(batch.deployment("d1").state, "running");  // six devices are on their second attempt
+}
+
+TEST(BridgeFleet, ABatchWithABadStatusLosesOnlyThatStatus) {
+  BurstEnv env;
+  // A row whose deployment does not exist cannot be ingested (an internal error); written around
+  // the foreign key (and the counters: SQLite's tool connection has foreign keys off, PostgreSQL's
+  // replica role skips both triggers).
+  store_exec(env.where, std::string(env.where.starts_with("postgresql") ? "SET session_replication_role = replica; " : "") +
+                            "INSERT INTO device_deployments (deployment, device, phase, status) "
+                            "VALUES ('ghost', 'device-01', 0, 'sent')");
+  const std::vector<mqtt::Message> msgs{msg("tern/devices/device-02/status", status("d1", "downloading", 1)),
+                                        msg("tern/devices/device-01/status", status("ghost", "downloading", 1)),
+                                        msg("tern/devices/device-03/status", status("d1", "success", 2))};
+  auto out = env.fleet->handle_batch(msgs, env.now);
+  // The batch was rolled back, then each status ingested alone: only the bad one is lost.
+  EXPECT_EQ(env.row("d1", "device-02").status, "downloading");
+  EXPECT_EQ(env.row("d1", "device-03").status, "success");
+  EXPECT_EQ(env.row("ghost", "device-01").status, "sent");
+  EXPECT_EQ(env.store->history("d1", "device-02").value().size(), 1u);
+  EXPECT_EQ(env.store->history("ghost", "device-01").value().size(), 0u);
+  EXPECT_TRUE(last_on(out, protocol::topics::deployment("device-03")));  // cleared once, in the retry
+  std::size_t clears = 0;
+  for (auto& m : out) clears += m.topic == protocol::topics::deployment("device-03") ? 1 : 0;
+  EXPECT_EQ(clears, 1u);
+  EXPECT_EQ(counted(*env.store, "d1"), env.store->status_counts("d1").value());
+}
+
+TEST(BridgeFleet, TheCountersFollowEveryWriteOfTheRows) {
+  BurstEnv env;
+  env.fleet->handle_batch(burst(), env.now);
+  EXPECT_EQ(counted(*env.store, "d1"), env.store->status_counts("d1").value());
+  // Rejecting a device aborts its row (admission path), then the operator aborts the rest.
+  env.command("tern/fleet/devices/device-05/reject", "");
+  EXPECT_EQ(env.row("d1", "device-05").status, "aborted");
+  EXPECT_EQ(counted(*env.store, "d1"), env.store->status_counts("d1").value());
+  env.command("tern/fleet/deployments/d1/abort", "");
+  const auto scanned = env.store->status_counts("d1").value();
+  EXPECT_EQ(counted(*env.store, "d1"), scanned);
+  EXPECT_EQ(scanned.at("aborted"), 6u);
+  // Phases: a second deployment with two phases counts its pending phase apart.
+  env.command("tern/fleet/deployments/create", R"({"id":"d2","artifact_name":"release-1","all":true,"phases":[10,100]})");
+  std::uint64_t pending = 0, sent = 0;
+  for (auto& c : env.store->deployment_counts("d2").value()) {
+    if (c.status == "pending") {
+      EXPECT_EQ(c.phase, 1);
+      pending += c.n;
+    }
+    if (c.status == "sent") {
+      EXPECT_EQ(c.phase, 0);
+      sent += c.n;
+    }
+  }
+  EXPECT_EQ(sent, 3u);  // ceil(10% of 30 accepted devices, minus the rejected one: 29)
+  EXPECT_EQ(pending, 26u);
 }
 
 }  // namespace
