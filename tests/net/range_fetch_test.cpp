@@ -497,7 +497,9 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
       full_bytes += b.size();
       co_return Result<void>{};
     };
-    auto r = co_await agent::download(o, full, count, nullptr, nullptr);
+    const agent::RestartHandler no_restart;
+    const agent::ProgressHandler no_progress;
+    auto r = co_await agent::download(o, full, count, no_restart, no_progress);
     EXPECT_TRUE(r);
   }, 120s);
   const double full_ms = ms(clock::now() - t0);
@@ -519,7 +521,9 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
         per.bytes += b.size();
         co_return Result<void>{};
       };
-      auto r = co_await agent::download(o, st, to_range, nullptr, nullptr);
+      const agent::RestartHandler no_restart;
+      const agent::ProgressHandler no_progress;
+      auto r = co_await agent::download(o, st, to_range, no_restart, no_progress);
       CO_ASSERT_TRUE(r, r.error().message());
       per_connections += st.attempts;
     }
