@@ -32,26 +32,8 @@ using bridge::ArtifactServer;
 
 constexpr std::size_t MiB = 1024 * 1024;
 
-/// Makes the test PKI before any test starts, so gen-certs never runs inside a coroutine's deadline.
-class CertsEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { certs(); }
-};
 [[maybe_unused]] ::testing::Environment* const kCerts =
     ::testing::AddGlobalTestEnvironment(new CertsEnvironment);
-
-DownloadOptions fast_options() {
-  DownloadOptions o;
-  o.ca_file = (certs() / "ca.crt").string();
-  o.connect_timeout = 5s;
-  o.read_timeout = 5s;
-  o.backoff_initial = 10ms;
-  o.backoff_max = 200ms;
-  o.max_attempts = 100;
-  o.max_total = std::chrono::seconds(120);
-  o.seed = 7;
-  return o;
-}
 
 /// What a download delivered.
 struct Fetched {

@@ -1,10 +1,14 @@
 // Helpers shared by the network tests: deterministic data, hashes, atomic file replacement.
 #pragma once
 
+#include "agent/download/https_download.hpp"
 #include "broker-bridge/artifact_server.hpp"
 #include "tests/support/testenv.hpp"
 
+#include <gtest/gtest.h>
 #include <openssl/evp.h>
+
+#include <chrono>
 
 #include <cstdint>
 #include <random>
@@ -12,6 +16,28 @@
 #include <string>
 
 namespace tern::test {
+
+/// Makes the test PKI before any test starts, so gen-certs never runs inside a coroutine's deadline.
+/// Each test binary registers it once: AddGlobalTestEnvironment(new CertsEnvironment).
+class CertsEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { certs(); }
+};
+
+/// Download options for loopback servers: the test CA, short timeouts and backoff, a fixed seed.
+inline agent::DownloadOptions fast_options(int max_attempts = 100) {
+  using namespace std::chrono_literals;
+  agent::DownloadOptions o;
+  o.ca_file = (certs() / "ca.crt").string();
+  o.connect_timeout = 5s;
+  o.read_timeout = 5s;
+  o.backoff_initial = 10ms;
+  o.backoff_max = 200ms;
+  o.max_attempts = max_attempts;
+  o.max_total = std::chrono::seconds(120);
+  o.seed = 7;
+  return o;
+}
 
 /// `n` pseudo-random bytes from `seed` (the same every run).
 inline std::string random_bytes(std::size_t n, std::uint64_t seed) {

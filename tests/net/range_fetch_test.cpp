@@ -39,24 +39,7 @@ using bridge::ArtifactServer;
 constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * 1024;
 
-class CertsEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override { certs(); }
-};
 [[maybe_unused]] ::testing::Environment* const kCerts = ::testing::AddGlobalTestEnvironment(new CertsEnvironment);
-
-agent::DownloadOptions fast_options() {
-  agent::DownloadOptions o;
-  o.ca_file = (certs() / "ca.crt").string();
-  o.connect_timeout = 5s;
-  o.read_timeout = 5s;
-  o.backoff_initial = 10ms;
-  o.backoff_max = 200ms;
-  o.max_attempts = 200;
-  o.max_total = std::chrono::seconds(120);
-  o.seed = 7;
-  return o;
-}
 
 /// `n` ascending ranges over a file of `size` bytes, each at most `max_len` long, with gaps.
 std::vector<ByteRange> spread_ranges(std::size_t n, std::uint64_t size, std::uint64_t max_len, std::uint64_t seed) {
@@ -275,7 +258,7 @@ TEST(RangeFetch, ManyRangesFromNginxInAFewRequestsOverOneConnection) {
   write_file(nginx.root() / "a.bin", data);
   const auto ranges = spread_ranges(300, data.size(), 16 * KiB, 1);
   asio::io_context io;
-  RangeClient client(fast_options(), nginx.url("a.bin"));
+  RangeClient client(fast_options(200), nginx.url("a.bin"));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c);
   ASSERT_TRUE(r) << r.error().message();
@@ -304,7 +287,7 @@ TEST(RangeFetch, ManyRangesFromTheArtifactServerMultipart) {
   write_file(s.dir / "a.bin", data);
   auto ranges = spread_ranges(300, data.size(), 12 * KiB, 3);
   ranges.push_back({data.size() - 10, 10});  // the last byte of the file
-  RangeClient client(fast_options(), s.url("a.bin"));
+  RangeClient client(fast_options(200), s.url("a.bin"));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c);
   ASSERT_TRUE(r) << r.error().message();
@@ -322,7 +305,7 @@ TEST(RangeFetch, NginxWithMaxRanges1GetsOneRangePerRequest) {
   write_file(nginx.root() / "a.bin", data);
   const auto ranges = spread_ranges(40, data.size(), 16 * KiB, 4);
   asio::io_context io;
-  RangeClient client(fast_options(), nginx.url("a.bin"));
+  RangeClient client(fast_options(200), nginx.url("a.bin"));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c);
   ASSERT_TRUE(r) << r.error().message();
@@ -339,7 +322,7 @@ TEST(RangeFetch, NginxWithoutRangesIsRangeIgnored) {
   write_file(nginx.root() / "a.bin", data);
   const auto ranges = spread_ranges(10, data.size(), 16 * KiB, 5);
   asio::io_context io;
-  RangeClient client(fast_options(), nginx.url("a.bin"));
+  RangeClient client(fast_options(200), nginx.url("a.bin"));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c);
   ASSERT_FALSE(r);
@@ -356,7 +339,7 @@ TEST(RangeFetch, LinkCutEveryFewHundredKiBDeliversExactBytesOnce) {
   const auto ranges = spread_ranges(400, data.size(), 48 * KiB, 6);
   FaultProxy proxy(s.port);
   proxy.set_cut(200 * KiB, 400 * KiB);
-  RangeClient client(fast_options(), s.url("a.bin", proxy.port()));
+  RangeClient client(fast_options(200), s.url("a.bin", proxy.port()));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 240s);
   ASSERT_TRUE(r) << r.error().message();
@@ -374,7 +357,7 @@ TEST(RangeFetch, NginxThroughCutsDeliversExactBytesOnce) {
   FaultProxy proxy(static_cast<std::uint16_t>(nginx.port()));
   proxy.set_cut(200 * KiB, 400 * KiB);
   asio::io_context io;
-  RangeClient client(fast_options(), "https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/a.bin");
+  RangeClient client(fast_options(200), "https://127.0.0.1:" + std::to_string(proxy.port()) + "/artifacts/a.bin");
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 240s);
   ASSERT_TRUE(r) << r.error().message();
@@ -389,7 +372,7 @@ TEST(RangeFetch, IdleConnectionClosedByTheServerIsReplacedAtOnce) {
   const std::string data = random_bytes(MiB, 37);
   write_file(s.dir / "a.bin", data);
   const auto first = spread_ranges(20, data.size(), 4 * KiB, 8);
-  RangeClient client(fast_options(), s.url("a.bin"));
+  RangeClient client(fast_options(200), s.url("a.bin"));
   Collected c(first.size());
   ASSERT_TRUE(fetch_all(io, client, first, c));
   // Wait (bounded) for the server's idle timeout to close the kept-alive connection.
@@ -415,7 +398,7 @@ TEST(RangeFetch, ReplacedFileBetweenCallsIsSourceChanged) {
   write_file(nginx.root() / "a.bin", data);
   const auto ranges = spread_ranges(20, data.size(), 8 * KiB, 10);
   for (const std::string& url : {s.url("a.bin"), nginx.url("a.bin")}) {
-    RangeClient client(fast_options(), url);
+    RangeClient client(fast_options(200), url);
     Collected c(ranges.size());
     ASSERT_TRUE(fetch_all(io, client, ranges, c)) << url;
     const std::string v2 = random_bytes(2 * MiB + 1, 39);  // nginx's ETag: mtime (s) and size
@@ -427,7 +410,7 @@ TEST(RangeFetch, ReplacedFileBetweenCallsIsSourceChanged) {
     EXPECT_EQ(c2.bytes, 0u);
 
     // A new client that assumes the first version's validators notices too, on its first request.
-    RangeClient resumed(fast_options(), url);
+    RangeClient resumed(fast_options(200), url);
     resumed.assume(client.etag(), client.last_modified(), data.size());
     Collected c3(ranges.size());
     auto r3 = fetch_all(io, resumed, ranges, c3);
@@ -444,7 +427,7 @@ TEST(RangeFetch, CancellationEndsAStalledFetchPromptly) {
   write_file(s.dir / "a.bin", data);
   FaultProxy proxy(s.port);
   proxy.set_stall_after(256 * KiB);
-  auto opts = fast_options();
+  auto opts = fast_options(200);
   opts.read_timeout = 120s;  // only cancellation can end the stalled read within the deadline
   opts.connect_timeout = 120s;
   RangeClient client(opts, s.url("a.bin", proxy.port(), false));
@@ -492,7 +475,7 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
   agent::DownloadState full{.url = nginx.url("a.bin")};
   io.restart();
   run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
+    const auto o = fast_options(200);
     const agent::BodySink count = [&](std::span<const std::uint8_t> b) -> asio::awaitable<Result<void>> {
       full_bytes += b.size();
       co_return Result<void>{};
@@ -511,7 +494,7 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
   int per_connections = 0;
   io.restart();
   run_coro(io, [&]() -> asio::awaitable<void> {
-    const auto o = fast_options();
+    const auto o = fast_options(200);
     for (std::size_t i = 0; i < ranges.size(); ++i) {
       agent::DownloadState st{.url = nginx.url("a.bin")};
       st.offset = ranges[i].offset;
@@ -533,7 +516,7 @@ TEST(RangeFetch, PrintsTheCostAgainstOneConnectionPerRange) {
 
   // RangeClient.
   t0 = clock::now();
-  RangeClient client(fast_options(), nginx.url("a.bin"));
+  RangeClient client(fast_options(200), nginx.url("a.bin"));
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c);
   const double multi_ms = ms(clock::now() - t0);
@@ -599,7 +582,7 @@ TEST(RangeFetch, MalformedMultipartAnswerIsAProtocolError) {
                            "\r\n--XyZ--\r\n";
   asio::io_context io;
   CannedServer server(io, {multipart_response(body)});
-  RangeClient client(fast_options(), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
+  RangeClient client(fast_options(200), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 30s);
   ASSERT_FALSE(r);
@@ -616,7 +599,7 @@ TEST(RangeFetch, ClientCertificateWhenTheServerRequiresOne) {
   write_file(s.dir / "a.bin", data);
   const auto ranges = spread_ranges(30, data.size(), 8 * KiB, 13);
 
-  auto with_cert = fast_options();
+  auto with_cert = fast_options(200);
   with_cert.cert_file = (certs() / "device-1.crt").string();
   with_cert.key_file = (certs() / "device-1.key").string();
   RangeClient client(with_cert, s.url("a.bin"));
@@ -625,7 +608,7 @@ TEST(RangeFetch, ClientCertificateWhenTheServerRequiresOne) {
   ASSERT_TRUE(r) << r.error().message();
   EXPECT_TRUE(c.matches(data, ranges));
 
-  auto without = fast_options();
+  auto without = fast_options(200);
   without.max_attempts = 3;
   RangeClient refused(without, s.url("a.bin"));
   Collected c2(ranges.size());
@@ -643,7 +626,7 @@ TEST(RangeFetch, A503IsRetriedAfterBackoff) {
                            "\r\n--XyZ--\r\n";
   asio::io_context io;
   CannedServer server(io, {"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", multipart_response(body)});
-  RangeClient client(fast_options(), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
+  RangeClient client(fast_options(200), "http://127.0.0.1:" + std::to_string(server.port()) + "/artifacts/a.bin");
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 30s);
   ASSERT_TRUE(r) << r.error().message();
@@ -659,7 +642,7 @@ TEST(RangeFetch, AStalledLinkTimesOutAndResumes) {
   write_file(s.dir / "a.bin", data);
   FaultProxy proxy(s.port);
   proxy.set_stall_after(300 * KiB);  // every connection goes silent after 300 KiB
-  auto opts = fast_options();
+  auto opts = fast_options(200);
   opts.read_timeout = 300ms;
   RangeClient client(opts, s.url("a.bin", proxy.port(), false));
   const auto ranges = spread_ranges(100, data.size(), 24 * KiB, 14);
@@ -673,7 +656,7 @@ TEST(RangeFetch, AStalledLinkTimesOutAndResumes) {
 
 TEST(RangeFetch, BadRangesAreRefusedBeforeAnyRequest) {
   asio::io_context io;
-  RangeClient client(fast_options(), "https://127.0.0.1:1/artifacts/a.bin");
+  RangeClient client(fast_options(200), "https://127.0.0.1:1/artifacts/a.bin");
   const std::vector<ByteRange> ranges = {{100, 10}, {50, 10}};
   Collected c(ranges.size());
   auto r = fetch_all(io, client, ranges, c, 10s);
