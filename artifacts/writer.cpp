@@ -129,6 +129,20 @@ boost::json::object type_info_json(const WriterOptions& o, const std::string& ty
   return type_info;
 }
 
+// header.tar up to its meta-data: header-info, the state scripts, headers/0000/type-info.
+Result<std::string> header_tar_start(const WriterOptions& o, const boost::json::object& info,
+                                     const boost::json::object& type_info) {
+  std::string header_tar;
+  tar::write_file(header_tar, "header-info", json::write(info));
+  for (auto& script : o.scripts) {
+    auto content = read_small(script, "state script");
+    if (!content) return content.error();
+    tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
+  }
+  tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
+  return header_tar;
+}
+
 // The members before data/: version, manifest, manifest.sig when a key is given, header.tar.*.
 Result<std::string> artifact_head(const WriterOptions& o, const std::string& version, const std::string& manifest,
                                   const std::string& header_name, const std::string& header_z) {
@@ -259,14 +273,9 @@ Result<void> write_rootfs_artifact(const WriterOptions& o, const fs::path& out_p
   auto data = write_data_tar(o, payload_name, payload_size, data_tmp);
   if (!data) return data.error();
 
-  std::string header_tar;
-  tar::write_file(header_tar, "header-info", json::write(info));
-  for (auto& script : o.scripts) {
-    auto content = read_small(script, "state script");
-    if (!content) return content.error();
-    tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
-  }
-  tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
+  auto started = header_tar_start(o, info, type_info);
+  if (!started) return started.error();
+  std::string header_tar = std::move(*started);
   std::string meta_data;
   if (data->index) {
     // The reader takes header.tar up to 16 MiB: an index over 12 MiB (payloads of several GiB)
@@ -360,14 +369,9 @@ Result<void> write_module_artifact(const WriterOptions& o, const fs::path& out_p
   type_info["clears_artifact_provides"] =
       to_array(o.clears_provides.value_or(std::vector<std::string>{"rootfs-image." + type + ".*"}));
 
-  std::string header_tar;
-  tar::write_file(header_tar, "header-info", json::write(info));
-  for (auto& script : o.scripts) {
-    auto content = read_small(script, "state script");
-    if (!content) return content.error();
-    tar::write_file(header_tar, "scripts/" + script.filename().string(), *content, 0755);
-  }
-  tar::write_file(header_tar, "headers/0000/type-info", json::write(type_info));
+  auto started = header_tar_start(o, info, type_info);
+  if (!started) return started.error();
+  std::string header_tar = std::move(*started);
   if (o.meta_data) {
     auto meta = read_small(*o.meta_data, "meta-data");
     if (!meta) return meta.error();
