@@ -2,100 +2,81 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 namespace tern::agent {
 
 WriteBehind::WriteBehind(PartitionWriter writer, std::size_t buffers, std::size_t buffer_size)
-    : writer_(std::move(writer)),
-      size_(buffer_size),
-      memory_(std::make_unique_for_overwrite<std::uint8_t[]>(buffers * buffer_size)),
-      used_(buffers, 0) {
-  for (std::size_t i = 0; i < buffers; ++i) free_.push_back(i);
+    : writer_(std::move(writer)), pool_(std::max<std::size_t>(buffers, 1), buffer_size) {
+  for (std::size_t i = 0; i < pool_.count(); ++i) empty_.push(Block{i, 0});
   thread_ = std::thread([this] { run(); });
 }
 
 WriteBehind::~WriteBehind() {
-  {
-    std::lock_guard l(m_);
-    closing_ = true;
-  }
-  cv_.notify_all();
+  full_.abort();
+  empty_.abort();
   thread_.join();
 }
 
 void WriteBehind::run() {
-  for (;;) {
-    std::size_t b = none;
-    {
-      std::unique_lock l(m_);
-      cv_.wait(l, [&] { return closing_ || !ready_.empty(); });
-      if (closing_) return;
-      b = ready_.front();
-      ready_.pop_front();
-      ++busy_;
+  while (auto b = full_.pop()) {
+    auto r = writer_.write(pool_.bytes(*b));
+    if (!r) {
+      {
+        std::lock_guard l(m_);
+        error_ = r.error();
+      }
+      // Nothing more is written after an error; put() and drain() see it.
+      full_.abort();
+      empty_.abort();
+      return;
     }
-    auto r = writer_.write({memory_.get() + b * size_, used_[b]});
-    if (r) written_.fetch_add(used_[b], std::memory_order_relaxed);
-    {
-      std::lock_guard l(m_);
-      --busy_;
-      if (!r && !error_) error_ = r.error();
-      if (error_) ready_.clear();  // nothing more is written after an error
-      free_.push_back(b);
-    }
-    cv_.notify_all();
+    written_.fetch_add(b->size, std::memory_order_relaxed);
+    empty_.push(Block{b->index, 0});
   }
 }
 
-std::optional<Error> WriteBehind::failure() {
+Error WriteBehind::failure() {
   std::lock_guard l(m_);
-  return error_;
-}
-
-void WriteBehind::submit() {
-  {
-    std::lock_guard l(m_);
-    ready_.push_back(current_);
-  }
-  current_ = none;
-  cv_.notify_all();
+  return error_ ? *error_ : fail(Errc::internal, "writing behind: stopped");
 }
 
 Result<void> WriteBehind::put(std::span<const std::uint8_t> bytes) {
   while (!bytes.empty()) {
-    if (current_ == none) {
-      std::unique_lock l(m_);
-      cv_.wait(l, [&] { return error_ || !free_.empty(); });
-      if (error_) return *error_;
-      current_ = free_.front();
-      free_.pop_front();
-      used_[current_] = 0;
+    if (!current_) {
+      current_ = empty_.pop();
+      if (!current_) return failure();
     }
-    const std::size_t n = std::min(bytes.size(), size_ - used_[current_]);
-    std::memcpy(memory_.get() + current_ * size_ + used_[current_], bytes.data(), n);
-    used_[current_] += n;
+    const std::size_t n = std::min(bytes.size(), pool_.block_size() - current_->size);
+    std::memcpy(pool_.data(*current_) + current_->size, bytes.data(), n);
+    current_->size += n;
     bytes = bytes.subspan(n);
-    if (used_[current_] == size_) submit();
+    if (current_->size == pool_.block_size()) {
+      if (!full_.push(*current_)) return failure();
+      current_.reset();
+    }
   }
-  if (auto e = failure()) return *e;
+  {
+    std::lock_guard l(m_);
+    if (error_) return *error_;
+  }
   return {};
 }
 
 Result<void> WriteBehind::drain() {
-  if (current_ != none) {
-    if (used_[current_]) {
-      submit();
-    } else {
-      std::lock_guard l(m_);
-      free_.push_back(current_);
-      current_ = none;
-    }
+  if (current_ && current_->size) {
+    if (!full_.push(*current_)) return failure();
+    current_.reset();
   }
-  {
-    std::unique_lock l(m_);
-    cv_.wait(l, [&] { return error_ || (ready_.empty() && busy_ == 0); });
-    if (error_) return *error_;
+  // Everything is written when every block is back empty: take them all, then give them back.
+  std::vector<Block> taken;
+  taken.reserve(pool_.count());
+  for (std::size_t i = current_ ? 1 : 0; i < pool_.count(); ++i) {
+    auto b = empty_.pop();
+    if (!b) return failure();
+    taken.push_back(*b);
   }
+  for (auto b : taken) empty_.push(b);
   return {};
 }
 

@@ -15,17 +15,14 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <thread>
-#include <vector>
 
 #include "agent/boot/partitions.hpp"
+#include "agent/install/block_queue.hpp"
 #include "common/error.hpp"
 
 namespace tern::agent {
@@ -47,24 +44,18 @@ class WriteBehind {
   std::uint64_t written() const { return written_.load(std::memory_order_relaxed); }
 
  private:
-  static constexpr std::size_t none = SIZE_MAX;
   void run();
-  void submit();
-  std::optional<Error> failure();
+  Error failure();
 
   PartitionWriter writer_;
-  const std::size_t size_;
-  std::unique_ptr<std::uint8_t[]> memory_;
-  std::vector<std::size_t> used_;
+  BlockPool pool_;
+  BlockQueue full_;   // put() → the writer thread
+  BlockQueue empty_;  // the writer thread → put()
+  std::optional<Block> current_;  // the block put() fills (the producer's only)
   std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<std::size_t> free_, ready_;
-  std::size_t busy_ = 0;  // buffers being written (0 or 1)
-  std::optional<Error> error_;
-  bool closing_ = false;
-  std::size_t current_ = none;  // the buffer put() fills (the producer's only)
+  std::optional<Error> error_;  // guarded by m_
   std::atomic<std::uint64_t> written_{0};
-  std::thread thread_;
+  std::thread thread_;  // last: starts after the members it uses
 };
 
 }  // namespace tern::agent
