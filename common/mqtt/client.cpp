@@ -2,6 +2,7 @@
 // their executors) or pushes into the concurrent inbox channel. The only Paho + Asio translation
 // unit of the project.
 #include "common/mqtt/client.hpp"
+#include "common/mqtt/asio_client.hpp"
 
 #include "common/backoff.hpp"
 #include "common/log.hpp"
@@ -143,10 +144,9 @@ Message from_paho(const ::mqtt::const_message_ptr& p) {
   return m;
 }
 
-}  // namespace
 
-struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_from_this<Client::Impl> {
-  Impl(asio::any_io_executor e, Options o)
+struct PahoImpl final : public ::mqtt::callback, public std::enable_shared_from_this<PahoImpl> {
+  PahoImpl(asio::any_io_executor e, Options o)
       : ex(std::move(e)), options(std::move(o)), inbox(ex, options.inbox_capacity), connect_listener(ex) {}
 
   asio::any_io_executor ex;
@@ -279,10 +279,32 @@ struct Client::Impl final : public ::mqtt::callback, public std::enable_shared_f
   }
 };
 
+class PahoClient final : public Client {
+ public:
+  explicit PahoClient(std::shared_ptr<PahoImpl> impl);
+  ~PahoClient() override;
+  asio::awaitable<Result<void>> connect() override;
+  asio::awaitable<Result<void>> publish(const Message& msg) override;
+  Result<void> enqueue(const Message& msg) override;
+  asio::awaitable<Result<void>> subscribe(const std::string& filter, int qos) override;
+  asio::awaitable<Result<void>> unsubscribe(const std::string& filter) override;
+  asio::awaitable<Result<Message>> receive() override;
+  std::optional<Message> try_receive() override;
+  asio::awaitable<void> disconnect() override;
+  bool connected() const override;
+  const Options& options() const override;
+
+ private:
+  std::shared_ptr<PahoImpl> impl_;
+};
+
+}  // namespace
+
 Result<std::unique_ptr<Client>> Client::create(asio::any_io_executor ex, Options options) {
   if (options.client_id.empty()) return fail(Errc::invalid_argument, "mqtt client: empty client id");
   if (options.inbox_capacity == 0) options.inbox_capacity = 1;
-  auto impl = std::make_shared<Impl>(std::move(ex), std::move(options));
+  if (options.engine == Engine::asio) return make_asio_client(std::move(ex), std::move(options));
+  auto impl = std::make_shared<PahoImpl>(std::move(ex), std::move(options));
   const Options& o = impl->options;
   try {
     auto create_opts = ::mqtt::create_options_builder()
@@ -306,14 +328,16 @@ Result<std::unique_ptr<Client>> Client::create(asio::any_io_executor ex, Options
   } catch (const ::mqtt::exception& e) {
     return fail(Errc::invalid_argument, "mqtt client " + o.client_id + ": " + e.what());
   }
-  return std::unique_ptr<Client>(new Client(std::move(impl)));
+  return std::unique_ptr<Client>(new PahoClient(std::move(impl)));
 }
 
-Client::Client(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {
+namespace {
+
+PahoClient::PahoClient(std::shared_ptr<PahoImpl> impl) : impl_(std::move(impl)) {
   impl_->publisher = std::thread([impl = impl_.get()] { impl->publisher_loop(); });
 }
 
-Client::~Client() {
+PahoClient::~PahoClient() {
   impl_->closing = true;
   impl_->inbox.close();  // releases a Paho thread blocked on a full inbox
   {
@@ -331,7 +355,7 @@ Client::~Client() {
   impl_->paho.reset();
 }
 
-asio::awaitable<Result<void>> Client::connect() {
+asio::awaitable<Result<void>> PahoClient::connect() {
   auto impl = impl_;
   Backoff backoff(impl->options.min_retry, impl->options.max_retry);
   // Paho gives up on an attempt after connect_timeout and calls back. The watchdog is for when it
@@ -385,7 +409,7 @@ asio::awaitable<Result<void>> Client::connect() {
   }
 }
 
-asio::awaitable<Result<void>> Client::publish(const Message& msg) {
+asio::awaitable<Result<void>> PahoClient::publish(const Message& msg) {
   auto impl = impl_;
   auto m = to_paho(msg);
   auto op = paho_op(impl->ex, "publishing to " + msg.topic,
@@ -393,7 +417,7 @@ asio::awaitable<Result<void>> Client::publish(const Message& msg) {
   co_return co_await std::move(op);
 }
 
-Result<void> Client::enqueue(const Message& msg) {
+Result<void> PahoClient::enqueue(const Message& msg) {
   auto& impl = *impl_;
   std::lock_guard lock(impl.out_mutex);
   if (impl.outgoing.size() >= static_cast<std::size_t>(std::max(impl.options.max_buffered, 1)))
@@ -404,7 +428,7 @@ Result<void> Client::enqueue(const Message& msg) {
   return {};
 }
 
-asio::awaitable<Result<void>> Client::subscribe(const std::string& filter_arg, int qos) {
+asio::awaitable<Result<void>> PahoClient::subscribe(const std::string& filter_arg, int qos) {
   std::string filter = filter_arg;  // read before the first suspension (see the header)
   auto impl = impl_;
   {
@@ -419,7 +443,7 @@ asio::awaitable<Result<void>> Client::subscribe(const std::string& filter_arg, i
   co_return co_await std::move(op);
 }
 
-asio::awaitable<Result<void>> Client::unsubscribe(const std::string& filter_arg) {
+asio::awaitable<Result<void>> PahoClient::unsubscribe(const std::string& filter_arg) {
   std::string filter = filter_arg;  // read before the first suspension (see the header)
   auto impl = impl_;
   {
@@ -431,14 +455,14 @@ asio::awaitable<Result<void>> Client::unsubscribe(const std::string& filter_arg)
   co_return co_await std::move(op);
 }
 
-asio::awaitable<Result<Message>> Client::receive() {
+asio::awaitable<Result<Message>> PahoClient::receive() {
   auto impl = impl_;
   auto [ec, msg] = co_await impl->inbox.async_receive(asio::as_tuple(asio::use_awaitable));
   if (ec) co_return fail(Errc::cancelled, "receiving MQTT messages: " + ec.message());
   co_return msg;
 }
 
-std::optional<Message> Client::try_receive() {
+std::optional<Message> PahoClient::try_receive() {
   std::optional<Message> out;
   // The handler runs inside try_receive when a message (or a waiting sender's) is there.
   impl_->inbox.try_receive([&](boost::system::error_code ec, Message m) {
@@ -447,7 +471,7 @@ std::optional<Message> Client::try_receive() {
   return out;
 }
 
-asio::awaitable<void> Client::disconnect() {
+asio::awaitable<void> PahoClient::disconnect() {
   auto impl = impl_;
   if (!impl->paho->is_connected()) co_return;
   auto op = paho_op(impl->ex, "disconnecting", [&](::mqtt::iaction_listener& l) {
@@ -463,8 +487,9 @@ asio::awaitable<void> Client::disconnect() {
   else if (auto& r = std::get<0>(done); !r) log::debug("mqtt ", impl->options.client_id, ": ", r.error().message());
 }
 
-bool Client::connected() const { return impl_->is_connected && impl_->paho->is_connected(); }
+bool PahoClient::connected() const { return impl_->is_connected && impl_->paho->is_connected(); }
 
-const Options& Client::options() const { return impl_->options; }
+const Options& PahoClient::options() const { return impl_->options; }
 
+}  // namespace
 }  // namespace tern::mqtt

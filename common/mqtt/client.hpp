@@ -1,4 +1,11 @@
-// An MQTT 5 client for Asio C++20 coroutines, over Paho MQTT C++ (TLS with client certificates).
+// An MQTT 5 client for Asio C++20 coroutines (TLS with client certificates), with two engines:
+//   Engine::paho  Paho MQTT C++ (its own threads; file persistence of QoS 1 messages across process
+//                 restarts): the agent, which must not lose a status when it is restarted.
+//   Engine::asio  Tern's own (common/mqtt/asio_client.cpp): one connection driven on the caller's
+//                 executor, no thread, many packets per TLS write. The bridge, whose ingest rate was
+//                 bounded by Paho's per-message cost (README, "Fleet scale, measured"). No file
+//                 persistence (create() refuses persistence_dir): QoS 1 messages wait in memory.
+// Both keep the behaviour described below; the differences are noted where they are.
 //
 //   auto client = tern::mqtt::Client::create(io.get_executor(), options).value();
 //   co_await client->connect();                       // retries with backoff per Options
@@ -12,7 +19,7 @@
 // publishes made while disconnected are buffered by Paho, in files under Options::persistence_dir
 // when it is set, so they survive a restart of the process and are sent on the next connection.
 //
-// Thread safety: a Client is used from one executor (all coroutines on the io_context it was
+// Thread safety (both engines): a Client is used from one executor (all coroutines on the io_context it was
 // created with). Paho's threads never touch caller state: they post into that executor or push into
 // the inbox channel, which blocks Paho's receive thread while full (back-pressure to the broker
 // instead of dropping QoS 1 messages).
@@ -23,7 +30,10 @@
 // that are initialised from a braced temporary.)
 //
 // Cancellation: receive() and connect() support Asio cancellation (e.g. `||` with a timer);
-// publish(), subscribe() and disconnect() complete when Paho reports the outcome.
+// with Engine::paho, publish(), subscribe() and disconnect() complete when Paho reports the outcome.
+// With Engine::asio every wait is cancellable, subscribe() and unsubscribe() fail after
+// Options::ack_timeout without an answer, and a single-threaded executor is required (the
+// client's state is not locked).
 #pragma once
 
 #include "common/error.hpp"
@@ -51,7 +61,10 @@ struct Message {
   std::string correlation_data;  ///< MQTT 5 correlation data, echoed in replies
 };
 
+enum class Engine { paho, asio };
+
 struct Options {
+  Engine engine = Engine::paho;
   std::string server_uri;  ///< "ssl://127.0.0.1:8883" (or "tcp://..." without TLS)
   std::string client_id;   ///< with Tern's broker, the CN of cert_file
   std::string ca_file;     ///< CA that signed the broker's certificate
@@ -70,6 +83,8 @@ struct Options {
   unsigned connect_attempts = 0;
   std::size_t inbox_capacity = 256;  ///< incoming messages waiting for receive()
   int max_buffered = 10000;          ///< QoS 1 publishes buffered while disconnected
+  /// Engine::asio: how long subscribe() and unsubscribe() wait for the broker's answer.
+  std::chrono::seconds ack_timeout{30};
   /// Called on the client's executor after every successful (re)connection.
   std::function<void()> on_connected;
   /// Called on the client's executor when an established connection drops.
@@ -81,50 +96,48 @@ class Client {
   /// Creates the client (no network yet). Errors: an invalid URI or options, or a persistence
   /// directory that cannot be created.
   static Result<std::unique_ptr<Client>> create(boost::asio::any_io_executor ex, Options options);
-  ~Client();
+  virtual ~Client() = default;
+  Client() = default;
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
   /// Connects, retrying with backoff between min_retry and max_retry (bounded by connect_attempts).
   /// Errors: the last connection failure (refused TLS handshake, unreachable broker, ...).
-  boost::asio::awaitable<Result<void>> connect();
+  virtual boost::asio::awaitable<Result<void>> connect() = 0;
 
-  /// Publishes and waits for the broker's acknowledgement (QoS 1) or for Paho to send it (QoS 0).
-  /// While disconnected the message waits in Paho's buffer and this completes after the reconnect.
+  /// Publishes and waits for the broker's acknowledgement (QoS 1) or for the client to send it
+  /// (QoS 0). While disconnected the message waits in the client's buffer and this completes after
+  /// the reconnect.
   /// Errors: refused by the broker (e.g. reason code 135, not authorized), buffer full.
-  boost::asio::awaitable<Result<void>> publish(const Message& msg);
+  virtual boost::asio::awaitable<Result<void>> publish(const Message& msg) = 0;
 
-  /// Queues the message for Paho and returns at once (a publisher thread hands it over, because
-  /// Paho's publish can block while Paho reconnects); it is delivered (and persisted by Paho, for
-  /// QoS 1) whenever a connection exists. Errors: max_buffered messages are waiting already.
-  Result<void> enqueue(const Message& msg);
+  /// Queues the message and returns at once; it is delivered (and, with Engine::paho, persisted for
+  /// QoS 1) whenever a connection exists. (Paho's publish can block while Paho reconnects, so that
+  /// engine hands messages over on a publisher thread.) Errors: max_buffered messages are waiting
+  /// already.
+  virtual Result<void> enqueue(const Message& msg) = 0;
 
   /// Subscribes and remembers the filter, so it is renewed after reconnects.
   /// Errors: the broker refused the subscription (note: Mosquitto grants denied subscriptions and
   /// then delivers nothing).
-  boost::asio::awaitable<Result<void>> subscribe(const std::string& filter, int qos = 1);
+  virtual boost::asio::awaitable<Result<void>> subscribe(const std::string& filter, int qos = 1) = 0;
 
   /// Unsubscribes and forgets the filter (it is not renewed after reconnects any more).
   /// Errors: the broker did not acknowledge it (e.g. disconnected meanwhile).
-  boost::asio::awaitable<Result<void>> unsubscribe(const std::string& filter);
+  virtual boost::asio::awaitable<Result<void>> unsubscribe(const std::string& filter) = 0;
 
   /// The next incoming message. Errors: the client was closed (Errc::cancelled).
-  boost::asio::awaitable<Result<Message>> receive();
+  virtual boost::asio::awaitable<Result<Message>> receive() = 0;
 
   /// A message already waiting in the inbox, without waiting for one (e.g. to take a burst in one
   /// go after receive()); nullopt when the inbox is empty or closed.
-  std::optional<Message> try_receive();
+  virtual std::optional<Message> try_receive() = 0;
 
   /// Sends DISCONNECT (the will is not published) and stops reconnecting.
-  boost::asio::awaitable<void> disconnect();
+  virtual boost::asio::awaitable<void> disconnect() = 0;
 
-  bool connected() const;
-  const Options& options() const;
-
- private:
-  struct Impl;
-  explicit Client(std::shared_ptr<Impl> impl);
-  std::shared_ptr<Impl> impl_;
+  virtual bool connected() const = 0;
+  virtual const Options& options() const = 0;
 };
 
 }  // namespace tern::mqtt

@@ -42,6 +42,25 @@ asio::awaitable<std::unique_ptr<mqtt::Client>> connected(mqtt::Options o) {
   co_return std::move(c);
 }
 
+mqtt::Options opts_for(const Broker& b, std::string_view identity) {
+  auto o = b.client_options(identity);
+  o.engine = mqtt::Engine::asio;
+  return o;
+}
+
+// The tests that hold for both engines (client.hpp) run once with each.
+class MqttEngines : public ::testing::TestWithParam<mqtt::Engine> {
+ protected:
+  mqtt::Options opts(const Broker& b, std::string_view identity, fs::path persistence_dir = {}) const {
+    auto o = b.client_options(identity, std::move(persistence_dir));
+    o.engine = GetParam();
+    return o;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(, MqttEngines, ::testing::Values(mqtt::Engine::paho, mqtt::Engine::asio),
+                         [](const auto& info) { return info.param == mqtt::Engine::paho ? "Paho" : "Asio"; });
+
 std::string tool() {
   return (build_dir() / "tests/common/tern-mqtt-tool").string();
 }
@@ -56,12 +75,12 @@ std::vector<std::string> tool_args(const Broker& b, std::string mode, std::strin
           (certs() / (id + ".key")).string()};
 }
 
-TEST(MqttClient, PublishSubscribeRoundTrip) {
+TEST_P(MqttEngines, PublishSubscribeRoundTrip) {
   Broker broker;
   run_coro(
       [&]() -> asio::awaitable<void> {
-        auto bridge = co_await connected(broker.client_options("bridge"));
-        auto dev = co_await connected(broker.client_options("device-1"));
+        auto bridge = co_await connected(opts(broker, "bridge"));
+        auto dev = co_await connected(opts(broker, "device-1"));
         EXPECT_TRUE(dev->connected());
         {
           auto r_ = co_await bridge->subscribe("tern/devices/+/status");
@@ -82,17 +101,17 @@ TEST(MqttClient, PublishSubscribeRoundTrip) {
       60s);
 }
 
-TEST(MqttClient, RetainedMessageIsDeliveredOnSubscribe) {
+TEST_P(MqttEngines, RetainedMessageIsDeliveredOnSubscribe) {
   Broker broker;
   run_coro(
       [&]() -> asio::awaitable<void> {
-        auto op = co_await connected(broker.client_options("operator"));
+        auto op = co_await connected(opts(broker, "operator"));
         {
           const mqtt::Message msg1{"tern/devices/device-3/deployment", "{\"deployment_id\":\"d1\"}", 1, true};
           auto r_ = co_await op->publish(msg1);
           EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
         }
-        auto dev = co_await connected(broker.client_options("device-3"));
+        auto dev = co_await connected(opts(broker, "device-3"));
         {
           auto r_ =
               co_await dev->subscribe("tern/devices/device-3/deployment");  // co_await never inside a gtest
@@ -107,17 +126,19 @@ TEST(MqttClient, RetainedMessageIsDeliveredOnSubscribe) {
       60s);
 }
 
-TEST(MqttClient, MessagesQueuedWhileBrokerIsDownArriveAfterRestart) {
+TEST_P(MqttEngines, MessagesQueuedWhileBrokerIsDownArriveAfterRestart) {
   Broker broker;
   TempDir persist;
   run_coro(
       [&]() -> asio::awaitable<void> {
-        auto bridge = co_await connected(broker.client_options("bridge"));
+        auto bridge = co_await connected(opts(broker, "bridge"));
         {
           auto r_ = co_await bridge->subscribe("tern/devices/+/status");
           EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
         }
-        auto dev = co_await connected(broker.client_options("device-1", persist.path()));
+        // Named before the co_await: g++ 12 destroys a full-expression's temporaries twice there.
+        const auto dev_options = opts(broker, "device-1", GetParam() == mqtt::Engine::paho ? persist.path() : fs::path());
+        auto dev = co_await connected(dev_options);
 
         broker.stop();
         // Wait (bounded) until the device notices the broker is gone.
@@ -184,14 +205,14 @@ TEST(MqttClient, QueuedMessagesSurviveAClientProcessRestart) {
 // CONNECT under way) must not leave the client waiting forever: Paho 1.3 sometimes never reports
 // the outcome of such an attempt. Every round stops the broker a few milliseconds after connect()
 // starts, so some rounds hit the handshake.
-TEST(MqttClient, ConnectSurvivesTheBrokerStoppingMidHandshake) {
+TEST_P(MqttEngines, ConnectSurvivesTheBrokerStoppingMidHandshake) {
   Broker broker;
   std::mt19937 rng(7);
   run_coro(
       [&]() -> asio::awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
         for (int round = 0; round < 12; ++round) {
-          auto o = broker.client_options("device-1");
+          auto o = opts(broker, "device-1");
           o.connect_attempts = 0;  // keep trying, as the agent and the bridge do
           o.connect_timeout = 2s;
           o.min_retry = 200ms;
@@ -219,12 +240,12 @@ TEST(MqttClient, ConnectSurvivesTheBrokerStoppingMidHandshake) {
 // The same for a connected client that Paho reconnects by itself: the broker restarts at random
 // moments, some of them during Paho's reconnect attempts; afterwards the client is connected and
 // its subscription delivers.
-TEST(MqttClient, ReconnectSurvivesRepeatedBrokerRestarts) {
+TEST_P(MqttEngines, ReconnectSurvivesRepeatedBrokerRestarts) {
   Broker broker;
   std::mt19937 rng(11);
   run_coro(
       [&]() -> asio::awaitable<void> {
-        auto o = broker.client_options("bridge");
+        auto o = opts(broker, "bridge");
         o.connect_timeout = 2s;
         o.min_retry = 100ms;
         o.max_retry = 1s;
@@ -239,7 +260,7 @@ TEST(MqttClient, ReconnectSurvivesRepeatedBrokerRestarts) {
           broker.start();
           co_await sleep_for(std::chrono::milliseconds(rng() % 30));
         }
-        auto dev = co_await connected(broker.client_options("device-2"));
+        auto dev = co_await connected(opts(broker, "device-2"));
         for (int i = 0; i < 300 && !c->connected(); ++i) co_await sleep_for(50ms);
         EXPECT_TRUE(c->connected()) << "not reconnected 15 s after the last broker restart";
         {
@@ -282,12 +303,12 @@ TEST(MqttClient, LastWillIsPublishedWhenTheClientDies) {
       60s);
 }
 
-TEST(MqttClient, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
+TEST_P(MqttEngines, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
   Broker broker;
   run_coro(
       [&]() -> asio::awaitable<void> {
-        auto bridge = co_await connected(broker.client_options("bridge"));
-        auto dev = co_await connected(broker.client_options("device-5"));
+        auto bridge = co_await connected(opts(broker, "bridge"));
+        auto dev = co_await connected(opts(broker, "device-5"));
         {
           auto r_ = co_await bridge->subscribe("tern/devices/+/status");
           EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
@@ -334,7 +355,7 @@ TEST(MqttClient, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
 
 // A broker address that accepts TCP and never says a word (a wedged broker, a captive middlebox):
 // every connect attempt is abandoned by its deadline and made again, and connect() returns.
-TEST(MqttClient, AConnectThatNeverCompletesIsAbandonedAndRetried) {
+TEST_P(MqttEngines, AConnectThatNeverCompletesIsAbandonedAndRetried) {
   asio::io_context io;
   asio::ip::tcp::acceptor silent(io, {asio::ip::make_address("127.0.0.1"), 0});
   std::vector<asio::ip::tcp::socket> held;  // accepted and kept open, never read or written
@@ -352,6 +373,7 @@ TEST(MqttClient, AConnectThatNeverCompletesIsAbandonedAndRetried) {
   o.ca_file = (certs() / "ca.crt").string();
   o.cert_file = (certs() / "device-1.crt").string();
   o.key_file = (certs() / "device-1.key").string();
+  o.engine = GetParam();
   o.connect_timeout = 1s;
   o.connect_attempts = 2;
   o.min_retry = 100ms;
@@ -369,6 +391,113 @@ TEST(MqttClient, AConnectThatNeverCompletesIsAbandonedAndRetried) {
         EXPECT_GE(held.size(), 2u) << "the first attempt was abandoned and a second one made";
         EXPECT_FALSE(c->connected());
         silent.close();
+      },
+      60s);
+}
+
+// More QoS 1 publishes at once than the broker lets a client have unacknowledged (Mosquitto's
+// Receive Maximum, mosquitto.conf's max_inflight_messages): all arrive, once each, in order.
+TEST_P(MqttEngines, ABurstLargerThanTheBrokersReceiveMaximumArrivesInOrder) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto bridge = co_await connected(opts(broker, "bridge"));
+        auto dev = co_await connected(opts(broker, "device-1"));
+        {
+          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        constexpr int n = 3000;
+        for (int i = 0; i < n; ++i) {
+          auto r = dev->enqueue({"tern/devices/device-1/status", std::to_string(i)});
+          CO_ASSERT_TRUE(r, r.error().message());
+        }
+        int next = 0;
+        while (next < n) {
+          auto m = co_await next_message(*bridge, 20s);
+          CO_ASSERT_TRUE(m, "message " << next << " of " << n << " did not arrive");
+          CO_ASSERT_TRUE(m->payload == std::to_string(next), "expected " << next << ", got " << m->payload);
+          ++next;
+        }
+        auto extra = co_await next_message(*bridge, 300ms);
+        EXPECT_FALSE(extra) << "a message arrived twice: " << extra->payload;
+      },
+      120s);
+}
+
+// A publish the ACL denies is answered with its reason code (MQTT 5 PUBACK 135), by either engine.
+TEST_P(MqttEngines, APublishTheBrokerRefusesFailsWithItsReasonCode) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto dev = co_await connected(opts(broker, "device-1"));
+        const mqtt::Message foreign{"tern/devices/device-2/status", "not mine"};
+        auto denied = co_await dev->publish(foreign);
+        CO_ASSERT_TRUE(!denied, "another device's topic was accepted");
+        EXPECT_NE(denied.error().message().find("reason code 135"), std::string::npos) << denied.error().message();
+        EXPECT_NE(denied.error().message().find("device-2/status"), std::string::npos) << denied.error().message();
+        // The session goes on.
+        const mqtt::Message own{"tern/devices/device-1/status", "mine"};
+        auto ok = co_await dev->publish(own);
+        EXPECT_TRUE(ok) << (ok ? "" : ok.error().message());
+      },
+      60s);
+}
+
+// Engine::asio: a subscribe while the broker is away fails at once (it never waits without a
+// deadline), the filter is kept, and it is renewed when the client reconnects by itself.
+TEST(MqttAsioClient, ASubscribeWhileDisconnectedFailsAtOnceAndIsRenewedOnReconnect) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto o = broker.client_options("bridge");
+        o.engine = mqtt::Engine::asio;
+        o.min_retry = 100ms;
+        o.max_retry = 500ms;
+        auto bridge = co_await connected(o);
+        broker.stop();
+        for (int i = 0; i < 200 && bridge->connected(); ++i) co_await sleep_for(50ms);
+        CO_ASSERT_TRUE(!bridge->connected(), "the broker stopped 10 s ago and the client still says connected");
+        auto sub = co_await bridge->subscribe("tern/devices/+/status");
+        CO_ASSERT_TRUE(!sub, "subscribed with no broker");
+        EXPECT_NE(sub.error().message().find("not connected"), std::string::npos) << sub.error().message();
+        broker.start();
+        for (int i = 0; i < 300 && !bridge->connected(); ++i) co_await sleep_for(50ms);
+        CO_ASSERT_TRUE(bridge->connected(), "not reconnected 15 s after the broker came back");
+        auto dev = co_await connected(opts_for(broker, "device-3"));
+        const mqtt::Message event{"tern/devices/device-3/status", "after"};
+        auto r = co_await dev->publish(event);
+        EXPECT_TRUE(r) << (r ? "" : r.error().message());
+        auto m = co_await next_message(*bridge, 10s);
+        CO_ASSERT_TRUE(m, "the subscription made while disconnected was not renewed");
+        EXPECT_EQ(m->payload, "after");
+      },
+      90s);
+}
+
+// Engine::asio: a client that goes away without DISCONNECT (its connection just closes, as when
+// the process dies) leaves its last will to the broker; disconnect() does not.
+TEST(MqttAsioClient, TheWillIsPublishedWhenTheConnectionDiesAndNotOnDisconnect) {
+  Broker broker;
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto watcher = co_await connected(opts_for(broker, "bridge"));
+        {
+          auto r_ = co_await watcher->subscribe("tern/devices/+/presence");
+          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
+        }
+        for (std::string id : {"device-4", "device-5"}) {
+          auto o = opts_for(broker, id);
+          o.will = mqtt::Message{"tern/devices/" + id + "/presence", R"({"state":"offline","seq":1})", 1, false};
+          auto c = co_await connected(o);
+          if (id == "device-5") co_await c->disconnect();
+          c.reset();  // device-4: the socket closes without a DISCONNECT
+        }
+        auto m = co_await next_message(*watcher, 10s);
+        CO_ASSERT_TRUE(m, "no last will");
+        EXPECT_EQ(m->topic, "tern/devices/device-4/presence");
+        auto extra = co_await next_message(*watcher, 1s);
+        EXPECT_FALSE(extra) << "a will after a clean disconnect: " << extra->topic;
       },
       60s);
 }
