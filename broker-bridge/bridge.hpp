@@ -32,10 +32,11 @@
 // dropped. The pass has a deadline (reconcile_deadline); one that misses it is logged and retried
 // at the next connection or interval. The store thus converges on what the devices last reported.
 //
-// Inbox: mqtt.inbox_capacity must be large (main sets 131072). tern::mqtt::Client blocks Paho's
-// receive thread while its inbox is full, and Paho holds its client lock there, so an enqueue()
-// from the executor thread (every outgoing message) would wait for that lock while the thread
-// that could empty the inbox is the one waiting: a deadlock, seen with a small inbox under load.
+// Inbox: with "mqtt_client": "paho", mqtt.inbox_capacity must be large (main sets 131072).
+// tern::mqtt::Client blocks Paho's receive thread while its inbox is full, and Paho holds its client
+// lock there, so an enqueue() from the executor thread (every outgoing message) would wait for that
+// lock while the thread that could empty the inbox is the one waiting: a deadlock, seen with a small
+// inbox under load. The asio engine (the default) only stops reading while its inbox is full.
 //
 // Batches: after each wait the receive loop also takes what is already in the inbox (up to
 // BridgeOptions::batch) and hands it to Fleet::handle_batch, so a burst of statuses is one store
@@ -61,7 +62,13 @@
 namespace tern::bridge {
 
 struct BridgeOptions {
-  mqtt::Options mqtt;
+  /// Engine::asio unless told otherwise (main's "mqtt_client"): Paho's per-message cost bounded the
+  /// bridge's ingest (README, "Fleet scale, measured").
+  mqtt::Options mqtt = [] {
+    mqtt::Options o;
+    o.engine = mqtt::Engine::asio;
+    return o;
+  }();
   std::filesystem::path db_path;
   FleetOptions fleet;
   /// Empty (the default): plain subscriptions, kept by Mosquitto over a restart. "tern-bridge":

@@ -7,10 +7,14 @@
 //   db                    SQLite file, default "tern-bridge.db"; or a PostgreSQL connection URI
 //                         ("postgresql://tern@db-host:5432/tern", libpq syntax): same schema,
 //                         same migrations, same behaviour
-//   mqtt_persistence_dir  Paho file persistence for in-flight messages; default none (memory):
-//                         at start the bridge republishes from its database whatever must be out
-//                         there, and Paho's file persistence cut ingest throughput about tenfold
-//                         (bench-fleet, 200 devices: 13 s instead of 1.4 s)
+//   mqtt_client           "asio" (default): Tern's own MQTT client on the io thread (one
+//                         connection, no threads, packets batched into few TLS records); "paho":
+//                         Paho MQTT C++, as before (bench-fleet at 10,000 devices: Paho's
+//                         per-message cost bounded ingest; see README, "Fleet scale, measured")
+//   mqtt_persistence_dir  Paho file persistence for in-flight messages (needs "mqtt_client":
+//                         "paho"); default none (memory): at start the bridge republishes from its
+//                         database whatever must be out there, and Paho's file persistence cut
+//                         ingest throughput about tenfold (bench-fleet, 200 devices: 13 s, not 1.4 s)
 //   artifact_dir          directory of *.mender files, scanned at start and on artifacts/rescan
 //   verify_key            PEM public key: only artifacts signed with it are cataloged
 //   serve_artifacts       default true: run the HTTPS artifact server
@@ -83,7 +87,7 @@ int run(const std::string& config_path) {
     return 1;
   }
   for (auto& k : cfg->unknown_keys({"broker_uri", "ca_file", "cert_file", "key_file", "client_id", "db",
-                                    "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
+                                    "mqtt_client", "mqtt_persistence_dir", "artifact_dir", "verify_key", "serve_artifacts",
                                     "server_bind", "server_port", "server_cert", "server_key",
                                     "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
                                     "server_max_connections", "server_max_connections_per_address", "public_url",
@@ -118,6 +122,12 @@ int run(const std::string& config_path) {
     o.mqtt.max_retry = std::chrono::seconds(30);
     o.db_path = get(cfg->string("db", "tern-bridge.db"));
     o.mqtt.persistence_dir = get(cfg->string("mqtt_persistence_dir", ""));
+    const auto engine = get(cfg->string("mqtt_client", "asio"));
+    if (engine == "asio") o.mqtt.engine = mqtt::Engine::asio;
+    else if (engine == "paho") o.mqtt.engine = mqtt::Engine::paho;
+    else throw ErrorException(fail(Errc::invalid_argument, config_path + ": mqtt_client is '" + engine + "', not \"asio\" or \"paho\""));
+    if (o.mqtt.engine == mqtt::Engine::asio && !o.mqtt.persistence_dir.empty())
+      throw ErrorException(fail(Errc::invalid_argument, config_path + ": mqtt_persistence_dir needs \"mqtt_client\": \"paho\""));
     o.shared_group = get(cfg->string("shared_group", ""));
     const auto expiry = get(cfg->u64("session_expiry_seconds", o.shared_group.empty() ? 604800 : 0));
     if (expiry > 0xffffffffull)
