@@ -1,6 +1,7 @@
 // The bridge's artifact server: files of one directory over HTTPS (or plain HTTP for tests) as
 // /artifacts/<filename>, with what a resuming downloader needs: Range requests (`bytes=a-b`, `a-`,
-// `-n`; 206 + Content-Range, 416 + `Content-Range: bytes */size` when invalid or unsatisfiable),
+// `-n`; 206 + Content-Range, 416 + `Content-Range: bytes */size` when invalid or unsatisfiable, the
+// whole file for a range unit other than bytes, as RFC 9110 14.2 requires),
 // several ranges in one request (`bytes=a-b,c-d`: 206 multipart/byteranges, parts in the order
 // asked, overlapping or touching ranges merged, more than 200 answered with the whole file: see
 // byte_ranges.hpp), If-Range, a strong ETag (size, mtime, inode), Last-Modified, HEAD and

@@ -4,6 +4,7 @@
 #include "common/text.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 namespace tern::bridge {
 namespace {
@@ -12,6 +13,12 @@ std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
   return s;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
 }
 
 enum class Spec { ok, outside, malformed };
@@ -50,8 +57,11 @@ RangeSet parse_ranges(std::string_view header, std::uint64_t size, std::size_t m
   RangeSet set;
   auto v = trim(header);
   if (v.empty()) return set;
-  if (!v.starts_with("bytes=")) return {Answer::unsatisfiable, {}};
-  v.remove_prefix(6);
+  // RFC 9110 14.2: a Range with a unit the server does not understand is ignored (the whole file);
+  // unit names are case-insensitive.
+  const auto eq = v.find('=');
+  if (eq == std::string_view::npos || !iequals(trim(v.substr(0, eq)), "bytes")) return set;
+  v.remove_prefix(eq + 1);
   std::size_t specs = 0;
   bool ascending = true;
   std::vector<FileRange> asked;

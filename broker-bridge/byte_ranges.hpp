@@ -1,9 +1,10 @@
 // The Range header as the artifact server answers it (RFC 9110 14), sans-io.
 //
 //   auto set = parse_ranges(req[Range], size, kMaxRanges);
-//   whole:         200 with the whole file (no Range, a unit other than bytes is an error below,
-//                  too many ranges, overlapping ranges out of order)
-//   unsatisfiable: 416 + `Content-Range: bytes */size` (malformed, or no range inside the file)
+//   whole:         200 with the whole file (no Range, a unit other than bytes, which RFC 9110 14.2
+//                  says to ignore, too many ranges, overlapping ranges out of order)
+//   unsatisfiable: 416 + `Content-Range: bytes */size` (a malformed bytes range, or no range
+//                  inside the file)
 //   partial:       one range: 206 + Content-Range; several: 206 multipart/byteranges, the parts
 //                  written with part_header() ... closing_delimiter(), in multipart_length() bytes
 //

@@ -123,7 +123,8 @@ class Fleet {
   Result<Reply> admission(const std::string& device, const std::string& verb, std::string_view body,
                           std::int64_t now, Outgoing& out);
   /// accept | reject | decommission one device; accept and reject create the record of a device
-  /// never seen. `group` replaces the device's group if given.
+  /// never seen. `group` replaces the device's group if given. Reject and decommission also lock
+  /// the deployment the device leaves (with the device, in ingest's order).
   Result<Reply> admit(const std::string& device, const std::string& verb, const std::optional<std::string>& group,
                       const std::string& what, std::int64_t now, Outgoing& out);
   Result<Reply> set_group(const std::string& device, const std::string& group, const std::string& what,
@@ -157,6 +158,7 @@ class Fleet {
   FleetOptions options_;
   std::set<std::string> dirty_;  // deployments whose summary (and rollout) must be re-evaluated
   std::uint64_t id_counter_ = 0;
+  bool admission_relock_ = false;  // admit() held the wrong deployment's lock: run the command again
 };
 
 }  // namespace tern::bridge

@@ -86,6 +86,8 @@ Result<std::vector<int>> parse_phases(const std::string& raw) {
 }
 
 constexpr std::size_t max_listed_skips = 100;
+// Runs of an admission command whose device changed deployment while it locked (admit()).
+constexpr int max_admission_attempts = 5;
 // Ids in one devices/preauthorize command (the 256 KiB message cap allows about this many).
 constexpr std::size_t max_preauthorize = 10000;
 
@@ -142,7 +144,13 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
     result = tx([&] { return preauthorize(msg.payload, now, effects); });
   } else if (n == 5 && parts[2] == "devices" &&
              (parts[4] == "accept" || parts[4] == "reject" || parts[4] == "decommission" || parts[4] == "group")) {
-    result = tx([&] { return admission(parts[3], parts[4], msg.payload, now, effects); });
+    // Run again (a few times) if admit() found the device's deployment changed while it locked.
+    for (int attempt = 1;; ++attempt) {
+      admission_relock_ = false;
+      result = tx([&] { return admission(parts[3], parts[4], msg.payload, now, effects); });
+      if (result || !admission_relock_ || attempt == max_admission_attempts) break;
+      log::info("command ", command, ": ", result.error().message(), ": running it again");
+    }
   } else if (n == 5 && parts[2] == "devices" && parts[4] == "log") {
     result = device_log(parts[3], msg.payload);
   } else if (n == 4 && parts[2] == "artifacts" && parts[3] == "list") {
@@ -485,7 +493,25 @@ Result<Fleet::Reply> Fleet::set_group(const std::string& id, const std::string& 
 Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb,
                                   const std::optional<std::string>& group, const std::string& what,
                                   std::int64_t now, Outgoing& out) {
-  if (auto l = store_.lock("device:" + id); !l) return l.error();
+  const std::string admission = verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "decommissioned";
+  // Locks. A device that stays accepted changes only its record: its own lock. A rejected or
+  // decommissioned one also leaves its deployment, whose row and counters it changes: that
+  // deployment's lock too, taken with the device's in one statement and in the global order of
+  // status ingest (Store::lock_all), so a reject and another bridge's abort, tick or ingest of the
+  // same deployment wait for each other instead of deadlocking. Which deployment is read before
+  // locking and checked again after: if it changed meanwhile, the locks held are the wrong ones
+  // and only the end of the transaction releases them, so the command runs again (handle_command).
+  std::optional<std::string> locked_deployment;
+  if (admission == "accepted") {
+    if (auto l = store_.lock("device:" + id); !l) return l.error();
+  } else {
+    auto before = store_.active_deployment_of(id);
+    if (!before) return before.error();
+    locked_deployment = *before;
+    std::vector<std::string> keys{"device:" + id};
+    if (locked_deployment) keys.push_back("deployment:" + *locked_deployment);
+    if (auto l = store_.lock_all(keys); !l) return l.error();
+  }
   auto found = store_.device(id);
   if (!found) return found.error();
   DeviceRecord d;
@@ -499,13 +525,18 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
   } else {
     return fail(Errc::not_found, what + ": unknown device '" + id + "'");
   }
-  d.admission = verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "decommissioned";
+  d.admission = admission;
   if (group) d.group = *group;
 
   if (d.admission != "accepted") {
     // A rejected or decommissioned device leaves the deployment it was in.
     auto busy = store_.active_deployment_of(id);
     if (!busy) return busy.error();
+    if (*busy && *busy != locked_deployment) {
+      admission_relock_ = true;
+      return fail(Errc::internal, what + ": the device's deployment changed while locking (" +
+                                      locked_deployment.value_or("none") + ", now " + **busy + ")");
+    }
     if (*busy) {
       auto row = store_.device_deployment(**busy, id);
       if (!row) return row.error();

@@ -99,36 +99,45 @@ Result<boost::json::object> deployment_progress(Store& store, const std::string&
   auto d = store.deployment(id);
   if (!d) return d.error();
   if (!*d) return fail(Errc::not_found, "progress: unknown deployment '" + id + "'");
-  auto rows = store.device_deployments(id);
-  if (!rows) return rows.error();
+  // No scan of the deployment's rows in the bridge: counts from the counters (migration 5), bytes
+  // from one aggregate query, and only the failure rows listed (an indexed, limited query).
+  auto counted = store.deployment_counts(id);
+  if (!counted) return counted.error();
+  auto summed = store.phase_bytes(id);
+  if (!summed) return summed.error();
   struct Phase {
     boost::json::object counts;
     std::uint64_t devices = 0, bytes = 0, total = 0;
   };
   std::vector<Phase> phases((*d)->phases.size());
-  boost::json::array failures;
+  auto phase = [&](int p) -> Phase& {
+    if (static_cast<std::size_t>(p) >= phases.size()) phases.resize(static_cast<std::size_t>(p) + 1);
+    return phases[static_cast<std::size_t>(p)];
+  };
   std::uint64_t failed = 0;
-  for (auto& r : *rows) {
-    if (r.phase < 0) continue;
-    if (static_cast<std::size_t>(r.phase) >= phases.size()) phases.resize(static_cast<std::size_t>(r.phase) + 1);
-    auto& p = phases[static_cast<std::size_t>(r.phase)];
-    ++p.devices;
-    count(p.counts, r.status);
-    p.total += r.total;
-    // Past the download the whole artifact is on the device, whatever the last progress said.
-    const bool downloaded = r.status == "installing" || r.status == "rebooting" || r.status == "success";
-    p.bytes += downloaded ? std::max(r.bytes, r.total) : r.bytes;
-    if (r.status == "failure" || r.status == "aborted") {
-      ++failed;
-      if (failures.size() < max_failures)
-        failures.push_back(boost::json::object{{"device", r.device},
-                                               {"status", r.status},
-                                               {"error", r.error},
-                                               {"attempt", r.attempt},
-                                               {"phase", r.phase + 1},
-                                               {"updated", r.updated}});
-    }
+  for (auto& c : *counted) {
+    if (c.phase < 0) continue;
+    auto& p = phase(c.phase);
+    p.devices += c.n;
+    p.counts[c.status] = static_cast<std::int64_t>(c.n);
+    if (c.status == "failure" || c.status == "aborted") failed += c.n;
   }
+  for (auto& b : *summed) {
+    if (b.phase < 0) continue;
+    auto& p = phase(b.phase);
+    p.bytes = b.bytes;
+    p.total = b.total;
+  }
+  auto rows = store.failed_device_deployments(id, max_failures);
+  if (!rows) return rows.error();
+  boost::json::array failures;
+  for (auto& r : *rows)
+    failures.push_back(boost::json::object{{"device", r.device},
+                                           {"status", r.status},
+                                           {"error", r.error},
+                                           {"attempt", r.attempt},
+                                           {"phase", r.phase + 1},
+                                           {"updated", r.updated}});
   boost::json::array out;
   for (std::size_t i = 0; i < phases.size(); ++i) {
     auto& p = phases[i];

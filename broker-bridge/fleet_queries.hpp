@@ -11,7 +11,10 @@
 //   tern/fleet/deployments/{id}/progress   {}
 //     Per phase: {"phase": 1-based, "percent", "devices", "counts": {status: n}, "bytes", "total_bytes"}
 //     with bytes downloaded so far (a finished download counts as its whole size), and
-//     "failures": every failed or aborted device of the deployment with its error (up to 1000).
+//     "failures": every failed or aborted device of the deployment with its error (up to 1000),
+//     "failure_count": all of them. Answered without loading the deployment's rows: counts from
+//     the store's counters (migration 5), bytes summed per phase by the database, and only the
+//     failure rows listed (Store::failed_device_deployments).
 //
 // Errors name the field or the deployment. Thread safety: none (the fleet's executor).
 #pragma once

@@ -1070,4 +1070,19 @@ Result<std::vector<DeviceDeploymentRecord>> Store::failed_device_deployments(con
   });
 }
 
+Result<std::vector<PhaseBytes>> Store::phase_bytes(const std::string& deployment) {
+  return guard("summing the bytes of deployment " + deployment, [&] {
+    // Bytes change with every progress status: summed here on demand rather than kept by a
+    // trigger on every write of a row. (PostgreSQL's SUM of BIGINT is NUMERIC: read as text.)
+    Stmt s(*impl_,
+           "SELECT phase, SUM(CASE WHEN status IN ('installing', 'rebooting', 'success') AND total > bytes "
+           "THEN total ELSE bytes END), SUM(total) FROM device_deployments WHERE deployment = ? "
+           "GROUP BY phase ORDER BY phase");
+    s.bind(deployment);
+    std::vector<PhaseBytes> out;
+    while (s.step()) out.push_back(PhaseBytes{s.i32(0), s.u64(1), s.u64(2)});
+    return out;
+  });
+}
+
 }  // namespace tern::bridge

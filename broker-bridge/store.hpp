@@ -135,6 +135,14 @@ struct StatusCount {
   std::uint64_t n = 0;
 };
 
+/// A phase's download figures (deployment progress): bytes downloaded so far, where a device past
+/// its download (installing, rebooting, success) counts its whole artifact, and the artifact bytes.
+struct PhaseBytes {
+  int phase = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t total = 0;
+};
+
 /// Deployment statuses that end a device's part of a deployment.
 bool is_final_status(std::string_view status);
 
@@ -232,6 +240,9 @@ class Store {
   /// Rows that failed (failure, aborted), by phase then device, at most `limit`.
   Result<std::vector<DeviceDeploymentRecord>> failed_device_deployments(const std::string& deployment,
                                                                         std::size_t limit);
+  /// Per phase with rows, by phase: the sums of PhaseBytes, in one aggregate query (no row is
+  /// read into the bridge).
+  Result<std::vector<PhaseBytes>> phase_bytes(const std::string& deployment);
 
   struct Impl;
 

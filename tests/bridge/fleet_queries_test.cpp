@@ -1,6 +1,6 @@
 // The dashboard's reads (fleet_queries.hpp) through Fleet::handle, like any command: devices/page
 // (filters, search, paging, counts, bad fields) and deployments/{id}/progress (per-phase counts,
-// bytes, failure reasons), and the signing key named by artifacts/list.
+// bytes, failure reasons, equal to a recount of the rows), and the signing key named by artifacts/list.
 #include <gtest/gtest.h>
 
 #include "artifacts/writer.hpp"
@@ -161,6 +161,106 @@ TEST(FleetQueries, ProgressPerPhaseWithBytesAndReasons) {
   auto unknown = env.command("tern/fleet/deployments/nope/progress", "");
   EXPECT_FALSE(unknown.at("ok").as_bool());
   EXPECT_NE(std::string(unknown.at("error").as_string()).find("'nope'"), std::string::npos);
+}
+
+// deployments/{id}/progress as it was computed before the counters: a scan of every row of the
+// deployment (the reference the counter-based answer must equal).
+json::object recounted_progress(bridge::Store& store, const std::string& id) {
+  const auto d = store.deployment(id).value().value();
+  struct Phase {
+    json::object counts;
+    std::uint64_t devices = 0, bytes = 0, total = 0;
+  };
+  std::vector<Phase> phases(d.phases.size());
+  json::array failures;
+  std::uint64_t failed = 0;
+  for (auto& r : store.device_deployments(id).value()) {
+    if (static_cast<std::size_t>(r.phase) >= phases.size()) phases.resize(static_cast<std::size_t>(r.phase) + 1);
+    auto& p = phases[static_cast<std::size_t>(r.phase)];
+    ++p.devices;
+    auto& c = p.counts[r.status];
+    c = c.is_null() ? std::int64_t{1} : c.as_int64() + 1;
+    p.total += r.total;
+    const bool downloaded = r.status == "installing" || r.status == "rebooting" || r.status == "success";
+    p.bytes += downloaded ? std::max(r.bytes, r.total) : r.bytes;
+    if (r.status == "failure" || r.status == "aborted") {
+      ++failed;
+      if (failures.size() < 1000)
+        failures.push_back(json::object{{"device", r.device}, {"status", r.status}, {"error", r.error},
+                                        {"attempt", r.attempt}, {"phase", r.phase + 1}, {"updated", r.updated}});
+    }
+  }
+  json::array out;
+  for (std::size_t i = 0; i < phases.size(); ++i)
+    out.push_back(json::object{{"phase", i + 1}, {"percent", i < d.phases.size() ? d.phases[i] : 100},
+                               {"devices", phases[i].devices}, {"counts", phases[i].counts},
+                               {"bytes", phases[i].bytes}, {"total_bytes", phases[i].total}});
+  return json::object{{"id", id}, {"state", d.state}, {"phase", d.phase + 1}, {"phases", std::move(out)},
+                      {"failures", std::move(failures)}, {"failure_count", failed}};
+}
+
+// The progress comes from the counters, one aggregate of the bytes and the listed failure rows
+// only: it must equal a recount of every row, over phases and statuses of every kind, with more
+// failures than are listed, beside another deployment whose rows must not leak in.
+TEST(FleetQueries, ProgressEqualsARecountOfTheRows) {
+  Env env;
+  for (const char* id : {"big", "other"}) {
+    bridge::DeploymentRecord d;
+    d.id = id;
+    d.artifact = "release-1";
+    d.targets = R"({"all":true})";
+    d.phases = {10, 40, 100};
+    d.state = "running";
+    d.phase = 1;
+    d.created = 1000;
+    ASSERT_TRUE(env.store->insert_deployment(d));
+  }
+  const std::vector<std::string> words{"pending",  "sent",    "downloading", "installing", "rebooting",
+                                       "success",  "failure", "aborted",     "already-installed"};
+  std::vector<bridge::DeviceDeploymentRecord> rows;
+  for (int i = 0; i < 1500; ++i) {
+    bridge::DeviceDeploymentRecord r;
+    r.deployment = "big";
+    r.device = "dev-" + std::to_string(i * 7919 % 1500);  // not in phase order
+    r.phase = i % 4;  // phase 4 is past the deployment's three: still listed, like the rows' scan did
+    // Mostly failures (more than the 1000 listed), every other status in every phase.
+    r.status = i % 3 == 0 ? words[static_cast<std::size_t>(i / 3) % words.size()] : (i % 2 ? "failure" : "aborted");
+    r.total = 1000 + static_cast<std::uint64_t>(i);
+    r.bytes = static_cast<std::uint64_t>(i * 37 % 1400);  // below and above the total
+    r.attempt = 1 + i % 2;
+    r.error = r.status == "failure" ? "error " + std::to_string(i) : "";
+    r.updated = 1000 + i;
+    rows.push_back(std::move(r));
+  }
+  ASSERT_TRUE(env.store->put_device_deployments(rows));
+  auto others = rows;
+  for (auto& r : others) {
+    r.deployment = "other";
+    r.status = "failure";
+    r.bytes = 5;
+  }
+  ASSERT_TRUE(env.store->put_device_deployments(others));
+
+  auto check = [&](const std::string& when) {
+    auto got = bridge::deployment_progress(*env.store, "big");
+    ASSERT_TRUE(got) << got.error().message();
+    const auto want = recounted_progress(*env.store, "big");
+    EXPECT_EQ(json::value(*got), json::value(want)) << when << "\ngot:  " << json::serialize(*got).substr(0, 2000)
+                                                     << "\nwant: " << json::serialize(want).substr(0, 2000);
+    EXPECT_EQ(got->at("failures").as_array().size(), 1000u) << when;
+    EXPECT_EQ(got->at("phases").as_array().size(), 4u) << when;
+  };
+  check("as written");
+  EXPECT_GT(recounted_progress(*env.store, "big").at("failure_count").as_uint64(), 1000u);
+
+  // Rows move between statuses (the counters follow through the triggers): still equal.
+  for (auto& r : rows) {
+    if (r.status == "failure" && r.updated % 5 == 0) r.status = "success";
+    r.bytes = r.updated % 3 ? 10 : 0;
+  }
+  rows.resize(700);
+  ASSERT_TRUE(env.store->put_device_deployments(rows));
+  check("after updates");
 }
 
 TEST(FleetQueries, ArtifactListNamesTheSigningKey) {

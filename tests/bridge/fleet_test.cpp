@@ -14,6 +14,10 @@
 #include <boost/json/parse.hpp>
 #include <sqlite3.h>
 
+#include <atomic>
+#include <chrono>
+#include <latch>
+#include <thread>
 #include <tuple>
 
 namespace tern::test {
@@ -783,6 +787,201 @@ TEST(BridgeFleet, TheCountersFollowEveryWriteOfTheRows) {
   }
   EXPECT_EQ(sent, 3u);  // ceil(10% of 30 accepted devices, minus the rejected one: 29)
   EXPECT_EQ(pending, 26u);
+}
+
+}  // namespace
+}  // namespace tern::test
+
+// --- locks between bridges on one PostgreSQL database ------------------------------------------------
+
+namespace tern::test {
+namespace {
+
+// A second bridge on the same database: its own connection and Fleet, the same artifact directory.
+struct SecondBridge {
+  std::unique_ptr<Store> store;
+  std::unique_ptr<Fleet> fleet;
+  explicit SecondBridge(FleetEnv& env) {
+    store = Store::open(env.where).value();
+    bridge::FleetOptions o;
+    o.artifact_base_url = "https://127.0.0.1:1/artifacts";
+    o.artifact_dir = env.dir / "artifacts";
+    fleet = std::make_unique<Fleet>(*store, o);
+  }
+  std::string command(const std::string& topic, std::int64_t now) {
+    auto out = fleet->handle(msg(topic, "", "tern/fleet/replies/b"), now);
+    auto reply = last_on(out, "tern/fleet/replies/b");
+    return reply ? reply->payload : "<no reply>";
+  }
+};
+
+// Sessions waiting for the bridge's advisory lock `key` (Store::lock: the 64-bit key is
+// hashtext(key), whose low 32 bits pg_locks shows as objid).
+int waiting_for(const std::string& where, const std::string& key) {
+  const auto n = Postgres::shared().psql(
+      where.substr(where.rfind('/') + 1),
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND "
+      "objid::text::bigint = (hashtext('" + key + "')::bigint & 4294967295)");
+  return std::atoi(n.c_str());
+}
+
+// Rejecting a device aborts its row in its deployment, which moves that deployment's counters:
+// the reject must hold the deployment's lock like every other writer of those rows (abort, resume,
+// tick, ingest), so while another bridge holds "deployment:x1" the reject waits for it.
+TEST(BridgeFleet, RejectWaitsForTheLockOfTheDeploymentItLeaves) {
+  FleetEnv env;
+  if (!env.where.starts_with("postgresql"))
+    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  env.accept("device-1");
+  env.accept("device-2");
+  auto created = env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(created.find("\"ok\":true"), std::string::npos) << created;
+
+  // Another bridge's abort or tick of x1, holding its lock until told to end.
+  auto other = Store::open(env.where).value();
+  std::atomic<bool> held{false}, release{false};
+  std::thread holder([&] {
+    auto t = other->transaction([&]() -> Result<void> {
+      if (auto l = other->lock("deployment:x1"); !l) return l;
+      held = true;
+      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return {};
+    });
+    EXPECT_TRUE(t) << t.error().message();
+  });
+  while (!held) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+
+  std::atomic<bool> done{false};
+  std::string reply;
+  std::thread reject([&] {
+    reply = env.command("tern/fleet/devices/device-1/reject", "");
+    done = true;
+  });
+  // Until the reject ends (the old code: at once, holding only "device:device-1") or waits.
+  bool waiting = false;
+  while (!done && !waiting) {
+    waiting = waiting_for(env.where, "deployment:x1") > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(waiting) << "the reject changed deployment x1 without its lock: " << reply;
+  EXPECT_FALSE(done);
+  release = true;
+  holder.join();
+  reject.join();
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_EQ(env.row("x1", "device-1").status, "aborted");
+  EXPECT_EQ(env.row("x1", "device-2").status, "sent");
+  EXPECT_EQ(counted(*env.store, "x1"), env.store->status_counts("x1").value());
+}
+
+// The deployment a reject locks is read before locking; if it changes before the locks are granted
+// (here: another bridge, holding the device, moves it from x1 to a new deployment x2), the reject
+// runs again and locks x2, the deployment it then changes: it waits while a third bridge holds x2.
+TEST(BridgeFleet, RejectLocksAgainWhenTheDevicesDeploymentChangedWhileItWaited) {
+  FleetEnv env;
+  if (!env.where.starts_with("postgresql"))
+    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  env.accept("device-1");
+  auto created = env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(created.find("\"ok\":true"), std::string::npos) << created;
+
+  auto mover_store = Store::open(env.where).value();
+  auto x2_store = Store::open(env.where).value();
+  std::atomic<bool> device_held{false}, move{false}, x2_held{false}, release_x2{false};
+  std::thread mover([&] {  // holds device-1, then moves it to x2 and commits
+    auto t = mover_store->transaction([&]() -> Result<void> {
+      if (auto l = mover_store->lock("device:device-1"); !l) return l;
+      device_held = true;
+      while (!move) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      auto row = mover_store->device_deployment("x1", "device-1").value().value();
+      row.status = "aborted";
+      if (auto w = mover_store->put_device_deployment(row); !w) return w;
+      bridge::DeploymentRecord d = mover_store->deployment("x1").value().value();
+      d.id = "x2";
+      if (auto w = mover_store->insert_deployment(d); !w) return w;
+      row.deployment = "x2";
+      row.status = "sent";
+      return mover_store->put_device_deployment(row);
+    });
+    EXPECT_TRUE(t) << t.error().message();
+  });
+  std::thread x2_holder([&] {
+    auto t = x2_store->transaction([&]() -> Result<void> {
+      if (auto l = x2_store->lock("deployment:x2"); !l) return l;
+      x2_held = true;
+      while (!release_x2) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return {};
+    });
+    EXPECT_TRUE(t) << t.error().message();
+  });
+  while (!device_held || !x2_held) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+
+  std::atomic<bool> done{false};
+  std::string reply;
+  std::thread reject([&] {
+    reply = env.command("tern/fleet/devices/device-1/reject", "");
+    done = true;
+  });
+  // The reject read x1 and waits for device-1 (with x1's lock in the same statement).
+  while (!done && waiting_for(env.where, "device:device-1") == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_FALSE(done) << reply;
+  move = true;
+  mover.join();  // committed: device-1's lock is the reject's now
+  bool waiting = false;
+  while (!done && !waiting) {
+    waiting = waiting_for(env.where, "deployment:x2") > 0;
+    if (!waiting) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(waiting) << "the reject changed deployment x2 without its lock: " << reply;
+  release_x2 = true;
+  x2_holder.join();
+  reject.join();
+  EXPECT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_EQ(env.row("x2", "device-1").status, "aborted");
+  EXPECT_EQ(env.row("x2", "device-1").error, "device rejected");
+  EXPECT_EQ(counted(*env.store, "x2"), env.store->status_counts("x2").value());
+  EXPECT_EQ(counted(*env.store, "x1"), env.store->status_counts("x1").value());
+}
+
+// Two bridges, one rejecting the last device of a deployment while the other aborts it, round after
+// round: both commands succeed every time (no deadlock between the reject's row and counter writes
+// and the abort's), and the counters equal a recount of the rows.
+TEST(BridgeFleet, TwoBridgesRejectAndAbortOneDeploymentWithoutDeadlock) {
+  FleetEnv env;
+  if (!env.where.starts_with("postgresql"))
+    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  constexpr int devices = 20;
+  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
+  for (int i = 0; i < devices; ++i) env.accept(dev(i));
+  const std::string last = dev(devices - 1);  // the last row the abort writes
+  SecondBridge b(env);
+  for (int round = 0; round < 30; ++round) {
+    const std::string id = "r" + std::to_string(round);
+    auto created = env.command("tern/fleet/deployments/create",
+                               R"({"id":")" + id + R"(","artifact_name":"release-1","all":true})");
+    ASSERT_NE(created.find("\"ok\":true"), std::string::npos) << created;
+    std::latch start(2);
+    std::string rejected, aborted;
+    std::thread a([&] {
+      start.arrive_and_wait();
+      rejected = env.command("tern/fleet/devices/" + last + "/reject", "");
+    });
+    std::thread t([&] {
+      start.arrive_and_wait();
+      aborted = b.command("tern/fleet/deployments/" + id + "/abort", env.now);
+    });
+    a.join();
+    t.join();
+    EXPECT_NE(rejected.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << rejected;
+    EXPECT_NE(aborted.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << aborted;
+    const auto scanned = env.store->status_counts(id).value();
+    EXPECT_EQ(counted(*env.store, id), scanned) << "round " << round;
+    EXPECT_EQ(scanned, (std::map<std::string, std::uint64_t>{{"aborted", devices}})) << "round " << round;
+    env.tick();
+    b.fleet->tick(env.now);
+    env.accept(last);
+  }
 }
 
 }  // namespace

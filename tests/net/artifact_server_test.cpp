@@ -149,13 +149,31 @@ TEST_F(ServerTest, Ranges) {
 TEST_F(ServerTest, InvalidAndUnsatisfiableRangesAre416) {
   write_file(dir / "a.bin", kData);
   start(false);
-  for (const std::string range : {"bytes=300000-", "bytes=5-4", "bytes=abc", "items=0-1", "bytes=-0"}) {
+  for (const std::string range : {"bytes=300000-", "bytes=5-4", "bytes=abc", "bytes=-0", "BYTES=300000-"}) {
     auto r = curl("-H " + shell_quote("Range: " + range));
     EXPECT_EQ(r.status, 416) << range;
     EXPECT_EQ(header(r, "content-range"), "bytes */" + std::to_string(kData.size())) << range;
     EXPECT_TRUE(r.body.empty()) << range;
   }
   EXPECT_EQ(server->bytes_served(), 0u);
+}
+
+// RFC 9110 14.2: a server MUST ignore a Range header field with a range unit it does not understand.
+TEST_F(ServerTest, ARangeInAnUnknownUnitIsIgnored) {
+  write_file(dir / "a.bin", kData);
+  start(false);
+  for (const std::string range : {"items=0-5", "items=300000-", "rows", "=0-5"}) {
+    auto r = curl("-H " + shell_quote("Range: " + range));
+    EXPECT_EQ(r.status, 200) << range;
+    EXPECT_TRUE(r.body == kData) << range << ": " << r.body.size() << " bytes, not the whole file";
+    EXPECT_EQ(header(r, "content-length"), std::to_string(kData.size())) << range;
+    EXPECT_TRUE(header(r, "content-range").empty()) << range;
+  }
+  // The unit is case-insensitive (RFC 9110 14.1): "Bytes" is still a byte range.
+  auto r = curl("-H " + shell_quote("Range: Bytes=10-19"));
+  ASSERT_EQ(r.status, 206);
+  EXPECT_EQ(r.body, kData.substr(10, 10));
+  EXPECT_EQ(server->bytes_served(), 4 * kData.size() + 10);
 }
 
 TEST_F(ServerTest, HeadHasHeadersButNoBody) {

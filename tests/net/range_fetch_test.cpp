@@ -242,6 +242,10 @@ TEST(RangeServerParse, MergesOrdersCapsAndRefuses) {
   EXPECT_EQ(p("bytes=0-9,2000-3000").ranges, (std::vector<FileRange>{{0, 10}})) << "unsatisfiable ones dropped";
   EXPECT_EQ(p("bytes=2000-3000,5000-").answer, A::unsatisfiable);
   EXPECT_EQ(p("bytes=0-9,x").answer, A::unsatisfiable);
+  EXPECT_EQ(p("items=0-9").answer, A::whole) << "an unknown unit is ignored (RFC 9110 14.2)";
+  EXPECT_EQ(p("items=2000-3000").answer, A::whole) << "even one the file could not satisfy";
+  EXPECT_EQ(p("bytes").answer, A::whole) << "no '=': not a byte range";
+  EXPECT_EQ(p("ByTes=0-9").ranges, (std::vector<FileRange>{{0, 10}})) << "units are case-insensitive";
   std::string many = "bytes=";
   for (int i = 0; i < 201; ++i) many += std::to_string(i * 4) + "-" + std::to_string(i * 4 + 1) + ",";
   EXPECT_EQ(p(many).answer, A::whole) << "more than the cap";
