@@ -43,7 +43,9 @@
 // transaction.
 //
 // Thread safety: create, run and stop on one executor (stop may be called from any thread: it
-// posts). The store is SQLite on the executor's thread (WAL, short transactions).
+// posts); the executor must be single-threaded (the MQTT client's asio engine requires it). The
+// store and the fleet work on a store thread of the bridge's own: every call into them from the
+// bridge goes there and back (Impl::on_store), so a transaction never stalls MQTT traffic.
 #pragma once
 
 #include "broker-bridge/fleet.hpp"
@@ -103,6 +105,7 @@ class Bridge {
   /// Messages processed so far (for tests and benchmarks).
   std::uint64_t processed() const;
 
+  /// The store; only while run() is not running (the store thread uses it then).
   Store& store();
 
  private:

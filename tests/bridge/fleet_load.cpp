@@ -28,6 +28,7 @@
 // error naming the device; nothing is retried silently.
 #include "common/log.hpp"
 #include "common/mqtt/client.hpp"
+#include "common/mqtt/codec.hpp"
 #include "common/protocol.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -187,105 +188,40 @@ struct Minter {
   }
 };
 
-// --- MQTT 5 codec (the few packets a device needs) ----------------------------------------------
+// --- MQTT 5 packets (common/mqtt/codec.hpp, the bridge's own client's codec) ---------------------
 
-void put_u16(std::string& b, std::uint16_t v) {
-  b += static_cast<char>(v >> 8);
-  b += static_cast<char>(v & 0xff);
-}
-void put_str(std::string& b, std::string_view s) {
-  put_u16(b, static_cast<std::uint16_t>(s.size()));
-  b += s;
-}
-void put_varint(std::string& b, std::size_t v) {
-  do {
-    unsigned char c = v % 128;
-    v /= 128;
-    if (v) c |= 0x80;
-    b += static_cast<char>(c);
-  } while (v);
-}
-std::string packet(unsigned char first, const std::string& body) {
-  std::string p(1, static_cast<char>(first));
-  put_varint(p, body.size());
-  return p + body;
-}
+namespace codec = tern::mqtt::codec;
 
 std::string connect_packet(const std::string& client_id, std::uint16_t keepalive) {
-  std::string b;
-  put_str(b, "MQTT");
-  b += '\x05';  // MQTT 5
-  b += '\x02';  // clean start; identity from the certificate
-  put_u16(b, keepalive);
-  b += '\x00';  // no properties: session expiry 0, receive maximum 65535
-  put_str(b, client_id);
-  return packet(0x10, b);
+  std::string out;
+  codec::ConnectParams p;
+  p.client_id = client_id;  // identity from the certificate
+  p.keepalive = keepalive;
+  p.clean_start = true;     // no properties: session expiry 0, receive maximum 65535
+  codec::connect(out, p);
+  return out;
 }
 std::string subscribe_packet(std::uint16_t pid, const std::string& filter) {
-  std::string b;
-  put_u16(b, pid);
-  b += '\x00';
-  put_str(b, filter);
-  b += '\x01';  // QoS 1, retained messages sent on subscribe
-  return packet(0x82, b);
+  std::string out;
+  codec::subscribe(out, pid, filter, 1, 0);  // QoS 1, retained messages sent on subscribe
+  return out;
 }
 std::string publish_packet(std::uint16_t pid, const std::string& topic, const std::string& payload, bool retain) {
-  std::string b;
-  put_str(b, topic);
-  put_u16(b, pid);
-  b += '\x00';
-  b += payload;
-  return packet(0x32 | (retain ? 1 : 0), b);
+  std::string out;
+  codec::set_packet_id(out, codec::publish(out, topic, payload, 1, retain), pid);
+  return out;
 }
 std::string puback_packet(std::uint16_t pid) {
-  std::string b;
-  put_u16(b, pid);
-  return packet(0x40, b);
+  std::string out;
+  codec::puback(out, pid);
+  return out;
 }
 
-/// One parsed packet (views into the session's input buffer).
+/// A received PUBLISH as the phases see it: its payload in `body`.
 struct Packet {
-  unsigned char type = 0, flags = 0;
+  std::uint8_t flags = 0;
   std::string_view body;
 };
-
-/// Takes one complete packet off the front of `in` (its bytes stay valid until `in` changes);
-/// returns the number of bytes consumed, or 0 when more input is needed.
-std::size_t next_packet(const std::string& in, std::size_t at, Packet& p) {
-  if (in.size() - at < 2) return 0;
-  std::size_t len = 0, mult = 1, i = at + 1;
-  for (;; ++i) {
-    if (i >= in.size()) return 0;
-    auto c = static_cast<unsigned char>(in[i]);
-    len += (c & 0x7f) * mult;
-    mult *= 128;
-    if (!(c & 0x80)) break;
-    if (i - at > 4) fatal("malformed MQTT remaining length from the broker");
-  }
-  ++i;
-  if (in.size() - i < len) return 0;
-  p.type = static_cast<unsigned char>(in[at]) >> 4;
-  p.flags = static_cast<unsigned char>(in[at]) & 0x0f;
-  p.body = std::string_view(in).substr(i, len);
-  return i + len - at;
-}
-
-std::uint16_t get_u16(std::string_view b, std::size_t at) {
-  if (b.size() < at + 2) fatal("truncated MQTT packet from the broker");
-  return static_cast<std::uint16_t>((static_cast<unsigned char>(b[at]) << 8) | static_cast<unsigned char>(b[at + 1]));
-}
-/// Skips an MQTT 5 property block at `at`; returns the offset after it.
-std::size_t skip_properties(std::string_view b, std::size_t at) {
-  std::size_t len = 0, mult = 1;
-  for (;; ++at) {
-    if (at >= b.size()) fatal("truncated MQTT properties from the broker");
-    auto c = static_cast<unsigned char>(b[at]);
-    len += (c & 0x7f) * mult;
-    mult *= 128;
-    if (!(c & 0x80)) break;
-  }
-  return at + 1 + len;
-}
 
 // --- sessions -----------------------------------------------------------------------------------
 
@@ -366,54 +302,50 @@ void send(Session& s, std::string bytes) {
   if (!s.writing) asio::co_spawn(g->io, flush(s), asio::detached);
 }
 
-void on_packet(Session& s, const Packet& p) {
-  switch (p.type) {
-    case 2: {  // CONNACK
-      if (p.body.size() < 2) fatal(s.id + ": short CONNACK");
-      const auto reason = static_cast<unsigned char>(p.body[1]);
-      if (reason != 0) fatal(s.id + ": the broker refused the connection, reason code " + std::to_string(reason));
+void on_packet(Session& s, const codec::Frame& f) {
+  auto check = [&](const auto& r) {
+    if (!r) fatal(s.id + ": " + r.error().message());
+  };
+  switch (f.type) {
+    case codec::Type::connack: {
+      auto c = codec::parse_connack(f);
+      check(c);
+      if (c->reason != 0) fatal(s.id + ": the broker refused the connection, reason code " + std::to_string(c->reason));
       s.connacked = true;
       break;
     }
-    case 9: {  // SUBACK
-      const auto at = skip_properties(p.body, 2);
-      if (at >= p.body.size() || static_cast<unsigned char>(p.body[at]) >= 0x80)
-        fatal(s.id + ": subscription refused");
+    case codec::Type::suback: {
+      auto a = codec::parse_ack(f);
+      check(a);
+      if (a->reasons.front() >= 0x80) fatal(s.id + ": subscription refused");
       s.subscribed = true;
       break;
     }
-    case 3: {  // PUBLISH
-      const int qos = (p.flags >> 1) & 3;
-      const auto tlen = get_u16(p.body, 0);
-      std::size_t at = 2 + tlen;
-      std::uint16_t pid = 0;
-      if (qos > 0) {
-        pid = get_u16(p.body, at);
-        at += 2;
-      }
-      at = skip_properties(p.body, at);
-      if (at > p.body.size()) fatal(s.id + ": malformed PUBLISH");
-      Packet payload{p.type, p.flags, p.body.substr(at)};
-      if (s.on_publish) s.on_publish(s, payload);
-      if (qos > 0) send(s, puback_packet(pid));
+    case codec::Type::publish: {
+      auto p = codec::parse_publish(f);
+      check(p);
+      if (s.on_publish) s.on_publish(s, Packet{f.flags, p->payload});
+      if (p->qos > 0) send(s, puback_packet(p->id));
       break;
     }
-    case 4: {  // PUBACK
+    case codec::Type::puback: {
       ++g->acks;
-      if (p.body.size() >= 3 && static_cast<unsigned char>(p.body[2]) >= 0x80) {
+      auto a = codec::parse_ack(f);
+      check(a);
+      if (a->reasons.front() >= 0x80) {
         ++g->refused_acks;
-        fatal(s.id + ": publish refused, reason code " + std::to_string(static_cast<unsigned char>(p.body[2])));
+        fatal(s.id + ": publish refused, reason code " + std::to_string(a->reasons.front()));
       }
       break;
     }
-    case 13:  // PINGRESP
+    case codec::Type::pingresp:
       break;
-    case 14: {  // DISCONNECT from the broker
-      const int reason = p.body.empty() ? 0 : static_cast<unsigned char>(p.body[0]);
-      fatal(s.id + ": the broker disconnected the session, reason code " + std::to_string(reason));
+    case codec::Type::disconnect: {  // from the broker
+      auto d = codec::parse_disconnect(f);
+      fatal(s.id + ": the broker disconnected the session, reason code " + std::to_string(d ? d->reason : 0));
     }
     default:
-      fatal(s.id + ": unexpected MQTT packet type " + std::to_string(p.type));
+      fatal(s.id + ": unexpected MQTT packet type " + std::to_string(static_cast<int>(f.type)));
   }
 }
 
@@ -429,10 +361,13 @@ asio::awaitable<bool> read_some(Session& s) {
     if (r > 0) {
       s.in.append(buf, static_cast<std::size_t>(r));
       std::size_t at = 0;
-      Packet p;
-      while (auto used = next_packet(s.in, at, p)) {
-        on_packet(s, p);
-        at += used;
+      for (;;) {
+        codec::Frame f;
+        auto used = codec::split(std::string_view(s.in).substr(at), f, 1 << 20);
+        if (!used) fatal(s.id + ": " + used.error().message());
+        if (!*used) break;
+        on_packet(s, f);
+        at += *used;
       }
       s.in.erase(0, at);
       if (s.in.empty() && s.in.capacity() > 4096) s.in.shrink_to_fit();
