@@ -144,7 +144,7 @@ struct Out {
 struct Impl : std::enable_shared_from_this<Impl> {
   Impl(asio::any_io_executor e, Options o, Endpoint ep)
       : ex(std::move(e)), options(std::move(o)), endpoint(std::move(ep)), inbox(ex, options.inbox_capacity),
-        write_wake(ex), retry_wake(ex), ids(65536, false) {
+        write_wake(ex), retry_wake(ex), keepalive_timer(ex), ids(65536, false) {
     write_wake.expires_at(Clock::time_point::max());
     retry_wake.expires_at(Clock::time_point::max());
   }
@@ -165,7 +165,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
   std::deque<Out> pending, inflight;
   std::size_t unacked = 0;  // in inflight, not acknowledged yet
   std::string wbuf;         // packets for the writer
-  asio::steady_timer write_wake, retry_wake;
+  asio::steady_timer write_wake, retry_wake, keepalive_timer;
   std::shared_ptr<Waiter> drained, flushed;  // disconnect(): nothing left to send / wbuf written
 
   std::vector<bool> ids;  // packet identifiers in use
@@ -192,6 +192,15 @@ struct Impl : std::enable_shared_from_this<Impl> {
   }
 
   void wake_writer() { write_wake.cancel(); }
+
+  /// Ends connection `c`: the loop that saw it end calls this, so the other two, waiting on their
+  /// timers, wake and find it closed. (A cancellation from `||` alone is lost by a loop that had not
+  /// started its wait yet.)
+  void finish(Conn& c) {
+    c.close();
+    write_wake.cancel();
+    keepalive_timer.cancel();
+  }
 
   // --- outgoing publishes -------------------------------------------------------------------------
 
@@ -312,14 +321,16 @@ struct Impl : std::enable_shared_from_this<Impl> {
   asio::awaitable<Result<std::shared_ptr<Conn>>> attempt() {
     auto self = shared_from_this();
     auto c = std::make_shared<Conn>(ex, tls ? &*tls : nullptr);
-    auto timed_out = std::make_shared<bool>(false);
+    auto timed_out = std::make_shared<bool>(false), finished = std::make_shared<bool>(false);
     asio::steady_timer guard(ex, options.connect_timeout);
-    guard.async_wait([c, timed_out](boost::system::error_code ec) {
-      if (ec) return;
+    // `finished`: an expiry already queued when the handshake completed must not close it.
+    guard.async_wait([c, timed_out, finished](boost::system::error_code ec) {
+      if (ec || *finished) return;
       *timed_out = true;
       c->close();
     });
     auto r = co_await handshake(*c);
+    *finished = true;
     guard.cancel();
     if (*timed_out)
       co_return fail(Errc::timeout, "connecting to " + options.server_uri + ": no answer within " +
@@ -429,7 +440,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
   asio::awaitable<Result<void>> read_loop(std::shared_ptr<Conn> c) {
     co_await asio::this_coro::throw_if_cancelled(false);
     auto r = co_await read_packets(*c);
-    c->close();
+    finish(*c);
     co_return r;
   }
 
@@ -504,18 +515,18 @@ struct Impl : std::enable_shared_from_this<Impl> {
     co_await asio::this_coro::throw_if_cancelled(false);
     std::string sending;
     for (;;) {
+      if (!c->open()) co_return fail(Errc::io, "the connection is closed");
       if (wbuf.empty()) {
         if (flushed) flushed->complete({});
         write_wake.expires_at(Clock::time_point::max());
         co_await write_wake.async_wait(use_tuple);
-        if (!c->open()) co_return fail(Errc::io, "the connection is closed");
         continue;
       }
       sending.clear();
       sending.swap(wbuf);
       auto [ec, n] = co_await c->write(asio::buffer(sending));
       if (ec) {
-        c->close();
+        finish(*c);
         co_return fail(Errc::io, "writing: " + ec.message());
       }
       last_write = Clock::now();
@@ -525,20 +536,18 @@ struct Impl : std::enable_shared_from_this<Impl> {
 
   asio::awaitable<Result<void>> keepalive_loop(std::shared_ptr<Conn> c) {
     co_await asio::this_coro::throw_if_cancelled(false);
-    asio::steady_timer t(ex);
-    if (keepalive.count() == 0) {
-      t.expires_at(Clock::time_point::max());
-      co_await t.async_wait(use_tuple);
-      co_return fail(Errc::io, "the connection is closed");
-    }
+    auto& t = keepalive_timer;
     const auto period = std::max<std::chrono::milliseconds>(keepalive / 2, std::chrono::milliseconds(500));
     for (;;) {
-      t.expires_after(period);
+      if (!c->open()) co_return fail(Errc::io, "the connection is closed");
+      if (keepalive.count() == 0) t.expires_at(Clock::time_point::max());
+      else t.expires_after(period);
       co_await t.async_wait(use_tuple);
       if (!c->open()) co_return fail(Errc::io, "the connection is closed");
+      if (keepalive.count() == 0) continue;
       const auto now = Clock::now();
       if (now - last_read > keepalive * 3 / 2) {
-        c->close();
+        finish(*c);
         co_return fail(Errc::timeout, "nothing from the broker for " + std::to_string((keepalive * 3 / 2).count()) + " s");
       }
       if (now - last_write >= keepalive / 2) {
@@ -584,9 +593,8 @@ struct Impl : std::enable_shared_from_this<Impl> {
 
   void close() {
     closing = true;
-    if (conn) conn->close();
+    if (conn) finish(*conn);
     retry_wake.cancel();
-    write_wake.cancel();
     inbox.close();
   }
 };
@@ -681,8 +689,7 @@ class AsioClient final : public Client {
       }
     }
     impl->is_connected = false;
-    if (impl->conn) impl->conn->close();
-    impl->write_wake.cancel();
+    if (impl->conn) impl->finish(*impl->conn);
   }
 
   bool connected() const override { return impl_->is_connected; }

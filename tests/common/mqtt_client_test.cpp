@@ -10,7 +10,9 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include "tests/support/testenv.hpp"
+#include <array>
 #include <random>
 #include <set>
 
@@ -498,6 +500,58 @@ TEST(MqttAsioClient, TheWillIsPublishedWhenTheConnectionDiesAndNotOnDisconnect) 
         EXPECT_EQ(m->topic, "tern/devices/device-4/presence");
         auto extra = co_await next_message(*watcher, 1s);
         EXPECT_FALSE(extra) << "a will after a clean disconnect: " << extra->topic;
+      },
+      60s);
+}
+
+// Engine::asio: a broker that answers CONNECT with CONNACK and DISCONNECT in one write (as Mosquitto
+// does when it stops right after accepting a client) ends that connection as its loops start. The
+// client must notice at once and reconnect, not sit until its keepalive timer (30 s here) fires.
+TEST(MqttAsioClient, AConnectionEndedRightAfterItsConnackIsReplacedAtOnce) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor server(io, {asio::ip::make_address("127.0.0.1"), 0});
+  int accepted = 0;
+  std::vector<std::shared_ptr<asio::ip::tcp::socket>> held;
+  std::function<void()> accept_next = [&] {
+    server.async_accept([&](boost::system::error_code ec, asio::ip::tcp::socket sock) {
+      if (ec) return;
+      auto s = std::make_shared<asio::ip::tcp::socket>(std::move(sock));
+      const bool first = accepted++ == 0;
+      held.push_back(s);
+      auto buf = std::make_shared<std::array<char, 512>>();
+      s->async_read_some(asio::buffer(*buf), [s, buf, first](boost::system::error_code rec, std::size_t) {
+        if (rec) return;
+        // CONNACK (no session, success, no properties), then for the first one DISCONNECT 0x8b.
+        std::string reply("\x20\x03\x00\x00\x00", 5);
+        if (first) reply += std::string("\xe0\x01\x8b", 3);
+        auto out = std::make_shared<std::string>(std::move(reply));
+        asio::async_write(*s, asio::buffer(*out), [s, out, first](boost::system::error_code, std::size_t) {
+          if (first) s->close();
+        });
+      });
+      accept_next();
+    });
+  };
+  accept_next();
+  mqtt::Options o;
+  o.engine = mqtt::Engine::asio;
+  o.server_uri = "tcp://127.0.0.1:" + std::to_string(server.local_endpoint().port());
+  o.client_id = "device-1";
+  o.keepalive = 60s;
+  o.min_retry = 100ms;
+  o.max_retry = 200ms;
+  run_coro(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto c = mqtt::Client::create(ex, o).value();
+        auto r = co_await c->connect();
+        CO_ASSERT_TRUE(r, r.error().message());
+        for (int i = 0; i < 200 && accepted < 2; ++i) co_await sleep_for(50ms);
+        EXPECT_GE(accepted, 2) << "the connection the broker ended was not replaced within 10 s";
+        for (int i = 0; i < 100 && !c->connected(); ++i) co_await sleep_for(50ms);
+        EXPECT_TRUE(c->connected());
+        server.close();
       },
       60s);
 }
