@@ -294,33 +294,55 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   } else {
     for (auto& dev : *known) candidates.push_back(&dev);
   }
-  std::vector<std::string> targets;
-  for (auto* dev : candidates) {
-    if (!group->empty() && dev->group != *group) {
-      if (explicit_list) skipped.emplace_back(dev->id, "not in group '" + *group + "'");
-      continue;
-    }
-    if (!type->empty() && dev->device_type != *type) {
-      if (explicit_list) skipped.emplace_back(dev->id, "not of device type '" + *type + "'");
-      continue;
-    }
-    if (dev->admission != "accepted") {
-      skipped.emplace_back(dev->id, "not accepted (" + dev->admission + ")");
-      continue;
-    }
+  // Why a device is not a target (nullopt: it is one; "": not listed among the skipped).
+  auto excluded = [&](const DeviceRecord& dev) -> std::optional<std::string> {
+    if (!group->empty() && dev.group != *group)
+      return explicit_list ? "not in group '" + *group + "'" : std::string();
+    if (!type->empty() && dev.device_type != *type)
+      return explicit_list ? "not of device type '" + *type + "'" : std::string();
+    if (dev.admission != "accepted") return "not accepted (" + dev.admission + ")";
     const auto& types = (*art)->device_types;
-    if (!types.empty() && !dev->device_type.empty() &&
-        std::find(types.begin(), types.end(), dev->device_type) == types.end()) {
-      skipped.emplace_back(dev->id, "device type '" + dev->device_type + "' is not one the artifact supports");
-      continue;
+    if (!types.empty() && !dev.device_type.empty() &&
+        std::find(types.begin(), types.end(), dev.device_type) == types.end())
+      return "device type '" + dev.device_type + "' is not one the artifact supports";
+    return std::nullopt;
+  };
+  // The devices read above were not locked: another bridge may be rejecting, decommissioning or
+  // targeting one of them right now. So the would-be targets are locked ("device:ID", with the new
+  // deployment's "deployment:ID", in one statement and in the global order of Store::lock_all, as
+  // status ingest and reject do), then read again and checked again, busy included: a device
+  // rejected meanwhile is skipped, and a reject that comes after sees this deployment and leaves
+  // it. (A device that became eligible meanwhile is not added: as if created just before.)
+  std::vector<std::optional<std::string>> why(candidates.size());
+  std::vector<std::string> prospective;  // in device id order, as candidates
+  std::vector<std::string> keys{"deployment:" + d.id};
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    why[i] = excluded(*candidates[i]);
+    if (why[i]) continue;
+    prospective.push_back(candidates[i]->id);
+    keys.push_back("device:" + candidates[i]->id);
+  }
+  if (auto l = store_.lock_all(keys); !l) return l.error();
+  if (auto again = store_.deployment(d.id); !again) return again.error();
+  else if (*again) return invalid(what + ": deployment '" + d.id + "' exists already");  // created meanwhile
+  auto locked = store_.devices_in(prospective);
+  if (!locked) return locked.error();
+  std::map<std::string, DeviceRecord> now_by_id;
+  for (auto& dev : *locked) now_by_id.emplace(dev.id, std::move(dev));
+  auto busy = store_.active_deployments_of(prospective);
+  if (!busy) return busy.error();
+  std::vector<std::string> targets;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const std::string& id_ = candidates[i]->id;
+    if (!why[i]) {
+      auto dev = now_by_id.find(id_);
+      auto b = busy->find(id_);
+      if (dev == now_by_id.end()) why[i] = "unknown device";
+      else if (auto again = excluded(dev->second)) why[i] = *again;
+      else if (b != busy->end()) why[i] = "busy with deployment " + b->second;
     }
-    auto busy = store_.active_deployment_of(dev->id);
-    if (!busy) return busy.error();
-    if (*busy) {
-      skipped.emplace_back(dev->id, "busy with deployment " + **busy);
-      continue;
-    }
-    targets.push_back(dev->id);
+    if (!why[i]) targets.push_back(id_);
+    else if (!why[i]->empty()) skipped.emplace_back(id_, *why[i]);
   }
   if (targets.empty()) {
     std::string why;
@@ -480,6 +502,9 @@ Result<Fleet::Reply> Fleet::admission(const std::string& id, const std::string& 
 
 Result<Fleet::Reply> Fleet::set_group(const std::string& id, const std::string& group, const std::string& what,
                                       Outgoing& out) {
+  // The device's lock before its record is read (its only lock: the first, so in any order), so a
+  // change another bridge makes to the device meanwhile (ingest, accept, reject) is not overwritten.
+  if (auto l = store_.lock("device:" + id); !l) return l.error();
   auto found = store_.device(id);
   if (!found) return found.error();
   if (!*found) return fail(Errc::not_found, what + ": unknown device '" + id + "'");
