@@ -1218,5 +1218,38 @@ TEST(BridgeFleet, CreateForTenThousandDevicesLocksThemInOneStatement) {
   std::printf("create to %d devices (%s): %.0f ms\n", devices, env.where.starts_with("postgresql") ? "postgresql" : "sqlite", ms);
 }
 
+// A device in two open deployments (create prevents it; a store written by an older bridge or by
+// hand may hold it): active_deployment_of and active_deployments_of both name the oldest, whatever
+// order the rows were written in. Before, LIMIT 1 without ORDER BY named the row found first.
+TEST(BridgeStore, TheActiveDeploymentOfADeviceInTwoIsTheOldest) {
+  FleetEnv env;
+  for (auto [id, created] : {std::pair<const char*, std::int64_t>{"a-new", 2000}, {"z-old", 1000}, {"m-same", 1000}}) {
+    bridge::DeploymentRecord d;
+    d.id = id;
+    d.artifact = "release-1";
+    d.targets = "{}";
+    d.phases = {100};
+    d.state = "running";
+    d.created = created;
+    ASSERT_TRUE(env.store->insert_deployment(d));
+  }
+  // The newest row first, so the one a scan meets first is the wrong one.
+  for (const char* dep : {"a-new", "z-old", "m-same"}) {
+    bridge::DeviceDeploymentRecord row;
+    row.deployment = dep;
+    row.device = "device-1";
+    row.status = "sent";
+    ASSERT_TRUE(env.store->put_device_deployment(row));
+  }
+  bridge::DeviceDeploymentRecord other;
+  other.deployment = "a-new";
+  other.device = "device-2";
+  other.status = "downloading";
+  ASSERT_TRUE(env.store->put_device_deployment(other));
+  EXPECT_EQ(env.store->active_deployment_of("device-1").value(), std::optional<std::string>("m-same"));
+  EXPECT_EQ(env.store->active_deployments_of({"device-1", "device-2", "device-3"}).value(),
+            (std::map<std::string, std::string>{{"device-1", "m-same"}, {"device-2", "a-new"}}));
+}
+
 }  // namespace
 }  // namespace tern::test
