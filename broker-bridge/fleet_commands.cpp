@@ -611,6 +611,12 @@ Result<Fleet::Reply> Fleet::preauthorize(std::string_view body, std::int64_t now
   // All or nothing: one bad id refuses the whole list (the transaction rolls back).
   for (auto& id : *ids)
     if (!protocol::valid_id(id)) return invalid(what + ": '" + id + "' is not a valid device id");
+  // Every device's lock at once, in the global order (Store::lock_all), before admit() takes each
+  // again (a lock held already is granted at once): taken one by one in the list's order, they
+  // deadlocked with a create or an ingest batch holding some of the same devices.
+  std::vector<std::string> keys;
+  for (auto& id : *ids) keys.push_back("device:" + id);
+  if (auto l = store_.lock_all(keys); !l) return l.error();
   boost::json::array accepted;
   for (auto& id : *ids) {
     auto r = admit(id, "accept", group, what + " (" + id + ")", now, out);

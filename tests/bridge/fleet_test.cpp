@@ -1037,14 +1037,14 @@ struct RunningCommand {
   std::atomic<bool> done{false};
   std::string reply;
   std::thread thread;
-  bool blocked_on_device_lock = false;  // waiting for `lock` (an advisory lock), seen while blocked
+  bool blocked_on_lock = false;  // waiting for `lock` (an advisory lock), seen while blocked
   RunningCommand(const std::string& where, const std::string& lock, std::function<std::string()> command) {
     thread = std::thread([this, command] {
       reply = command();
       done = true;
     });
     while (!done && waiting_in(where) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    blocked_on_device_lock = !done && waiting_for(where, lock) > 0;
+    blocked_on_lock = !done && waiting_for(where, lock) > 0;
   }
   void join() { thread.join(); }
 };
@@ -1066,7 +1066,7 @@ TEST(BridgeFleet, SetGroupWaitsForTheDevicesLockAndKeepsAnotherBridgesChange) {
   RunningCommand group(env.where, "device:device-1", [&] {
     return env.command("tern/fleet/devices/device-1/group", R"({"group":"lab"})");
   });
-  EXPECT_TRUE(group.blocked_on_device_lock) << "set_group did not wait for device:device-1: " << group.reply;
+  EXPECT_TRUE(group.blocked_on_lock) << "set_group did not wait for device:device-1: " << group.reply;
   change.release();
   group.join();
   EXPECT_NE(group.reply.find("\"ok\":true"), std::string::npos) << group.reply;
@@ -1092,7 +1092,7 @@ TEST(BridgeFleet, CreateSkipsADeviceAnotherBridgeRejectsMeanwhile) {
   RunningCommand create(env.where, "device:device-2", [&] {
     return env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
   });
-  EXPECT_TRUE(create.blocked_on_device_lock) << "create did not wait for device:device-2: " << create.reply;
+  EXPECT_TRUE(create.blocked_on_lock) << "create did not wait for device:device-2: " << create.reply;
   reject.release();
   create.join();
   EXPECT_NE(create.reply.find("\"ok\":true"), std::string::npos) << create.reply;
@@ -1249,6 +1249,73 @@ TEST(BridgeStore, TheActiveDeploymentOfADeviceInTwoIsTheOldest) {
   EXPECT_EQ(env.store->active_deployment_of("device-1").value(), std::optional<std::string>("m-same"));
   EXPECT_EQ(env.store->active_deployments_of({"device-1", "device-2", "device-3"}).value(),
             (std::map<std::string, std::string>{{"device-1", "m-same"}, {"device-2", "a-new"}}));
+}
+
+// Preauthorizing devices that a create on another bridge is locking: the two wait for each other
+// instead of deadlocking. The ids are chosen so the old order deadlocks for sure: the list names the
+// device whose lock sorts last first, and create's own deployment lock sorts between the two
+// devices' and is held by a third session while create waits for it (holding the first device).
+// Before, preauthorize took the locks one by one in the list's order (the last device's, then
+// waited for the first's), so once the deployment lock was free create waited for the last device:
+// PostgreSQL found the deadlock and refused one of the commands.
+TEST(BridgeFleet, PreauthorizeAndCreateOfTheSameDevicesDoNotDeadlock) {
+  FleetEnv env;
+  if (!env.where.starts_with("postgresql"))
+    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  env.accept("device-1");
+  env.accept("device-2");
+  const std::string db = env.where.substr(env.where.rfind('/') + 1);
+  auto hash = [&](const std::string& key) {
+    return std::atoll(Postgres::shared().psql(db, "SELECT hashtext('" + key + "')").c_str());
+  };
+  const bool one_first = hash("device:device-1") < hash("device:device-2");
+  const std::string first = one_first ? "device-1" : "device-2", last = one_first ? "device-2" : "device-1";
+  const std::string lo = std::to_string(hash("device:" + first)), hi = std::to_string(hash("device:" + last));
+  const std::string dep = [&] {
+    auto r = Postgres::shared().psql(
+        db, "SELECT id FROM (SELECT 'x' || g AS id FROM generate_series(1, 100000) g) c WHERE hashtext('deployment:' "
+            "|| id) > " + lo + " AND hashtext('deployment:' || id) < " + hi + " LIMIT 1");
+    return r.substr(0, r.find('\n'));
+  }();
+  ASSERT_FALSE(dep.empty()) << "no deployment id whose lock sorts between the devices'";
+
+  auto third = Store::open(env.where).value();
+  std::atomic<bool> held{false}, release{false};
+  std::thread holder([&] {
+    auto t = third->transaction([&]() -> Result<void> {
+      if (auto l = third->lock("deployment:" + dep); !l) return l;
+      held = true;
+      while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      return {};
+    });
+    EXPECT_TRUE(t) << t.error().message();
+    held = true;
+  });
+  while (!held) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  RunningCommand create(env.where, "deployment:" + dep, [&] {
+    return env.command("tern/fleet/deployments/create",
+                       R"({"id":")" + dep + R"(","artifact_name":"release-1","all":true})");
+  });
+  ASSERT_TRUE(create.blocked_on_lock) << "create did not wait for deployment:" << dep << ": " << create.reply;
+  SecondBridge b(env);
+  RunningCommand preauthorize(env.where, "device:" + first, [&] {
+    auto out = b.fleet->handle(msg("tern/fleet/devices/preauthorize",
+                                   R"({"devices":[")" + last + R"(",")" + first + R"("]})", "tern/fleet/replies/b"),
+                               env.now);
+    auto reply = last_on(out, "tern/fleet/replies/b");
+    return reply ? reply->payload : "<no reply>";
+  });
+  // RunningCommand returns when any session of the database waits: wait for preauthorize's own.
+  while (!preauthorize.done && waiting_for(env.where, "device:" + first) == 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  release = true;
+  holder.join();
+  create.join();
+  preauthorize.join();
+  EXPECT_NE(create.reply.find("\"ok\":true"), std::string::npos) << create.reply;
+  EXPECT_NE(preauthorize.reply.find("\"ok\":true"), std::string::npos) << preauthorize.reply;
+  EXPECT_TRUE(env.store->device_deployment(dep, "device-1").value());
+  EXPECT_TRUE(env.store->device_deployment(dep, "device-2").value());
 }
 
 }  // namespace
