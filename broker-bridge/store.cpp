@@ -551,6 +551,13 @@ Result<void> Store::lock(std::string_view key) {
   });
 }
 
+Result<void> Store::lock_shared(std::string_view key) {
+  if (!impl_->postgres()) return {};
+  return guard("locking " + std::string(key) + " (shared)", [&] {
+    Stmt(*impl_, "SELECT pg_advisory_xact_lock_shared(hashtext(?))").bind(key).run();
+  });
+}
+
 Result<int> Store::version() {
   return guard("reading the schema version", [&] {
     Stmt s(*impl_, "SELECT version FROM schema_version");

@@ -160,6 +160,10 @@ class Store {
   /// advisory transaction lock. SQLite: nothing to do (BEGIN IMMEDIATE already serialises every
   /// writer of the file).
   Result<void> lock(std::string_view key);
+  /// Like lock(), in shared mode: any number of transactions hold `key` shared at once, and a
+  /// lock() of the same key waits for all of them (and they for it). PostgreSQL: a shared
+  /// advisory transaction lock, the same key hashing as lock(). SQLite: nothing to do.
+  Result<void> lock_shared(std::string_view key);
 
   /// Current schema version of the open file.
   Result<int> version();
