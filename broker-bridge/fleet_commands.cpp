@@ -282,7 +282,8 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   // statement below (READ COMMITTED) sees all they committed before. Two creates wait for each
   // other, so a device is never targeted twice. One lock whatever the number of devices: no
   // per-device lock (each took a slot of PostgreSQL's shared lock table). Ingest does not take it
-  // (it does not change admission, group or deployments) and never waits for a create.
+  // and never waits for a create: it changes no admission, group or deployment (a new device is
+  // pending; a device type an inventory changes meanwhile counts as changed just after the create).
   if (auto l = store_.lock("admission"); !l) return l.error();
   if (auto l = store_.lock("deployment:" + d.id); !l) return l.error();
   if (auto again = store_.deployment(d.id); !again) return again.error();
@@ -519,7 +520,7 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
   // choosing its targets has committed before this reads the device and its deployment (a reject
   // then sees the new deployment and takes the device out of it), or waits until this commits
   // (and then sees the device rejected). Held already when called from preauthorize(): granted at
-  // once. Then, in one statement: a device that stays accepted changes only its record: its own lock. A rejected or
+  // once. Then a device that stays accepted changes only its record: its own lock. A rejected or
   // decommissioned one also leaves its deployment, whose row and counters it changes: that
   // deployment's lock too, taken with the device's in one statement and in the global order of
   // status ingest (Store::lock_all), so a reject and another bridge's abort, tick or ingest of the

@@ -1366,7 +1366,8 @@ TEST(BridgeFleet, RejectWaitsForARunningCreateAndTakesTheDeviceOutOfIt) {
   HeldCreate create(env, "x1");
   ASSERT_TRUE(create.create->blocked_on_lock) << "create did not wait for deployment:x1: " << create.create->reply;
   SecondBridge b(env);
-  RunningCommand reject(env.where, "admission", [&] { return b.command("tern/fleet/devices/device-1/reject", env.now); });
+  RunningCommand reject(env.where, "admission",
+                        [&] { return b.command("tern/fleet/devices/device-1/reject", env.now); });
   EXPECT_TRUE(wait_until_waiting_for(env.where, "admission", reject))
       << "the reject did not wait for the create's admission lock: " << reject.reply;
   const std::string created = create.finish();
