@@ -274,6 +274,21 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   if (auto p = parse_reboot_policy(*reboot); !p) return invalid(what + ": field " + p.error().message());
   d.reboot = *reboot == "immediate" ? "" : *reboot;
 
+  // Locks, in the one global order of every transaction (README "Fleet commands"): the fleet-wide
+  // "admission" lock first and alone, then the rest in one statement (Store::lock_all) or a single
+  // lock. Create holds "admission" exclusively: every transaction that changes whether or where a
+  // device may be targeted (accept, reject, decommission, preauthorize, set_group: admit() and
+  // set_group()) holds it shared, so none of them runs while a create reads and writes, and each
+  // statement below (READ COMMITTED) sees all they committed before. Two creates wait for each
+  // other, so a device is never targeted twice. One lock whatever the number of devices: no
+  // per-device lock (each took a slot of PostgreSQL's shared lock table). Ingest does not take it
+  // and never waits for a create: it changes no admission, group or deployment (a new device is
+  // pending; a device type an inventory changes meanwhile counts as changed just after the create).
+  if (auto l = store_.lock("admission"); !l) return l.error();
+  if (auto l = store_.lock("deployment:" + d.id); !l) return l.error();
+  if (auto again = store_.deployment(d.id); !again) return again.error();
+  else if (*again) return invalid(what + ": deployment '" + d.id + "' exists already");  // created meanwhile
+
   // Targets: the listed devices or every device matching the filters, then only accepted devices
   // that can run the artifact and are not busy with another deployment.
   auto known = store_.devices();
@@ -294,33 +309,35 @@ Result<Fleet::Reply> Fleet::create(std::string_view body, std::int64_t now, Outg
   } else {
     for (auto& dev : *known) candidates.push_back(&dev);
   }
-  std::vector<std::string> targets;
-  for (auto* dev : candidates) {
-    if (!group->empty() && dev->group != *group) {
-      if (explicit_list) skipped.emplace_back(dev->id, "not in group '" + *group + "'");
-      continue;
-    }
-    if (!type->empty() && dev->device_type != *type) {
-      if (explicit_list) skipped.emplace_back(dev->id, "not of device type '" + *type + "'");
-      continue;
-    }
-    if (dev->admission != "accepted") {
-      skipped.emplace_back(dev->id, "not accepted (" + dev->admission + ")");
-      continue;
-    }
+  // Why a device is not a target (nullopt: it is one; "": not listed among the skipped).
+  auto excluded = [&](const DeviceRecord& dev) -> std::optional<std::string> {
+    if (!group->empty() && dev.group != *group)
+      return explicit_list ? "not in group '" + *group + "'" : std::string();
+    if (!type->empty() && dev.device_type != *type)
+      return explicit_list ? "not of device type '" + *type + "'" : std::string();
+    if (dev.admission != "accepted") return "not accepted (" + dev.admission + ")";
     const auto& types = (*art)->device_types;
-    if (!types.empty() && !dev->device_type.empty() &&
-        std::find(types.begin(), types.end(), dev->device_type) == types.end()) {
-      skipped.emplace_back(dev->id, "device type '" + dev->device_type + "' is not one the artifact supports");
-      continue;
+    if (!types.empty() && !dev.device_type.empty() &&
+        std::find(types.begin(), types.end(), dev.device_type) == types.end())
+      return "device type '" + dev.device_type + "' is not one the artifact supports";
+    return std::nullopt;
+  };
+  std::vector<std::optional<std::string>> why(candidates.size());
+  std::vector<std::string> prospective;  // in device id order, as candidates
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    why[i] = excluded(*candidates[i]);
+    if (!why[i]) prospective.push_back(candidates[i]->id);
+  }
+  auto busy = store_.active_deployments_of(prospective);
+  if (!busy) return busy.error();
+  std::vector<std::string> targets;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const std::string& id_ = candidates[i]->id;
+    if (!why[i]) {
+      if (auto b = busy->find(id_); b != busy->end()) why[i] = "busy with deployment " + b->second;
     }
-    auto busy = store_.active_deployment_of(dev->id);
-    if (!busy) return busy.error();
-    if (*busy) {
-      skipped.emplace_back(dev->id, "busy with deployment " + **busy);
-      continue;
-    }
-    targets.push_back(dev->id);
+    if (!why[i]) targets.push_back(id_);
+    else if (!why[i]->empty()) skipped.emplace_back(id_, *why[i]);
   }
   if (targets.empty()) {
     std::string why;
@@ -480,6 +497,11 @@ Result<Fleet::Reply> Fleet::admission(const std::string& id, const std::string& 
 
 Result<Fleet::Reply> Fleet::set_group(const std::string& id, const std::string& group, const std::string& what,
                                       Outgoing& out) {
+  // The group decides whether a create by group targets the device: "admission" shared first (see
+  // create()), then the device's lock before its record is read, so a change another bridge makes
+  // to the device meanwhile (ingest, accept, reject) is not overwritten.
+  if (auto l = store_.lock_shared("admission"); !l) return l.error();
+  if (auto l = store_.lock("device:" + id); !l) return l.error();
   auto found = store_.device(id);
   if (!found) return found.error();
   if (!*found) return fail(Errc::not_found, what + ": unknown device '" + id + "'");
@@ -494,13 +516,18 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
                                   const std::optional<std::string>& group, const std::string& what,
                                   std::int64_t now, Outgoing& out) {
   const std::string admission = verb == "accept" ? "accepted" : verb == "reject" ? "rejected" : "decommissioned";
-  // Locks. A device that stays accepted changes only its record: its own lock. A rejected or
+  // Locks, in the global order (see create()): "admission" shared first, so a create that is
+  // choosing its targets has committed before this reads the device and its deployment (a reject
+  // then sees the new deployment and takes the device out of it), or waits until this commits
+  // (and then sees the device rejected). Held already when called from preauthorize(): granted at
+  // once. Then a device that stays accepted changes only its record: its own lock. A rejected or
   // decommissioned one also leaves its deployment, whose row and counters it changes: that
   // deployment's lock too, taken with the device's in one statement and in the global order of
   // status ingest (Store::lock_all), so a reject and another bridge's abort, tick or ingest of the
   // same deployment wait for each other instead of deadlocking. Which deployment is read before
   // locking and checked again after: if it changed meanwhile, the locks held are the wrong ones
   // and only the end of the transaction releases them, so the command runs again (handle_command).
+  if (auto l = store_.lock_shared("admission"); !l) return l.error();
   std::optional<std::string> locked_deployment;
   if (admission == "accepted") {
     if (auto l = store_.lock("device:" + id); !l) return l.error();
@@ -586,6 +613,15 @@ Result<Fleet::Reply> Fleet::preauthorize(std::string_view body, std::int64_t now
   // All or nothing: one bad id refuses the whole list (the transaction rolls back).
   for (auto& id : *ids)
     if (!protocol::valid_id(id)) return invalid(what + ": '" + id + "' is not a valid device id");
+  // Locks, in the global order (see create()): "admission" shared first, then every device's lock
+  // at once in one statement (Store::lock_all), before admit() takes each again (a lock held
+  // already is granted at once): taken one by one in the list's order, they deadlocked with an
+  // ingest batch holding some of the same devices. (At most max_preauthorize keys, a slot of
+  // PostgreSQL's shared lock table each: 10,000 fit a default server's, README "Fleet commands".)
+  if (auto l = store_.lock_shared("admission"); !l) return l.error();
+  std::vector<std::string> keys;
+  for (auto& id : *ids) keys.push_back("device:" + id);
+  if (auto l = store_.lock_all(keys); !l) return l.error();
   boost::json::array accepted;
   for (auto& id : *ids) {
     auto r = admit(id, "accept", group, what + " (" + id + ")", now, out);

@@ -551,6 +551,13 @@ Result<void> Store::lock(std::string_view key) {
   });
 }
 
+Result<void> Store::lock_shared(std::string_view key) {
+  if (!impl_->postgres()) return {};
+  return guard("locking " + std::string(key) + " (shared)", [&] {
+    Stmt(*impl_, "SELECT pg_advisory_xact_lock_shared(hashtext(?))").bind(key).run();
+  });
+}
+
 Result<int> Store::version() {
   return guard("reading the schema version", [&] {
     Stmt s(*impl_, "SELECT version FROM schema_version");
@@ -759,7 +766,8 @@ Result<std::optional<std::string>> Store::active_deployment_of(const std::string
     Stmt s(*impl_,
            "SELECT dd.deployment FROM device_deployments dd JOIN deployments d ON d.id = dd.deployment "
            "WHERE dd.device = ? AND d.state IN ('created', 'running', 'paused') "
-           "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') LIMIT 1");
+           "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') "
+           "ORDER BY d.created, d.id LIMIT 1");  // one at most; if ever more, the oldest
     s.bind(device);
     if (!s.step()) return std::nullopt;
     return s.text(0);
@@ -952,6 +960,20 @@ Result<void> Store::lock_all(const std::vector<std::string>& keys) {
                        ") AS v(k) ORDER BY h) AS ordered");
     for (auto& k : keys) s.bind(k);
     s.run();
+  });
+}
+
+Result<std::map<std::string, std::string>> Store::active_deployments_of(const std::vector<std::string>& devices) {
+  return guard("finding the active deployments of " + std::to_string(devices.size()) + " devices", [&] {
+    std::map<std::string, std::string> out;
+    // The same choice as active_deployment_of: per device, the oldest (emplace keeps the first).
+    select_in(*impl_,
+              "SELECT dd.device, dd.deployment FROM device_deployments dd JOIN deployments d ON d.id = dd.deployment "
+              "WHERE d.state IN ('created', 'running', 'paused') "
+              "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') AND dd.device",
+              " ORDER BY dd.device, d.created, d.id", devices,
+              [&](const Stmt& s) { out.emplace(s.text(0), s.text(1)); });
+    return out;
   });
 }
 

@@ -160,6 +160,10 @@ class Store {
   /// advisory transaction lock. SQLite: nothing to do (BEGIN IMMEDIATE already serialises every
   /// writer of the file).
   Result<void> lock(std::string_view key);
+  /// Like lock(), in shared mode: any number of transactions hold `key` shared at once, and a
+  /// lock() of the same key waits for all of them (and they for it). PostgreSQL: a shared
+  /// advisory transaction lock, the same key hashing as lock(). SQLite: nothing to do.
+  Result<void> lock_shared(std::string_view key);
 
   /// Current schema version of the open file.
   Result<int> version();
@@ -195,7 +199,8 @@ class Store {
   Result<std::vector<DeviceDeploymentRecord>> device_deployments(const std::string& deployment);
   /// Status → number of devices, for a deployment.
   Result<std::map<std::string, std::uint64_t>> status_counts(const std::string& deployment);
-  /// The deployment (running, paused or created) in which `device` has not reached a final status.
+  /// The deployment (running, paused or created) in which `device` has not reached a final status
+  /// (create keeps it to one; were there several, the oldest, then by id).
   Result<std::optional<std::string>> active_deployment_of(const std::string& device);
 
   // Deployment logs (migration 2)
@@ -225,6 +230,8 @@ class Store {
   /// overlapping sets wait for each other instead of deadlocking).
   Result<void> lock_all(const std::vector<std::string>& keys);
   Result<std::vector<DeviceRecord>> devices_in(const std::vector<std::string>& ids);
+  /// active_deployment_of for each of `devices`: device → deployment, only devices that have one.
+  Result<std::map<std::string, std::string>> active_deployments_of(const std::vector<std::string>& devices);
   Result<std::vector<DeploymentRecord>> deployments_in(const std::vector<std::string>& ids);
   /// The rows whose deployment is one of `deployments` and whose device is one of `devices`.
   Result<std::vector<DeviceDeploymentRecord>> device_deployments_in(const std::vector<std::string>& deployments,
