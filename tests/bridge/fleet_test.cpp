@@ -626,6 +626,9 @@ std::map<std::string, std::uint64_t> counted(Store& store, const std::string& de
   return by_status;
 }
 
+// "device-00" .. "device-99": ids that sort as their numbers.
+std::string dev(int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); }
+
 // A burst for 30 devices of deployment d1 (retries 1): every device downloads, installs and ends
 // (every fifth fails and is retried under "d1-retry-2"), interleaved across devices, with QoS 1
 // redeliveries, late older statuses, a status after the final one, one under a superseded
@@ -633,7 +636,6 @@ std::map<std::string, std::uint64_t> counted(Store& store, const std::string& de
 // in the middle.
 std::vector<mqtt::Message> burst() {
   std::vector<mqtt::Message> out;
-  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
   auto st = [](const std::string& dep, const std::string& word, std::uint64_t seq, std::uint64_t fetched = 0) {
     protocol::StatusEvent e;
     e.deployment_id = dep;
@@ -817,6 +819,12 @@ struct SecondBridge {
   }
 };
 
+// The lock tests below: SQLite's BEGIN IMMEDIATE already serialises every writer, so they test
+// PostgreSQL's locks and run in the pg.* pass only.
+#define TERN_LOCKS_ARE_POSTGRESQLS(env)       \
+  if (!(env).where.starts_with("postgresql")) \
+  GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)"
+
 // Sessions waiting for the bridge's advisory lock `key` (Store::lock: the 64-bit key is
 // hashtext(key), whose low 32 bits pg_locks shows as objid).
 int waiting_for(const std::string& where, const std::string& key) {
@@ -832,8 +840,7 @@ int waiting_for(const std::string& where, const std::string& key) {
 // tick, ingest), so while another bridge holds "deployment:x1" the reject waits for it.
 TEST(BridgeFleet, RejectWaitsForTheLockOfTheDeploymentItLeaves) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   env.accept("device-2");
   auto created = env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
@@ -881,8 +888,7 @@ TEST(BridgeFleet, RejectWaitsForTheLockOfTheDeploymentItLeaves) {
 // runs again and locks x2, the deployment it then changes: it waits while a third bridge holds x2.
 TEST(BridgeFleet, RejectLocksAgainWhenTheDevicesDeploymentChangedWhileItWaited) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   auto created = env.command("tern/fleet/deployments/create", R"({"id":"x1","artifact_name":"release-1","all":true})");
   ASSERT_NE(created.find("\"ok\":true"), std::string::npos) << created;
@@ -951,10 +957,8 @@ TEST(BridgeFleet, RejectLocksAgainWhenTheDevicesDeploymentChangedWhileItWaited) 
 // and the abort's), and the counters equal a recount of the rows.
 TEST(BridgeFleet, TwoBridgesRejectAndAbortOneDeploymentWithoutDeadlock) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   constexpr int devices = 20;
-  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
   for (int i = 0; i < devices; ++i) env.accept(dev(i));
   const std::string last = dev(devices - 1);  // the last row the abort writes
   SecondBridge b(env);
@@ -1059,8 +1063,7 @@ struct RunningCommand {
 // bridge's change was lost.
 TEST(BridgeFleet, SetGroupWaitsForTheDevicesLockAndKeepsAnotherBridgesChange) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   auto other = Store::open(env.where).value();
   HeldDeviceChange change(*other, "device-1", [](bridge::DeviceRecord& d) {
@@ -1087,8 +1090,7 @@ TEST(BridgeFleet, SetGroupWaitsForTheDevicesLockAndKeepsAnotherBridgesChange) {
 // accepted: the reject had not committed) and targeted it.
 TEST(BridgeFleet, CreateSkipsADeviceAnotherBridgeRejectsMeanwhile) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   env.accept("device-2");
   auto other = Store::open(env.where).value();
@@ -1114,10 +1116,8 @@ TEST(BridgeFleet, CreateSkipsADeviceAnotherBridgeRejectsMeanwhile) {
 // (create skipped it, or the reject, coming after, aborted its row).
 TEST(BridgeFleet, TwoBridgesCreateAndRejectNeverLeaveARejectedDeviceTargeted) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   constexpr int devices = 20;
-  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
   for (int i = 0; i < devices; ++i) env.accept(dev(i));
   SecondBridge b(env);
   for (int round = 0; round < 20; ++round) {
@@ -1152,10 +1152,8 @@ TEST(BridgeFleet, TwoBridgesCreateAndRejectNeverLeaveARejectedDeviceTargeted) {
 // only (the second create waits for the first's "admission" lock, then finds those devices busy).
 TEST(BridgeFleet, TwoBridgesCreatingAtOnceNeverTargetADeviceTwice) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   constexpr int devices = 20;
-  auto dev = [](int i) { return "device-" + std::string(i < 10 ? "0" : "") + std::to_string(i); };
   for (int i = 0; i < devices; ++i) env.accept(dev(i));
   SecondBridge b(env);
   auto create_on_b = [&](const std::string& id) {
@@ -1329,8 +1327,7 @@ struct HeldCreate {
 // locks, and preauthorize taking them in the list's order deadlocked with create.)
 TEST(BridgeFleet, PreauthorizeAndCreateOfTheSameDevicesDoNotDeadlock) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   env.accept("device-2");
   HeldCreate create(env, "x1");
@@ -1359,8 +1356,7 @@ TEST(BridgeFleet, PreauthorizeAndCreateOfTheSameDevicesDoNotDeadlock) {
 // out: a rejected device is never left with a deployment to run.
 TEST(BridgeFleet, RejectWaitsForARunningCreateAndTakesTheDeviceOutOfIt) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   env.accept("device-2");
   HeldCreate create(env, "x1");
@@ -1387,8 +1383,7 @@ TEST(BridgeFleet, RejectWaitsForARunningCreateAndTakesTheDeviceOutOfIt) {
 // a create holds it.
 TEST(BridgeFleet, IngestDoesNotWaitForARunningCreate) {
   FleetEnv env;
-  if (!env.where.starts_with("postgresql"))
-    GTEST_SKIP() << "SQLite's BEGIN IMMEDIATE serialises every writer; the locks are PostgreSQL's (pg.* run)";
+  TERN_LOCKS_ARE_POSTGRESQLS(env);
   env.accept("device-1");
   HeldCreate create(env, "x1");
   ASSERT_TRUE(create.create->blocked_on_lock) << "create did not wait for deployment:x1: " << create.create->reply;
