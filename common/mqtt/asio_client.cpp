@@ -194,8 +194,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
   void wake_writer() { write_wake.cancel(); }
 
   /// Ends connection `c`: the loop that saw it end calls this, so the other two, waiting on their
-  /// timers, wake and find it closed. (A cancellation from `||` alone is lost by a loop that had not
-  /// started its wait yet.)
+  /// timers, wake and find it closed, whether or not the cancellation from `||` reaches them.
   void finish(Conn& c) {
     c.close();
     write_wake.cancel();
