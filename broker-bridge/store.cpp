@@ -762,16 +762,11 @@ Result<std::map<std::string, std::uint64_t>> Store::status_counts(const std::str
 }
 
 Result<std::optional<std::string>> Store::active_deployment_of(const std::string& device) {
-  return guard("finding the active deployment of " + device, [&]() -> std::optional<std::string> {
-    Stmt s(*impl_,
-           "SELECT dd.deployment FROM device_deployments dd JOIN deployments d ON d.id = dd.deployment "
-           "WHERE dd.device = ? AND d.state IN ('created', 'running', 'paused') "
-           "AND dd.status NOT IN ('success', 'failure', 'already-installed', 'aborted') "
-           "ORDER BY d.created, d.id LIMIT 1");  // one at most; if ever more, the oldest
-    s.bind(device);
-    if (!s.step()) return std::nullopt;
-    return s.text(0);
-  });
+  // One definition of "active" (and of which one wins, should a device be in two): the batch's.
+  auto found = active_deployments_of({device});
+  if (!found) return found.error();
+  if (found->empty()) return std::optional<std::string>{};
+  return std::optional<std::string>(found->begin()->second);
 }
 
 // --- deployment logs -------------------------------------------------------------------------------
