@@ -4,6 +4,8 @@
 //   create  deployments/create to N accepted devices (N rows inserted, then marked sent);
 //   ingest  one "downloading" status from every device, in batches of 256 (as the bridge takes a
 //           burst: one transaction, multi-row statements);
+//   single  then an "installing" status from 2,000 of them one at a time (a status that arrives
+//           alone: one transaction, one row per statement), per status;
 //   abort   deployments/abort (one statement per row, in one transaction).
 // Prints milliseconds per step and the row/statement ratio; exits 1 if the counters of either
 // differ from a recount of the rows. Times are printed, never checked.
@@ -15,6 +17,7 @@
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -25,7 +28,7 @@ namespace tern::test {
 namespace {
 
 struct Times {
-  double create = 0, ingest = 0, abort = 0;
+  double create = 0, ingest = 0, single = 0, abort = 0;
   bool counted_right = false;
 };
 
@@ -104,11 +107,28 @@ Times run(int devices, bool row_trigger) {
   const std::string downloading = store_query(where, "SELECT n FROM deployment_counts WHERE deployment = 'big' "
                                                      "AND status = 'downloading'");
 
+  const int alone = std::min(devices, 2000);
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < alone; ++i) {
+    protocol::StatusEvent e;
+    e.deployment_id = "big";
+    e.status = protocol::Status::installing;
+    e.seq = 2;
+    mqtt::Message m;
+    m.topic = "tern/devices/" + all[static_cast<std::size_t>(i)].id + "/status";
+    m.payload = protocol::serialize(e);
+    fleet.handle(m, ++now);
+  }
+  t.single = ms_since(t0) / alone;
+  const std::string installing = store_query(where, "SELECT n FROM deployment_counts WHERE deployment = 'big' "
+                                                    "AND status = 'installing'");
+
   t0 = std::chrono::steady_clock::now();
   if (!replied_ok(fleet.handle(command("tern/fleet/deployments/big/abort", ""), ++now)))
     throw std::runtime_error("the abort failed");
   t.abort = ms_since(t0);
-  t.counted_right = downloading == std::to_string(devices) + "\n" && counters(where) == recount(where) &&
+  t.counted_right = downloading == std::to_string(devices) + "\n" && installing == std::to_string(alone) + "\n" &&
+                    counters(where) == recount(where) &&
                     counters(where) == "big|0|aborted|" + std::to_string(devices) + "\n";
   return t;
 }
@@ -122,7 +142,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) sizes.push_back(std::atoi(argv[i]));
   if (sizes.empty()) sizes = {10000, 30000};
   bool right = true;
-  std::printf("%8s  %-10s %10s %10s %10s\n", "devices", "triggers", "create ms", "ingest ms", "abort ms");
+  std::printf("%8s  %-10s %10s %10s %10s %10s\n", "devices", "triggers", "create ms", "ingest ms", "single ms",
+              "abort ms");
   for (int n : sizes) {
     if (n <= 0) {
       std::fprintf(stderr, "tern-counter-bench: not a number of devices: %d\n", n);
@@ -131,11 +152,12 @@ int main(int argc, char** argv) {
     try {
       const Times row = run(n, true);
       const Times statement = run(n, false);
-      std::printf("%8d  %-10s %10.0f %10.0f %10.0f\n", n, "row", row.create, row.ingest, row.abort);
-      std::printf("%8d  %-10s %10.0f %10.0f %10.0f\n", n, "statement", statement.create, statement.ingest,
-                  statement.abort);
-      std::printf("%8d  %-10s %10.2f %10.2f %10.2f\n", n, "row/stmt", row.create / statement.create,
-                  row.ingest / statement.ingest, row.abort / statement.abort);
+      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f\n", n, "row", row.create, row.ingest, row.single,
+                  row.abort);
+      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f\n", n, "statement", statement.create, statement.ingest,
+                  statement.single, statement.abort);
+      std::printf("%8d  %-10s %10.2f %10.2f %10.2f %10.2f\n", n, "row/stmt", row.create / statement.create,
+                  row.ingest / statement.ingest, row.single / statement.single, row.abort / statement.abort);
       std::fflush(stdout);
       for (auto* t : {&row, &statement})
         if (!t->counted_right) {
