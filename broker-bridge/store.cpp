@@ -181,8 +181,10 @@ CREATE TRIGGER device_deployments_count AFTER INSERT OR UPDATE OR DELETE ON devi
 // multi-row statement of 256 rows updates each counter once. (PostgreSQL 15 allows transition
 // tables only on single-event triggers; an INSERT ... ON CONFLICT DO UPDATE fires the INSERT
 // trigger with the inserted rows and the UPDATE trigger with the updated ones.) Deltas that cancel
-// out (a row updated without changing its key) write nothing. The counter rows are written in key
-// order, so two statements touching the same deployments lock them in the same order.
+// out (a row updated without changing its key) write nothing; as with migration 5, a decrement of a
+// counter that does not exist (rows written behind the triggers' back) is dropped, not stored as a
+// negative count. The counter rows are written in key order, so two statements touching the same
+// deployments lock them in the same order.
 constexpr const char* count_statements_postgres = R"sql(
 DROP TRIGGER device_deployments_count ON device_deployments;
 DROP FUNCTION tern_count_device_deployments();
@@ -193,18 +195,26 @@ BEGIN
       SELECT deployment, phase, status, COUNT(*) FROM tern_new_rows
         GROUP BY deployment, phase, status ORDER BY deployment, phase, status
       ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + excluded.n;
-  ELSIF TG_OP = 'DELETE' THEN
+  ELSIF TG_OP = 'UPDATE' THEN
     INSERT INTO deployment_counts (deployment, phase, status, n)
-      SELECT deployment, phase, status, -COUNT(*) FROM tern_old_rows
-        GROUP BY deployment, phase, status ORDER BY deployment, phase, status
+      SELECT m.deployment, m.phase, m.status, m.d FROM (
+          SELECT deployment, phase, status, SUM(d) AS d FROM (
+              SELECT deployment, phase, status, -1 AS d FROM tern_old_rows
+              UNION ALL
+              SELECT deployment, phase, status, 1 AS d FROM tern_new_rows) AS moved
+            GROUP BY deployment, phase, status) AS m
+        WHERE m.d > 0 OR (m.d < 0 AND EXISTS (SELECT FROM deployment_counts c WHERE c.deployment = m.deployment
+                                                AND c.phase = m.phase AND c.status = m.status))
+        ORDER BY m.deployment, m.phase, m.status
       ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + excluded.n;
   ELSE
     INSERT INTO deployment_counts (deployment, phase, status, n)
-      SELECT deployment, phase, status, SUM(d) FROM (
-          SELECT deployment, phase, status, -1 AS d FROM tern_old_rows
-          UNION ALL
-          SELECT deployment, phase, status, 1 AS d FROM tern_new_rows) AS moved
-        GROUP BY deployment, phase, status HAVING SUM(d) <> 0 ORDER BY deployment, phase, status
+      SELECT m.deployment, m.phase, m.status, m.d FROM (
+          SELECT deployment, phase, status, -COUNT(*) AS d FROM tern_old_rows
+            GROUP BY deployment, phase, status) AS m
+        WHERE EXISTS (SELECT FROM deployment_counts c WHERE c.deployment = m.deployment
+                        AND c.phase = m.phase AND c.status = m.status)
+        ORDER BY m.deployment, m.phase, m.status
       ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + excluded.n;
   END IF;
   RETURN NULL;

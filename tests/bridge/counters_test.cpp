@@ -148,5 +148,24 @@ TEST(BridgeCounters, OneStatementOverSeveralDeploymentsPhasesAndStatusesKeepsThe
   EXPECT_EQ(negatives(where), "");
 }
 
+// Rows written behind the triggers' back (a counter missing): as migration 5's row triggers did,
+// rows leaving that key decrement nothing (no negative counter), and the counters agree with a
+// recount again once those rows are gone.
+TEST(BridgeCounters, RowsLeavingAMissingCounterLeaveNoNegativeCount) {
+  TempDir dir;
+  const auto where = test_store(dir.path());
+  auto store = Store::open(where).value();
+  add_deployment(*store, "dA");
+  ASSERT_TRUE(store->put_device_deployments({row("dA", "r1", 0, "sent"), row("dA", "r2", 0, "sent"),
+                                             row("dA", "r3", 0, "sent"), row("dA", "r4", 1, "pending")}));
+  store_exec(where, "DELETE FROM deployment_counts WHERE deployment = 'dA' AND status = 'sent'");
+  store_exec(where, "UPDATE device_deployments SET status = 'downloading' WHERE device IN ('r1', 'r2')");
+  EXPECT_EQ(counters(where), "dA|0|downloading|2\ndA|1|pending|1\n");
+  store_exec(where, "DELETE FROM device_deployments WHERE device IN ('r3', 'r4')");
+  EXPECT_EQ(counters(where), "dA|0|downloading|2\n");
+  EXPECT_EQ(counters(where), recount(where));
+  EXPECT_EQ(negatives(where), "");
+}
+
 }  // namespace
 }  // namespace tern::test
