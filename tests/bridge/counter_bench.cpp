@@ -6,7 +6,10 @@
 //           burst: one transaction, multi-row statements);
 //   single  then an "installing" status from 2,000 of them one at a time (a status that arrives
 //           alone: one transaction, one row per statement), per status;
-//   abort   deployments/abort (one statement per row, in one transaction).
+//   abort   deployments/abort (multi-row statements, in one transaction);
+//   sql1    then, in SQL alone (one psql DO block), 2,000 one-row upserts each committed on its
+//           own: moving a row to another status, and changing only its bytes; per statement.
+//           What a trigger adds to a status ingested alone, without the bridge's round trips.
 // Prints milliseconds per step and the row/statement ratio; exits 1 if the counters of either
 // differ from a recount of the rows. Times are printed, never checked.
 #include "artifacts/writer.hpp"
@@ -28,7 +31,7 @@ namespace tern::test {
 namespace {
 
 struct Times {
-  double create = 0, ingest = 0, single = 0, abort = 0;
+  double create = 0, ingest = 0, single = 0, abort = 0, sql_move = 0, sql_same = 0;
   bool counted_right = false;
 };
 
@@ -127,9 +130,23 @@ Times run(int devices, bool row_trigger) {
   if (!replied_ok(fleet.handle(command("tern/fleet/deployments/big/abort", ""), ++now)))
     throw std::runtime_error("the abort failed");
   t.abort = ms_since(t0);
+  const std::string db = where.substr(where.rfind('/') + 1);
+  auto one_row_statements = [&](const std::string& set) {
+    const auto s0 = std::chrono::steady_clock::now();
+    Postgres::shared().psql(db, "DO $$ BEGIN FOR i IN 0.." + std::to_string(alone - 1) +
+                                    " LOOP INSERT INTO device_deployments (deployment, device, phase, status) "
+                                    "VALUES ('big', 'device-' || (1000000 + i), 0, 'aborted') "
+                                    "ON CONFLICT (deployment, device) DO UPDATE SET " + set + "; COMMIT; END LOOP; END $$");
+    return ms_since(s0) / alone;
+  };
+  t.sql_move = one_row_statements("status = CASE WHEN device_deployments.status = 'success' THEN 'failure' "
+                                  "ELSE 'success' END");
+  t.sql_same = one_row_statements("bytes = device_deployments.bytes + 1");
   t.counted_right = downloading == std::to_string(devices) + "\n" && installing == std::to_string(alone) + "\n" &&
                     counters(where) == recount(where) &&
-                    counters(where) == "big|0|aborted|" + std::to_string(devices) + "\n";
+                    counters(where) == (devices > alone ? "big|0|aborted|" + std::to_string(devices - alone) + "\n"
+                                                        : std::string()) +
+                                           "big|0|success|" + std::to_string(alone) + "\n";
   return t;
 }
 
@@ -142,8 +159,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) sizes.push_back(std::atoi(argv[i]));
   if (sizes.empty()) sizes = {10000, 30000};
   bool right = true;
-  std::printf("%8s  %-10s %10s %10s %10s %10s\n", "devices", "triggers", "create ms", "ingest ms", "single ms",
-              "abort ms");
+  std::printf("%8s  %-10s %10s %10s %10s %10s %10s %10s\n", "devices", "triggers", "create ms", "ingest ms",
+              "single ms", "abort ms", "sql1 move", "sql1 same");
   for (int n : sizes) {
     if (n <= 0) {
       std::fprintf(stderr, "tern-counter-bench: not a number of devices: %d\n", n);
@@ -152,12 +169,13 @@ int main(int argc, char** argv) {
     try {
       const Times row = run(n, true);
       const Times statement = run(n, false);
-      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f\n", n, "row", row.create, row.ingest, row.single,
-                  row.abort);
-      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f\n", n, "statement", statement.create, statement.ingest,
-                  statement.single, statement.abort);
-      std::printf("%8d  %-10s %10.2f %10.2f %10.2f %10.2f\n", n, "row/stmt", row.create / statement.create,
-                  row.ingest / statement.ingest, row.single / statement.single, row.abort / statement.abort);
+      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f %10.3f %10.3f\n", n, "row", row.create, row.ingest,
+                  row.single, row.abort, row.sql_move, row.sql_same);
+      std::printf("%8d  %-10s %10.0f %10.0f %10.2f %10.0f %10.3f %10.3f\n", n, "statement", statement.create,
+                  statement.ingest, statement.single, statement.abort, statement.sql_move, statement.sql_same);
+      std::printf("%8d  %-10s %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f\n", n, "row/stmt",
+                  row.create / statement.create, row.ingest / statement.ingest, row.single / statement.single,
+                  row.abort / statement.abort, row.sql_move / statement.sql_move, row.sql_same / statement.sql_same);
       std::fflush(stdout);
       for (auto* t : {&row, &statement})
         if (!t->counted_right) {
