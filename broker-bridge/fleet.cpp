@@ -237,15 +237,18 @@ Result<void> Fleet::evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& ou
 Result<void> Fleet::abort_rows(DeploymentRecord& d, const std::string& reason, std::int64_t now, Outgoing& out) {
   auto rows = store_.device_deployments(d.id);
   if (!rows) return rows.error();
+  std::vector<DeviceDeploymentRecord> aborted;
   for (auto& row : *rows) {
     if (is_final_status(row.status)) continue;
     bool was_sent = row.status != "pending";
     row.status = "aborted";
     row.error = reason;
     row.updated = now;
-    if (auto w = store_.put_device_deployment(row); !w) return w;
     if (was_sent) out.push_back(retained(protocol::topics::deployment(row.device), ""));
+    aborted.push_back(std::move(row));
   }
+  // Multi-row statements: PostgreSQL's counters move once per statement (store migration 6).
+  if (auto w = store_.put_device_deployments(aborted); !w) return w;
   d.state = "aborted";
   d.reason = reason;
   d.next_phase_at = now;  // when it ended, for recover()

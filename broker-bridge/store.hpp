@@ -11,7 +11,8 @@
 // (TEXT, BIGINT, INTEGER, ON CONFLICT ... DO UPDATE) and runs unchanged on both, except the
 // history's insertion order (SQLite's rowid, a BIGSERIAL column on PostgreSQL) and migration 5's
 // triggers (per deployment, phase and status, the number of device rows: deployment_counts(), kept
-// by the database on every write, so a rollout is evaluated without a scan). On PostgreSQL the
+// by the database on every write, so a rollout is evaluated without a scan; since migration 6,
+// PostgreSQL moves them once per statement, SQLite still once per row). On PostgreSQL the
 // migrations run under a lock on schema_version, so bridges starting together migrate once; a
 // dropped connection is re-established before the next statement outside a transaction.
 //
@@ -35,7 +36,7 @@
 namespace tern::bridge {
 
 /// The newest schema this build knows.
-inline constexpr int schema_version = 5;
+inline constexpr int schema_version = 6;
 
 struct DeviceRecord {
   std::string id;

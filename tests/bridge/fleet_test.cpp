@@ -162,8 +162,10 @@ TEST(BridgeStore, MigrationFiveCountsTheRowsAlreadyThere) {
   { ASSERT_TRUE(Store::open(where)); }
   // Back to schema 4 (no counters, no triggers), with rows written meanwhile.
   const bool pg = where.starts_with("postgresql");
-  store_exec(where, pg ? "DROP TRIGGER device_deployments_count ON device_deployments; "
-                         "DROP FUNCTION tern_count_device_deployments()"
+  store_exec(where, pg ? "DROP TRIGGER device_deployments_count_insert ON device_deployments; "
+                         "DROP TRIGGER device_deployments_count_update ON device_deployments; "
+                         "DROP TRIGGER device_deployments_count_delete ON device_deployments; "
+                         "DROP FUNCTION tern_count_device_deployment_rows()"
                        : "DROP TRIGGER device_deployments_count_insert; DROP TRIGGER device_deployments_count_update; "
                          "DROP TRIGGER device_deployments_count_delete");
   store_exec(where,
