@@ -2,8 +2,8 @@
 //
 // A connection is three loops joined with `||`: the reader (splits packets, feeds the inbox,
 // queues PUBACKs), the writer (sends everything queued since its last write in one write, so a
-// burst of publishes and acknowledgements is a few TLS records instead of one per packet) and the
-// keepalive. Whichever ends first closes the socket, which ends the others; the session loop then
+// burst of publishes and acknowledgements is a few TLS records instead of one per packet; PUBACKs
+// alone wait up to kAckDelay for company) and the keepalive. Whichever ends first closes the socket, which ends the others; the session loop then
 // reconnects with backoff, renews the subscriptions and sends again every QoS 1 publish the broker
 // has not acknowledged (DUP, in their first order, so the last retained value stays the last).
 //
