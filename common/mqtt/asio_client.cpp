@@ -59,6 +59,16 @@ constexpr std::size_t kMaxIncoming = 64u << 20;
 constexpr auto kAckDelay = std::chrono::milliseconds(2);
 constexpr std::size_t kWriteBurst = 256u << 10;
 
+/// "(reason code 135, not authorized)": a broker's reason code as messages name it.
+std::string reason_text(std::uint8_t code) {
+  return "(reason code " + std::to_string(code) + ", " + std::string(codec::reason_name(code)) + ")";
+}
+
+/// `what` was refused with a failure reason code (CONNACK, PUBACK, SUBACK, UNSUBACK).
+Error refused(std::string_view what, std::uint8_t code) {
+  return fail(Errc::protocol, std::string(what) + ": refused by the broker " + reason_text(code));
+}
+
 /// One awaited outcome (a publish's PUBACK, a SUBACK, a flush): complete() wakes the waiter.
 struct Waiter {
   explicit Waiter(const asio::any_io_executor& ex) : timer(ex) { timer.expires_at(Clock::time_point::max()); }
@@ -296,8 +306,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     --unacked;
     const auto reason = a.reasons.front();
     if (reason >= 0x80) {
-      auto e = fail(Errc::protocol, "publishing to " + it->topic + ": refused by the broker (reason code " +
-                                        std::to_string(reason) + ", " + std::string(codec::reason_name(reason)) + ")");
+      auto e = refused("publishing to " + it->topic, reason);
       if (it->done) it->done->complete(std::move(e));
       else log::warn("mqtt ", name(), ": ", e.message());
     } else if (it->done) {
@@ -339,8 +348,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     Result<void> r;
     for (auto reason : a.reasons)
       if (reason >= 0x80)
-        r = fail(Errc::protocol, wait.what + ": refused by the broker (reason code " + std::to_string(reason) + ", " +
-                                     std::string(codec::reason_name(reason)) + ")");
+        r = refused(wait.what, reason);
     if (wait.waiter) wait.waiter->complete(std::move(r));
     else if (!r) log::warn("mqtt ", name(), ": ", r.error().message());
   }
@@ -413,8 +421,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
         auto ack = codec::parse_connack(f);
         if (!ack) co_return ack.error();
         if (ack->reason >= 0x80)
-          co_return fail(Errc::protocol, "connecting: refused by the broker (reason code " + std::to_string(ack->reason) +
-                                             ", " + std::string(codec::reason_name(ack->reason)) + ")");
+          co_return refused("connecting", ack->reason);
         send_quota = ack->props.receive_maximum.value_or(65535);
         if (send_quota == 0) send_quota = 1;
         max_packet = ack->props.maximum_packet_size.value_or(0);
@@ -521,8 +528,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
         } else if (f.type == codec::Type::disconnect) {
           auto d = codec::parse_disconnect(f);
           if (!d) co_return d.error();
-          std::string why = "the broker disconnected (reason code " + std::to_string(d->reason) + ", " +
-                            std::string(codec::reason_name(d->reason)) + ")";
+          std::string why = "the broker disconnected " + reason_text(d->reason);
           if (!d->props.reason_string.empty()) why += ": " + std::string(d->props.reason_string);
           co_return fail(Errc::io, why);
         } else {
