@@ -954,6 +954,23 @@ TEST(BridgeFleet, RejectLocksAgainWhenTheDevicesDeploymentChangedWhileItWaited) 
   EXPECT_EQ(counted(*env.store, "x1"), env.store->status_counts("x1").value());
 }
 
+// Runs `a` and `b` on two threads released at the same instant; their replies, once both ended.
+std::pair<std::string, std::string> at_once(const std::function<std::string()>& a, const std::function<std::string()>& b) {
+  std::latch start(2);
+  std::string ra, rb;
+  std::thread ta([&] {
+    start.arrive_and_wait();
+    ra = a();
+  });
+  std::thread tb([&] {
+    start.arrive_and_wait();
+    rb = b();
+  });
+  ta.join();
+  tb.join();
+  return {std::move(ra), std::move(rb)};
+}
+
 // Two bridges, one rejecting the last device of a deployment while the other aborts it, round after
 // round: both commands succeed every time (no deadlock between the reject's row and counter writes
 // and the abort's), and the counters equal a recount of the rows.
@@ -969,18 +986,8 @@ TEST(BridgeFleet, TwoBridgesRejectAndAbortOneDeploymentWithoutDeadlock) {
     auto created = env.command("tern/fleet/deployments/create",
                                R"({"id":")" + id + R"(","artifact_name":"release-1","all":true})");
     ASSERT_NE(created.find("\"ok\":true"), std::string::npos) << created;
-    std::latch start(2);
-    std::string rejected, aborted;
-    std::thread a([&] {
-      start.arrive_and_wait();
-      rejected = env.command("tern/fleet/devices/" + last + "/reject", "");
-    });
-    std::thread t([&] {
-      start.arrive_and_wait();
-      aborted = b.command("tern/fleet/deployments/" + id + "/abort", env.now);
-    });
-    a.join();
-    t.join();
+    auto [rejected, aborted] = at_once([&] { return env.command("tern/fleet/devices/" + last + "/reject", ""); },
+                                       [&] { return b.command("tern/fleet/deployments/" + id + "/abort", env.now); });
     EXPECT_NE(rejected.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << rejected;
     EXPECT_NE(aborted.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << aborted;
     const auto scanned = env.store->status_counts(id).value();
@@ -1125,19 +1132,12 @@ TEST(BridgeFleet, TwoBridgesCreateAndRejectNeverLeaveARejectedDeviceTargeted) {
   for (int round = 0; round < 20; ++round) {
     const std::string id = "c" + std::to_string(round);
     const std::string victim = dev(round % devices);
-    std::latch start(2);
-    std::string created, rejected;
-    std::thread c([&] {
-      start.arrive_and_wait();
-      created = env.command("tern/fleet/deployments/create",
-                            R"({"id":")" + id + R"(","artifact_name":"release-1","all":true})");
-    });
-    std::thread r([&] {
-      start.arrive_and_wait();
-      rejected = b.command("tern/fleet/devices/" + victim + "/reject", env.now);
-    });
-    c.join();
-    r.join();
+    auto [created, rejected] = at_once(
+        [&] {
+          return env.command("tern/fleet/deployments/create",
+                             R"({"id":")" + id + R"(","artifact_name":"release-1","all":true})");
+        },
+        [&] { return b.command("tern/fleet/devices/" + victim + "/reject", env.now); });
     EXPECT_NE(created.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << created;
     EXPECT_NE(rejected.find("\"ok\":true"), std::string::npos) << "round " << round << ": " << rejected;
     EXPECT_EQ(env.store->device(victim).value().value().admission, "rejected");
@@ -1168,19 +1168,12 @@ TEST(BridgeFleet, TwoBridgesCreatingAtOnceNeverTargetADeviceTwice) {
   };
   for (int round = 0; round < 10; ++round) {
     const std::string a_id = "a" + std::to_string(round), b_id = "b" + std::to_string(round);
-    std::latch start(2);
-    std::string a_reply, b_reply;
-    std::thread ta([&] {
-      start.arrive_and_wait();
-      a_reply = env.command("tern/fleet/deployments/create",
-                            R"({"id":")" + a_id + R"(","artifact_name":"release-1","all":true})");
-    });
-    std::thread tb([&] {
-      start.arrive_and_wait();
-      b_reply = create_on_b(b_id);
-    });
-    ta.join();
-    tb.join();
+    auto [a_reply, b_reply] = at_once(
+        [&] {
+          return env.command("tern/fleet/deployments/create",
+                             R"({"id":")" + a_id + R"(","artifact_name":"release-1","all":true})");
+        },
+        [&] { return create_on_b(b_id); });
     std::size_t in_a = 0, in_b = 0;
     for (int i = 0; i < devices; ++i) {
       const bool a = env.store->device_deployment(a_id, dev(i)).value().has_value();
