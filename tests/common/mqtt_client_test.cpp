@@ -47,6 +47,18 @@ asio::awaitable<std::unique_ptr<mqtt::Client>> connected(mqtt::Options o) {
   co_return std::move(c);
 }
 
+// Subscribes `filter` (QoS 1), expecting the broker to grant it.
+asio::awaitable<void> subscribe_ok(mqtt::Client& c, std::string_view filter) {
+  const std::string f(filter);
+  auto r = co_await c.subscribe(f);
+  EXPECT_TRUE(r) << (r ? "" : r.error().message());
+}
+
+// Polls every 50 ms, for at most `within`, until c.connected() is `want`.
+asio::awaitable<void> until_connected(mqtt::Client& c, bool want, std::chrono::milliseconds within) {
+  for (auto waited = 0ms; c.connected() != want && waited < within; waited += 50ms) co_await sleep_for(50ms);
+}
+
 mqtt::Options opts_for(const Broker& b, std::string_view identity) {
   auto o = b.client_options(identity);
   o.engine = mqtt::Engine::asio;
@@ -87,10 +99,7 @@ TEST_P(MqttEngines, PublishSubscribeRoundTrip) {
         auto bridge = co_await connected(opts(broker, "bridge"));
         auto dev = co_await connected(opts(broker, "device-1"));
         EXPECT_TRUE(dev->connected());
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/status");
         for (int i = 0; i < 20; ++i) {
           const mqtt::Message event{"tern/devices/device-1/status", "event-" + std::to_string(i)};
           auto r_ = co_await dev->publish(event);
@@ -137,17 +146,14 @@ TEST_P(MqttEngines, MessagesQueuedWhileBrokerIsDownArriveAfterRestart) {
   run_coro(
       [&]() -> asio::awaitable<void> {
         auto bridge = co_await connected(opts(broker, "bridge"));
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/status");
         // Named before the co_await: g++ 12 destroys a full-expression's temporaries twice there.
         const auto dev_options = opts(broker, "device-1", GetParam() == mqtt::Engine::paho ? persist.path() : fs::path());
         auto dev = co_await connected(dev_options);
 
         broker.stop();
         // Wait (bounded) until the device notices the broker is gone.
-        for (int i = 0; i < 200 && dev->connected(); ++i) co_await sleep_for(50ms);
+        co_await until_connected(*dev, false, 10s);
         EXPECT_FALSE(dev->connected());
         for (int i = 0; i < 5; ++i)
           EXPECT_TRUE(dev->enqueue({"tern/devices/device-1/status", "offline-" + std::to_string(i)}));
@@ -173,10 +179,7 @@ TEST(MqttClient, QueuedMessagesSurviveAClientProcessRestart) {
   run_coro(
       [&]() -> asio::awaitable<void> {
         auto bridge = co_await connected(broker.client_options("bridge"));
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/status");
         broker.stop();
 
         // Process 1 queues while the broker is down, then exits: only Paho's files remain.
@@ -255,10 +258,7 @@ TEST_P(MqttEngines, ReconnectSurvivesRepeatedBrokerRestarts) {
         o.min_retry = 100ms;
         o.max_retry = 1s;
         auto c = co_await connected(o);
-        {
-          auto r_ = co_await c->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*c, "tern/devices/+/status");
         for (int round = 0; round < 12; ++round) {
           broker.stop();
           co_await sleep_for(std::chrono::milliseconds(800 + rng() % 400));  // Paho retries every 1 s
@@ -266,7 +266,7 @@ TEST_P(MqttEngines, ReconnectSurvivesRepeatedBrokerRestarts) {
           co_await sleep_for(std::chrono::milliseconds(rng() % 30));
         }
         auto dev = co_await connected(opts(broker, "device-2"));
-        for (int i = 0; i < 300 && !c->connected(); ++i) co_await sleep_for(50ms);
+        co_await until_connected(*c, true, 15s);
         EXPECT_TRUE(c->connected()) << "not reconnected 15 s after the last broker restart";
         {
           const mqtt::Message event{"tern/devices/device-2/status", "after-restarts"};
@@ -286,10 +286,7 @@ TEST(MqttClient, LastWillIsPublishedWhenTheClientDies) {
   run_coro(
       [&]() -> asio::awaitable<void> {
         auto bridge = co_await connected(broker.client_options("bridge"));
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/presence");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/presence");
         auto args = tool_args(broker, "hold", "device-4");
         args.push_back("tern/devices/device-4/presence");
         Process holder(args, work / "hold.log");
@@ -314,10 +311,7 @@ TEST_P(MqttEngines, MalformedProtocolMessagesAreRejectedAndTheClientGoesOn) {
       [&]() -> asio::awaitable<void> {
         auto bridge = co_await connected(opts(broker, "bridge"));
         auto dev = co_await connected(opts(broker, "device-5"));
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/status");
         const std::vector<std::string> bad = {"",
                                               "not json",
                                               "{\"deployment_id\":42}",
@@ -408,10 +402,7 @@ TEST_P(MqttEngines, ABurstLargerThanTheBrokersReceiveMaximumArrivesInOrder) {
       [&]() -> asio::awaitable<void> {
         auto bridge = co_await connected(opts(broker, "bridge"));
         auto dev = co_await connected(opts(broker, "device-1"));
-        {
-          auto r_ = co_await bridge->subscribe("tern/devices/+/status");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*bridge, "tern/devices/+/status");
         constexpr int n = 3000;
         for (int i = 0; i < n; ++i) {
           auto r = dev->enqueue({"tern/devices/device-1/status", std::to_string(i)});
@@ -461,13 +452,13 @@ TEST(MqttAsioClient, ASubscribeWhileDisconnectedFailsAtOnceAndIsRenewedOnReconne
         o.max_retry = 500ms;
         auto bridge = co_await connected(o);
         broker.stop();
-        for (int i = 0; i < 200 && bridge->connected(); ++i) co_await sleep_for(50ms);
+        co_await until_connected(*bridge, false, 10s);
         CO_ASSERT_TRUE(!bridge->connected(), "the broker stopped 10 s ago and the client still says connected");
         auto sub = co_await bridge->subscribe("tern/devices/+/status");
         CO_ASSERT_TRUE(!sub, "subscribed with no broker");
         EXPECT_NE(sub.error().message().find("not connected"), std::string::npos) << sub.error().message();
         broker.start();
-        for (int i = 0; i < 300 && !bridge->connected(); ++i) co_await sleep_for(50ms);
+        co_await until_connected(*bridge, true, 15s);
         CO_ASSERT_TRUE(bridge->connected(), "not reconnected 15 s after the broker came back");
         auto dev = co_await connected(opts_for(broker, "device-3"));
         const mqtt::Message event{"tern/devices/device-3/status", "after"};
@@ -487,10 +478,7 @@ TEST(MqttAsioClient, TheWillIsPublishedWhenTheConnectionDiesAndNotOnDisconnect) 
   run_coro(
       [&]() -> asio::awaitable<void> {
         auto watcher = co_await connected(opts_for(broker, "bridge"));
-        {
-          auto r_ = co_await watcher->subscribe("tern/devices/+/presence");
-          EXPECT_TRUE(r_) << (r_ ? "" : r_.error().message());
-        }
+        co_await subscribe_ok(*watcher, "tern/devices/+/presence");
         for (std::string id : {"device-4", "device-5"}) {
           auto o = opts_for(broker, id);
           o.will = mqtt::Message{"tern/devices/" + id + "/presence", R"({"state":"offline","seq":1})", 1, false};
@@ -552,7 +540,7 @@ TEST(MqttAsioClient, AConnectionEndedRightAfterItsConnackIsReplacedAtOnce) {
         CO_ASSERT_TRUE(r, r.error().message());
         for (int i = 0; i < 200 && accepted < 2; ++i) co_await sleep_for(50ms);
         EXPECT_GE(accepted, 2) << "the connection the broker ended was not replaced within 10 s";
-        for (int i = 0; i < 100 && !c->connected(); ++i) co_await sleep_for(50ms);
+        co_await until_connected(*c, true, 5s);
         EXPECT_TRUE(c->connected());
         server.close();
       },
