@@ -82,6 +82,18 @@ Times run(int devices, bool row_trigger) {
   }
   if (!store->put_devices(all)) throw std::runtime_error("writing the devices failed");
 
+  // Device i's status for the deployment "big".
+  auto status = [&](int i, protocol::Status st, std::uint64_t seq) {
+    protocol::StatusEvent e;
+    e.deployment_id = "big";
+    e.status = st;
+    e.seq = seq;
+    mqtt::Message m;
+    m.topic = "tern/devices/" + all[static_cast<std::size_t>(i)].id + "/status";
+    m.payload = protocol::serialize(e);
+    return m;
+  };
+
   Times t;
   std::int64_t now = 1000;
   auto t0 = std::chrono::steady_clock::now();
@@ -94,16 +106,7 @@ Times run(int devices, bool row_trigger) {
   t0 = std::chrono::steady_clock::now();
   for (int at = 0; at < devices; at += 256) {
     std::vector<mqtt::Message> batch;
-    for (int i = at; i < devices && i < at + 256; ++i) {
-      protocol::StatusEvent e;
-      e.deployment_id = "big";
-      e.status = protocol::Status::downloading;
-      e.seq = 1;
-      mqtt::Message m;
-      m.topic = "tern/devices/" + all[static_cast<std::size_t>(i)].id + "/status";
-      m.payload = protocol::serialize(e);
-      batch.push_back(std::move(m));
-    }
+    for (int i = at; i < devices && i < at + 256; ++i) batch.push_back(status(i, protocol::Status::downloading, 1));
     fleet.handle_batch(batch, ++now);
   }
   t.ingest = ms_since(t0);
@@ -112,16 +115,7 @@ Times run(int devices, bool row_trigger) {
 
   const int alone = std::min(devices, 2000);
   t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < alone; ++i) {
-    protocol::StatusEvent e;
-    e.deployment_id = "big";
-    e.status = protocol::Status::installing;
-    e.seq = 2;
-    mqtt::Message m;
-    m.topic = "tern/devices/" + all[static_cast<std::size_t>(i)].id + "/status";
-    m.payload = protocol::serialize(e);
-    fleet.handle(m, ++now);
-  }
+  for (int i = 0; i < alone; ++i) fleet.handle(status(i, protocol::Status::installing, 2), ++now);
   t.single = ms_since(t0) / alone;
   const std::string installing = store_query(where, "SELECT n FROM deployment_counts WHERE deployment = 'big' "
                                                     "AND status = 'installing'");
