@@ -8,6 +8,7 @@
 
 #include <array>
 #include <charconv>
+#include <unordered_map>
 #include <variant>
 
 namespace tern::bridge {
@@ -261,12 +262,29 @@ struct Store::Impl {
   std::string where;  // the file, or the URI without its password (for messages)
   int depth = 0;      // transaction nesting
 
+  // Statements prepared once per connection and kept, by their SQL text: parsing (and
+  // PostgreSQL's planning) cost more than running most of the bridge's statements. Multi-row
+  // statements come in power-of-two sizes, so the texts are few; past max_prepared a new text is
+  // prepared for its one use, as if uncached.
+  struct Prepared {
+    StmtPtr sqlite{nullptr, &sqlite3_finalize};
+    bool busy = false;    // SQLite: a Stmt is stepping it (a second user of the text prepares its own)
+    std::string pg_name;  // PostgreSQL: the statement's name on the server
+  };
+  static constexpr std::size_t max_prepared = 256;
+  std::unordered_map<std::string, Prepared> prepared;  // after db: finalized before the close
+  std::uint64_t pg_statements = 0;                     // names "tern_N", never reused on a connection
+
   bool postgres() const { return pg != nullptr; }
 
   // A dropped PostgreSQL connection is re-established before the next statement (outside a
-  // transaction; inside one the statement fails and the transaction is rolled back).
+  // transaction; inside one the statement fails and the transaction is rolled back). The new
+  // session has none of the old one's prepared statements.
   void ensure_connected() {
-    if (pg && PQstatus(pg.get()) != CONNECTION_OK && depth == 0) PQreset(pg.get());
+    if (pg && PQstatus(pg.get()) != CONNECTION_OK && depth == 0) {
+      PQreset(pg.get());
+      prepared.clear();
+    }
   }
 
   void exec(const char* text, std::string_view what) {
@@ -294,11 +312,21 @@ struct Store::Impl {
 namespace {
 
 // A statement with positional '?' parameters (bound in call order) and column getters; runs on
-// the first step(). PostgreSQL gets '$n' placeholders and text parameters; its whole result is
-// read at once (the bridge's queries are bounded by the fleet size).
+// the first step(). It borrows the connection's prepared statement for its text (Impl::prepared)
+// and resets it when done. PostgreSQL gets '$n' placeholders and text parameters; its whole result
+// is read at once (the bridge's queries are bounded by the fleet size).
 class Stmt {
  public:
-  Stmt(Store::Impl& db, std::string_view sql) : db_(db), sql_(sql), stmt_(nullptr, &sqlite3_finalize) {}
+  Stmt(Store::Impl& db, std::string_view sql) : db_(db), sql_(sql) {}
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  ~Stmt() {
+    if (!borrowed_) return;
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+    borrowed_->busy = false;
+  }
+
   Stmt& bind(std::string_view v) {
     params_.emplace_back(std::string(v));
     return *this;
@@ -319,8 +347,8 @@ class Stmt {
       if (!result_) execute_pg();
       return ++row_ < PQntuples(result_.get());
     }
-    if (!stmt_) prepare_sqlite();
-    int rc = sqlite3_step(stmt_.get());
+    if (!st_) prepare_sqlite();
+    int rc = sqlite3_step(st_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
     throw_db(db_.db.get(), "running '" + sql_.substr(0, 60) + "'");
@@ -334,8 +362,8 @@ class Stmt {
       return std::string(PQgetvalue(result_.get(), row_, col),
                          static_cast<std::size_t>(PQgetlength(result_.get(), row_, col)));
     }
-    auto p = sqlite3_column_text(stmt_.get(), col);
-    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(stmt_.get(), col)) : "";
+    auto p = sqlite3_column_text(st_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(st_, col)) : "";
   }
   std::int64_t i64(int col) const {
     if (result_) {
@@ -344,7 +372,7 @@ class Stmt {
       std::from_chars(v, v + PQgetlength(result_.get(), row_, col), out);
       return out;
     }
-    return sqlite3_column_int64(stmt_.get(), col);
+    return sqlite3_column_int64(st_, col);
   }
   std::uint64_t u64(int col) const { return static_cast<std::uint64_t>(i64(col)); }
   int i32(int col) const { return static_cast<int>(i64(col)); }
@@ -352,51 +380,95 @@ class Stmt {
  private:
   using Param = std::variant<std::string, std::int64_t>;
 
+  // The cached statement for the text if it is free, else a new one (cached if there is room).
   void prepare_sqlite() {
     auto* db = db_.db.get();
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(db, sql_.data(), static_cast<int>(sql_.size()), &st, nullptr) != SQLITE_OK)
-      throw_db(db, "preparing '" + sql_.substr(0, 60) + "'");
-    stmt_.reset(st);
+    auto it = db_.prepared.find(sql_);
+    if (it != db_.prepared.end() && !it->second.busy) {
+      borrowed_ = &it->second;
+    } else {
+      const bool keep = it == db_.prepared.end() && db_.prepared.size() < Store::Impl::max_prepared;
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v3(db, sql_.data(), static_cast<int>(sql_.size()), keep ? SQLITE_PREPARE_PERSISTENT : 0,
+                             &st, nullptr) != SQLITE_OK) {
+        sqlite3_finalize(st);
+        throw_db(db, "preparing '" + sql_.substr(0, 60) + "'");
+      }
+      if (keep) {
+        borrowed_ = &db_.prepared[sql_];
+        borrowed_->sqlite.reset(st);
+      } else {
+        owned_.reset(st);
+      }
+    }
+    if (borrowed_) {
+      borrowed_->busy = true;
+      st_ = borrowed_->sqlite.get();
+    } else {
+      st_ = owned_.get();
+    }
     int i = 0;
     for (auto& p : params_) {
       int rc = std::holds_alternative<std::string>(p)
-                   ? sqlite3_bind_text(st, ++i, std::get<std::string>(p).data(),
+                   ? sqlite3_bind_text(st_, ++i, std::get<std::string>(p).data(),
                                        static_cast<int>(std::get<std::string>(p).size()), SQLITE_TRANSIENT)
-                   : sqlite3_bind_int64(st, ++i, std::get<std::int64_t>(p));
+                   : sqlite3_bind_int64(st_, ++i, std::get<std::int64_t>(p));
       if (rc != SQLITE_OK) throw_db(db, "binding a parameter");
     }
   }
 
-  void execute_pg() {
+  // "... ? ... ?" -> "... $1 ... $2"
+  std::string dollar_text() const {
     std::string text;
+    text.reserve(sql_.size() + sql_.size() / 4);
     int n = 0;
     for (char c : sql_) {
       if (c == '?') text += "$" + std::to_string(++n);
       else text += c;
     }
+    return text;
+  }
+
+  // Prepared on the server on first use (if there is room), then executed by name.
+  void execute_pg() {
     std::vector<std::string> values;
     values.reserve(params_.size());
     for (auto& p : params_)
       values.push_back(std::holds_alternative<std::string>(p) ? std::get<std::string>(p)
                                                               : std::to_string(std::get<std::int64_t>(p)));
     std::vector<const char*> ptrs;
+    ptrs.reserve(values.size());
     for (auto& v : values) ptrs.push_back(v.c_str());
     db_.ensure_connected();
-    result_.reset(PQexecParams(db_.pg.get(), text.c_str(), static_cast<int>(ptrs.size()), nullptr, ptrs.data(),
-                               nullptr, nullptr, 0));
-    auto st = PQresultStatus(result_.get());
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-      auto m = pg_message(result_.get(), db_.pg.get());
-      result_.reset();
-      throw_io("running '" + sql_.substr(0, 60) + "'", m);
+    PGconn* conn = db_.pg.get();
+    const int n = static_cast<int>(ptrs.size());
+    auto it = db_.prepared.find(sql_);
+    if (it == db_.prepared.end() && db_.prepared.size() < Store::Impl::max_prepared) {
+      std::string name = "tern_" + std::to_string(++db_.pg_statements);
+      result_.reset(PQprepare(conn, name.c_str(), dollar_text().c_str(), n, nullptr));
+      if (PQresultStatus(result_.get()) != PGRES_COMMAND_OK) fail_pg("preparing");
+      it = db_.prepared.emplace(sql_, Store::Impl::Prepared{}).first;
+      it->second.pg_name = std::move(name);
     }
+    if (it != db_.prepared.end())
+      result_.reset(PQexecPrepared(conn, it->second.pg_name.c_str(), n, ptrs.data(), nullptr, nullptr, 0));
+    else
+      result_.reset(PQexecParams(conn, dollar_text().c_str(), n, nullptr, ptrs.data(), nullptr, nullptr, 0));
+    auto st = PQresultStatus(result_.get());
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) fail_pg("running");
+  }
+  [[noreturn]] void fail_pg(std::string_view doing) {
+    auto m = pg_message(result_.get(), db_.pg.get());
+    result_.reset();
+    throw_io(std::string(doing) + " '" + sql_.substr(0, 60) + "'", m);
   }
 
   Store::Impl& db_;
   std::string sql_;
   std::vector<Param> params_;
-  StmtPtr stmt_;
+  Store::Impl::Prepared* borrowed_ = nullptr;  // SQLite: the cached statement in use
+  StmtPtr owned_{nullptr, &sqlite3_finalize};  // SQLite: an uncached one
+  sqlite3_stmt* st_ = nullptr;                 // SQLite: whichever of the two
   PgResult result_{nullptr, &PQclear};
   int row_ = -1;
 };
@@ -628,6 +700,8 @@ Result<int> Store::version() {
     return s.step() ? s.i32(0) : 0;
   });
 }
+
+std::size_t Store::prepared_statements() const { return impl_->prepared.size(); }
 
 Result<void> Store::transaction(const std::function<Result<void>()>& body) {
   if (impl_->depth > 0) {
@@ -876,9 +950,8 @@ Result<std::optional<DeploymentLogRecord>> Store::deployment_log(const std::stri
     {
       Stmt s(*impl_,
              "SELECT deployment, seq, parts, updated FROM deployment_logs WHERE device = ? AND "
-             "(deployment = ? OR substr(deployment, 1, " + std::to_string(retry.size()) + ") = ?) "
-             "ORDER BY seq DESC LIMIT 1");
-      s.bind(device).bind(deployment).bind(retry);
+             "(deployment = ? OR substr(deployment, 1, ?) = ?) ORDER BY seq DESC LIMIT 1");
+      s.bind(device).bind(deployment).bind(static_cast<std::int64_t>(retry.size())).bind(retry);
       if (!s.step()) return std::nullopt;
       rec.device = device;
       rec.deployment = s.text(0);
@@ -967,6 +1040,21 @@ std::string row_placeholders(int columns) {
   return r + ")";
 }
 
+// Statement sizes are powers of two so that their texts, and so the prepared statements, are few:
+// the largest such size for `left` rows (inserts split into such chunks) ...
+std::size_t chunk_for(std::size_t left) {
+  std::size_t n = 1;
+  while (n * 2 <= left && n * 2 <= rows_per_statement) n *= 2;
+  return n;
+}
+// ... and the smallest one that holds `left` values, up to rows_per_statement (lists of keys are
+// padded with their last key, which changes nothing in an IN list or a DISTINCT).
+std::size_t padded_for(std::size_t left) {
+  std::size_t n = 1;
+  while (n < left && n < rows_per_statement) n *= 2;
+  return n;
+}
+
 // "?, ?, ?" for `n` parameters.
 std::string list_placeholders(std::size_t n) {
   std::string r;
@@ -979,8 +1067,8 @@ template <class Row, class Bind>
 void insert_rows(Store::Impl& impl, std::string_view head, int columns, std::string_view tail,
                  const std::vector<Row>& rows, Bind bind) {
   const std::string one = row_placeholders(columns);
-  for (std::size_t at = 0; at < rows.size(); at += rows_per_statement) {
-    const std::size_t n = std::min(rows_per_statement, rows.size() - at);
+  for (std::size_t at = 0, n = 0; at < rows.size(); at += n) {
+    n = chunk_for(rows.size() - at);
     std::string q(head);
     q += " VALUES ";
     for (std::size_t i = 0; i < n; ++i) {
@@ -1000,8 +1088,9 @@ void select_in(Store::Impl& impl, std::string_view head, std::string_view tail, 
                Read read) {
   for (std::size_t at = 0; at < ids.size(); at += rows_per_statement) {
     const std::size_t n = std::min(rows_per_statement, ids.size() - at);
-    Stmt s(impl, sql(head, " IN (" + list_placeholders(n) + ")", tail));
-    for (std::size_t i = 0; i < n; ++i) s.bind(ids[at + i]);
+    const std::size_t slots = padded_for(n);
+    Stmt s(impl, sql(head, " IN (" + list_placeholders(slots) + ")", tail));
+    for (std::size_t i = 0; i < slots; ++i) s.bind(ids[at + std::min(i, n - 1)]);
     while (s.step()) read(s);
   }
 }
@@ -1013,11 +1102,14 @@ Result<void> Store::lock_all(const std::vector<std::string>& keys) {
   return guard("locking " + std::to_string(keys.size()) + " keys", [&] {
     // One round trip; the locks are taken in the order of their integer keys, the same in every
     // bridge. (Stmt turns each ? into $n; the cast types the VALUES column.)
+    // Padded to a power of two with the last key, as select_in does, for few statement texts.
+    std::size_t slots = 1;
+    while (slots < keys.size()) slots *= 2;
     std::string values;
-    for (std::size_t i = 0; i < keys.size(); ++i) values += i ? ", (?::text)" : "(?::text)";
+    for (std::size_t i = 0; i < slots; ++i) values += i ? ", (?::text)" : "(?::text)";
     Stmt s(*impl_, "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext(k) AS h FROM (VALUES " + values +
                        ") AS v(k) ORDER BY h) AS ordered");
-    for (auto& k : keys) s.bind(k);
+    for (std::size_t i = 0; i < slots; ++i) s.bind(keys[std::min(i, keys.size() - 1)]);
     s.run();
   });
 }
@@ -1062,15 +1154,15 @@ Result<std::vector<DeviceDeploymentRecord>> Store::device_deployments_in(const s
     // A batch names few deployments: each chunk of devices is read with all of them.
     for (std::size_t at = 0; at < deployments.size(); at += rows_per_statement) {
       const std::size_t n = std::min(rows_per_statement, deployments.size() - at);
-      std::vector<std::string> some(deployments.begin() + static_cast<std::ptrdiff_t>(at),
-                                    deployments.begin() + static_cast<std::ptrdiff_t>(at + n));
+      const std::size_t n_slots = padded_for(n);
       const std::string head = sql("SELECT ", dd_columns, " FROM device_deployments WHERE deployment IN (") +
-                               list_placeholders(n) + ") AND device";
+                               list_placeholders(n_slots) + ") AND device";
       for (std::size_t d = 0; d < devices.size(); d += rows_per_statement) {
         const std::size_t m = std::min(rows_per_statement, devices.size() - d);
-        Stmt s(*impl_, head + " IN (" + list_placeholders(m) + ")");
-        for (auto& dep : some) s.bind(dep);
-        for (std::size_t i = 0; i < m; ++i) s.bind(devices[d + i]);
+        const std::size_t m_slots = padded_for(m);
+        Stmt s(*impl_, head + " IN (" + list_placeholders(m_slots) + ")");
+        for (std::size_t i = 0; i < n_slots; ++i) s.bind(deployments[at + std::min(i, n - 1)]);
+        for (std::size_t i = 0; i < m_slots; ++i) s.bind(devices[d + std::min(i, m - 1)]);
         while (s.step()) out.push_back(read_dd(s));
       }
     }

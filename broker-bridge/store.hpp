@@ -168,6 +168,8 @@ class Store {
 
   /// Current schema version of the open file.
   Result<int> version();
+  /// How many statements the connection keeps prepared for reuse (a bounded number).
+  std::size_t prepared_statements() const;
 
   /// Runs `body` in one transaction: committed if it returns success, rolled back otherwise (also
   /// if it throws). Nested calls join the outer transaction.

@@ -19,6 +19,8 @@
 #include <cstdio>
 #include <functional>
 #include <latch>
+#include <numeric>
+#include <set>
 #include <thread>
 #include <tuple>
 
@@ -204,6 +206,71 @@ TEST(BridgeStore, FailedTransactionChangesNothing) {
   EXPECT_FALSE(r);
   EXPECT_FALSE(s->device("device-1").value());
   EXPECT_TRUE(s->devices().value().empty());
+}
+
+// Multi-row statements are cut into power-of-two sizes, so a few prepared statements serve batches
+// of any size, and no row is lost or written twice at a chunk's edge.
+TEST(BridgeStore, BatchesOfEverySizeReuseAFewPreparedStatements) {
+  TempDir dir;
+  auto s = Store::open(test_store(dir.path())).value();
+  std::vector<std::size_t> sizes;
+  for (std::size_t n = 1; n <= 40; ++n) sizes.push_back(n);
+  for (std::size_t n : {63, 64, 65, 127, 128, 129, 255, 256, 257, 300, 513}) sizes.push_back(n);
+  for (std::size_t n : sizes) {
+    std::vector<bridge::DeviceRecord> batch(n);
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < n; ++i) {
+      batch[i].id = "d" + std::to_string(n) + "-" + std::to_string(i);
+      batch[i].group = "g" + std::to_string(n);
+      ids.push_back(batch[i].id);
+    }
+    ASSERT_TRUE(s->put_devices(batch));
+    for (auto& d : batch) d.admission = "accepted";
+    auto again = s->put_devices(batch);  // an upsert of every row, the same chunks
+    ASSERT_TRUE(again) << n << ": " << again.error().message();
+    auto read = s->devices_in(ids);
+    ASSERT_TRUE(read) << read.error().message();
+    ASSERT_EQ(read->size(), n);
+    std::set<std::string> seen;
+    for (auto& d : *read) {
+      EXPECT_EQ(d.admission, "accepted") << d.id;
+      EXPECT_EQ(d.group, "g" + std::to_string(n)) << d.id;
+      seen.insert(d.id);
+    }
+    EXPECT_EQ(seen.size(), n);
+  }
+  EXPECT_EQ(s->devices().value().size(), std::accumulate(sizes.begin(), sizes.end(), std::size_t{0}));
+  // Inserts and reads in sizes 1, 2, 4 ... 256, and the few single statements: not one per size.
+  EXPECT_LE(s->prepared_statements(), 2u * 9u + 8u);
+}
+
+// A PostgreSQL session that ends between statements (a restarted server, a killed backend) is
+// replaced before the next one, and the statements the old session had prepared are prepared again.
+TEST(BridgeStore, AReplacedPostgresSessionPreparesItsStatementsAgain) {
+  if (!test_store_is_postgres()) GTEST_SKIP() << "PostgreSQL only: runs as pg.BridgeStore.*";
+  TempDir dir;
+  const auto where = test_store(dir.path());
+  auto s = Store::open(where).value();
+  bridge::DeviceRecord d;
+  d.id = "device-1";
+  ASSERT_TRUE(s->put_device(d));
+  ASSERT_TRUE(s->device("device-1").value());
+  const auto before = s->prepared_statements();
+  EXPECT_GE(before, 2u);
+  store_exec(where, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  // The first statement meets the ended session and fails; the next runs on a new one.
+  auto lost = s->device("device-1");
+  ASSERT_FALSE(lost);
+  EXPECT_NE(lost.error().message().find("reading device"), std::string::npos) << lost.error().message();
+  auto found = s->device("device-1");
+  ASSERT_TRUE(found) << found.error().message();
+  EXPECT_TRUE(found->has_value());
+  d.admission = "accepted";
+  auto put = s->put_device(d);
+  ASSERT_TRUE(put) << put.error().message();
+  EXPECT_EQ(s->device("device-1").value()->admission, "accepted");
+  EXPECT_EQ(s->prepared_statements(), 2u);  // the new session's: the two statements used since
 }
 
 TEST(BridgeFleet, UnknownDeviceAppearsPendingAndGetsNothing) {
