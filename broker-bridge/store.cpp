@@ -284,7 +284,14 @@ struct Store::Impl {
     if (pg && PQstatus(pg.get()) != CONNECTION_OK && depth == 0) {
       PQreset(pg.get());
       prepared.clear();
+      if (PQstatus(pg.get()) == CONNECTION_OK) start_session();
     }
+  }
+  // A PostgreSQL session's settings. Prepared statements are planned for their parameters every
+  // time: after five runs PostgreSQL may keep a generic plan, and for the batch reads that was
+  // slower than parsing again (bench-fleet 10,000 on PostgreSQL: ingest 6.8 s against 4.2 s).
+  void start_session() {
+    exec("SET client_min_messages = warning; SET plan_cache_mode = force_custom_plan", "setting up the session");
   }
 
   void exec(const char* text, std::string_view what) {
@@ -651,7 +658,7 @@ Result<std::unique_ptr<Store>> Store::open(const std::filesystem::path& path) {
       return fail(Errc::io, "connecting to database " + impl->where + ": " + pg_message(nullptr, impl->pg.get()));
     std::unique_ptr<Store> store(new Store(std::move(impl)));
     auto r = guard("opening database " + store->impl_->where, [&] {
-      store->impl_->exec("SET client_min_messages = warning", "setting client_min_messages");
+      store->impl_->start_session();
       migrate(*store->impl_);
     });
     if (!r) return r.error();
