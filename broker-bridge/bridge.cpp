@@ -55,6 +55,7 @@ struct Bridge::Impl {
   asio::steady_timer stop_timer;
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> processed{0};
+  std::uint64_t batches = 0;  // handed to the store (receive_loop)
 
   // Reconciliation (see bridge.hpp); on the executor only.
   asio::steady_timer reconcile_wake;  // the wait between passes; cancelled by a reconnection
@@ -94,35 +95,58 @@ struct Bridge::Impl {
   // of its own, so the reader adds about one message per turn of the event loop: when the inbox
   // runs dry before the batch is full, the loop yields (a post, no timer) and takes what the
   // reader added meanwhile, until a turn adds nothing. Without it a burst became transactions of
-  // one or two statuses (bench-fleet: a quarter of the rate).
+  // one or two statuses (bench-fleet: a quarter of the rate). Then, if the previous batch went to
+  // the store less than options.batch_interval ago, the traffic is continuous: the loop waits for
+  // the rest of the interval and takes what came meanwhile (see BridgeOptions::batch_interval).
   asio::awaitable<void> receive_loop() {
     std::vector<mqtt::Message> batch;
+    asio::steady_timer pace(ex);
+    auto handed = std::chrono::steady_clock::time_point::min();  // when the last batch went to the store
+    const auto take = [&](mqtt::Message&& m) {
+      if (m.topic == marker_topic()) {
+        if (m.payload == std::to_string(pass)) {
+          marker_seen = true;
+          marker_back.cancel();
+        }
+        return;
+      }
+      if (m.retained && m.topic.starts_with("tern/devices/")) {
+        ++retained_seen;
+        log::debug("reconciling ", m.topic, " from its retained message");
+      }
+      batch.push_back(std::move(m));
+    };
+    const auto take_waiting = [&] {
+      while (batch.size() < options.batch) {
+        auto m = client->try_receive();
+        if (!m) return false;
+        take(std::move(*m));
+      }
+      return true;
+    };
     for (;;) {
       auto first = co_await client->receive();
       if (!first) co_return;
       batch.clear();
-      std::optional<mqtt::Message> m = std::move(*first);
-      for (;;) {
-        while (m) {
-          if (m->topic == marker_topic()) {
-            if (m->payload == std::to_string(pass)) {
-              marker_seen = true;
-              marker_back.cancel();
-            }
-          } else {
-            if (m->retained && m->topic.starts_with("tern/devices/")) {
-              ++retained_seen;
-              log::debug("reconciling ", m->topic, " from its retained message");
-            }
-            batch.push_back(std::move(*m));
-          }
-          m = batch.size() < options.batch ? client->try_receive() : std::nullopt;
-        }
-        if (batch.size() >= options.batch || batch.empty()) break;
+      take(std::move(*first));
+      while (!take_waiting() && !batch.empty()) {
         co_await asio::post(ex, asio::use_awaitable);
-        m = client->try_receive();
+        auto m = client->try_receive();
         if (!m) break;
+        take(std::move(*m));
       }
+      if (options.batch_interval.count() > 0 && batch.size() < options.batch &&
+          handed > std::chrono::steady_clock::time_point::min()) {
+        const auto due = handed + options.batch_interval;
+        if (std::chrono::steady_clock::now() < due) {
+          pace.expires_at(due);
+          co_await pace.async_wait(asio::use_awaitable);
+          take_waiting();
+        }
+      }
+      if (batch.empty()) continue;  // only a marker
+      handed = std::chrono::steady_clock::now();
+      ++batches;
       auto out = co_await on_store([this, &batch] { return fleet->handle_batch(batch, unix_now()); });
       publish(out);
       processed += batch.size();
@@ -271,7 +295,7 @@ asio::awaitable<Result<void>> Bridge::run() {
   auto out = co_await impl->on_store([i = impl.get()] { return i->fleet->tick(unix_now()); });
   impl->publish(out);
   co_await impl->client->disconnect();
-  log::info("stopped after ", impl->processed.load(), " messages");
+  log::info("stopped after ", impl->processed.load(), " messages in ", impl->batches, " batches");
   co_return Result<void>{};
 }
 

@@ -81,6 +81,11 @@ struct BridgeOptions {
   /// Most messages taken from the inbox at once; the statuses among them are ingested in one
   /// store transaction (Fleet::handle_batch).
   std::size_t batch = 512;
+  /// Under continuous traffic, at most one batch per batch_interval goes to the store: a store
+  /// that finishes a batch quickly would otherwise be handed the next one or two messages, and
+  /// every batch costs a commit and a TLS record of publishes that the broker must read. A message
+  /// arriving after a quiet batch_interval is handed over at once. 0: no pacing.
+  std::chrono::milliseconds batch_interval{5};
   /// Reconciliation (with a shared_group only; see below): a pass after every (re)connection and
   /// then every reconcile_interval (0: only after connections); a pass that has not seen its
   /// marker within reconcile_deadline is reported and given up.

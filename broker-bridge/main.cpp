@@ -51,6 +51,8 @@
 //                         every this many seconds, default 300 (0: after connections only)
 //   reconcile_deadline_seconds  a pass not finished within this (default 60) is logged and retried
 //   inbox_capacity        incoming messages buffered ahead of the store, default 131072
+//   batch_interval_ms     under continuous traffic, at most one batch of messages per this many ms
+//                         goes to the store (default 5; 0: none; see BridgeOptions::batch_interval)
 //   log_level             debug | info | warn | error
 // SIGTERM and SIGINT stop it cleanly.
 #include "broker-bridge/artifact_server.hpp"
@@ -92,7 +94,7 @@ int run(const std::string& config_path) {
                                     "require_client_cert", "server_handshake_seconds", "server_idle_seconds",
                                     "server_max_connections", "server_max_connections_per_address", "public_url",
                                     "dashboard_dir", "dashboard_bind", "dashboard_port", "shared_group", "retained_device_state", "session_expiry_seconds",
-                                    "inbox_capacity", "log_level", "reconcile_seconds", "reconcile_deadline_seconds"}))
+                                    "inbox_capacity", "batch_interval_ms", "log_level", "reconcile_seconds", "reconcile_deadline_seconds"}))
     log::warn(config_path, ": unknown key '", k, "' ignored");
 
   // Each getter's error names the file and the key.
@@ -114,6 +116,10 @@ int run(const std::string& config_path) {
     // Large: while the inbox is full Paho's receive thread blocks inside its lock, and a publish
     // from the io thread then waits for that lock: the bridge would stall (see bridge.hpp).
     o.mqtt.inbox_capacity = get(cfg->u64("inbox_capacity", 131072));
+    const auto interval = get(cfg->u64("batch_interval_ms", 5));
+    if (interval > 1000)
+      throw ErrorException(fail(Errc::invalid_argument, config_path + ": batch_interval_ms is over 1000"));
+    o.batch_interval = std::chrono::milliseconds(interval);
     // Outgoing messages waiting for Paho: a deployment to N devices queues N retained messages at
     // once, and over the default of 10,000 the rest (and the reply) were dropped (bench-fleet at
     // 10,000 and 19,500 devices).

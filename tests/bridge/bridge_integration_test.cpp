@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <thread>
 
 namespace tern::test {
@@ -231,6 +232,44 @@ TEST(BridgeIntegration, DuplicateAndOutOfOrderStatusesDoNotDoubleCount) {
   b.status("device-2", "q1", "success", 2);
   s = b.wait_summary("q1", std::vector<std::string>{"\"state\":\"finished\"", "\"success\":2"});
   EXPECT_NE(s.find("\"total\":2"), std::string::npos) << s;
+}
+
+// A device's statuses arriving a few ms apart would each be a store transaction of their own;
+// with batch_interval_ms the batches handed to the store are at least that far apart, whatever the
+// machine's load (so at most 1 + elapsed / interval of them), and every status is still ingested.
+TEST(BridgeIntegration, ContinuousStatusesReachTheStoreInPacedBatches) {
+  BridgeProcess b(false);
+  auto conf = read_file(b.dir / "bridge.conf");
+  conf.replace(conf.rfind('}'), 1, ",\"batch_interval_ms\":100}");
+  write_file(b.dir / "bridge.conf", conf);
+  const auto started = std::chrono::steady_clock::now();
+  b.start();
+  b.accept("device-1");
+  auto reply = b.rr("tern/fleet/deployments/create", R"({"id":"p1","artifact_name":"release-1","all":true})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  // 200 progress statuses through one session, about 5 ms apart, then the success.
+  std::string line = status_json("p1", "downloading", 987654321);
+  line.replace(line.find("987654321"), 9, "%d");
+  auto r = run("for i in $(seq 1 200); do printf " + shell_quote(line + "\n") +
+               " $i; sleep 0.005; done | mosquitto_pub " + b.broker.client_args("device-1") +
+               " -q 1 -t tern/devices/device-1/status -l 2>&1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  b.status("device-1", "p1", "success", 201);
+  b.wait_summary("p1", std::vector<std::string>{"\"success\":1", "\"state\":\"finished\""});
+  ASSERT_EQ(b.stop(), 0);
+  const auto elapsed = std::chrono::steady_clock::now() - started;
+  // Every message was taken, in few batches.
+  const auto log = b.log();
+  const auto at = log.find("stopped after ");
+  ASSERT_NE(at, std::string::npos) << log;
+  unsigned long messages = 0, batches = 0;
+  ASSERT_EQ(std::sscanf(log.c_str() + at, "stopped after %lu messages in %lu batches", &messages, &batches), 2)
+      << log.substr(at, 80);
+  EXPECT_GE(messages, 203u);  // accept, create, 201 statuses (and the retained messages of the start)
+  const auto bound = 1 + static_cast<unsigned long>(elapsed / std::chrono::milliseconds(100));
+  EXPECT_LE(batches, bound) << messages << " messages in " << batches << " batches over "
+                            << std::chrono::duration_cast<std::chrono::milliseconds>(elapsed).count() << " ms";
+  EXPECT_LT(batches, 100u);
 }
 
 TEST(BridgeIntegration, DevicesNotAcceptedGetNothing) {
