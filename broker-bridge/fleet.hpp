@@ -99,8 +99,13 @@ class Fleet {
     protocol::StatusEvent ev;
   };
   Outgoing ingest_statuses(const std::vector<StatusIn>& batch, std::int64_t now);
+  /// `dirty`: the deployments the batch touched; `ended`: those in which a device's deployment ended.
   Result<void> ingest_batch(const std::vector<StatusIn>& batch, std::int64_t now, Outgoing& out,
-                            std::set<std::string>& dirty);
+                            std::set<std::string>& dirty, std::set<std::string>& ended);
+  /// After a batch that ended devices' deployments: a rollout whose phase is now complete moves
+  /// on (next phase, pause, threshold, finish) at once, in its own transaction, with its summary;
+  /// otherwise it is left to the next tick.
+  void advance_now(const std::string& id, std::int64_t now, Outgoing& out);
   Outgoing handle_inventory(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_presence(const std::string& device, const mqtt::Message& msg, std::int64_t now);
   Outgoing handle_command(const mqtt::Message& msg, std::int64_t now);

@@ -18,6 +18,7 @@
 
 #include <charconv>
 #include <map>
+#include <tuple>
 #include <utility>
 
 namespace tern::bridge {
@@ -92,10 +93,11 @@ Outgoing Fleet::handle_batch(const std::vector<mqtt::Message>& msgs, std::int64_
 Outgoing Fleet::ingest_statuses(const std::vector<StatusIn>& batch, std::int64_t now) {
   if (batch.empty()) return {};
   Outgoing out;
-  std::set<std::string> dirty;
-  auto r = store_.transaction([&]() -> Result<void> { return ingest_batch(batch, now, out, dirty); });
+  std::set<std::string> dirty, ended;
+  auto r = store_.transaction([&]() -> Result<void> { return ingest_batch(batch, now, out, dirty, ended); });
   if (r) {
     dirty_.merge(dirty);
+    for (auto& id : ended) advance_now(id, now, out);
     return out;
   }
   if (batch.size() == 1) {
@@ -112,7 +114,7 @@ Outgoing Fleet::ingest_statuses(const std::vector<StatusIn>& batch, std::int64_t
 }
 
 Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_t now, Outgoing& out,
-                                 std::set<std::string>& dirty) {
+                                 std::set<std::string>& dirty, std::set<std::string>& ended) {
   // What the batch may touch: its devices, and for each status the deployment it names and, for a
   // retry id "{id}-retry-N", {id}.
   std::set<std::string> device_ids, deployment_ids;
@@ -213,6 +215,7 @@ Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_
     } else if (is_final_status(word)) {
       // Done on this device: nothing left for it to run.
       out.push_back(cleared(protocol::topics::deployment(device)));
+      if (d.state == "running") ended.insert(rr.deployment);
       if (ev.status == protocol::Status::success || ev.status == protocol::Status::already_installed) {
         if (dev.artifact_name != d.artifact) {
           dev.artifact_name = d.artifact;
@@ -234,6 +237,29 @@ Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_
   std::vector<TransferRecord> transfer_rows;
   for (auto& [k, t] : transfers) transfer_rows.push_back(t);
   return store_.put_transfers(transfer_rows);
+}
+
+void Fleet::advance_now(const std::string& id, std::int64_t now, Outgoing& out) {
+  Outgoing step;
+  bool moved = false;
+  auto r = store_.transaction([&]() -> Result<void> {
+    if (auto l = store_.lock("deployment:" + id); !l) return l;
+    auto d = store_.deployment(id);
+    if (!d) return d.error();
+    if (!*d || (*d)->state != "running") return {};
+    const auto before = std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
+    if (auto w = evaluate(**d, now, step); !w) return w;
+    moved = before != std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
+    return moved ? publish_summary(**d, step) : Result<void>{};
+  });
+  if (!r) {
+    // The statuses are committed; the tick evaluates the deployment again (it is dirty).
+    log::warn("deployment ", id, ": ", r.error().message(), " (evaluated again at the next tick)");
+    return;
+  }
+  if (!moved) return;
+  out.insert(out.end(), std::make_move_iterator(step.begin()), std::make_move_iterator(step.end()));
+  dirty_.erase(id);  // its summary went out just now
 }
 
 }  // namespace tern::bridge

@@ -427,6 +427,32 @@ TEST(BridgeFleet, PhaseWithinThresholdMovesOnAfterThePause) {
   EXPECT_EQ(env.deployment("d1").state, "finished");
 }
 
+// The status that completes a phase moves the rollout on in the same step, not at the next tick:
+// the next phase's devices get their deployment, and a finished deployment's summary goes out.
+TEST(BridgeFleet, TheStatusThatCompletesAPhaseMovesTheRolloutAtOnce) {
+  FleetEnv env;
+  for (auto id : {"device-1", "device-2"}) env.accept(id);
+  auto reply = env.command("tern/fleet/deployments/create",
+                           R"({"id":"d1","artifact_name":"release-1","all":true,"phases":[50,100]})");
+  ASSERT_NE(reply.find("\"ok\":true"), std::string::npos) << reply;
+  EXPECT_EQ(env.retained_deployment("device-2"), "<none>");
+  env.handle(msg("tern/devices/device-1/status", status("d1", "downloading", 1)));
+  EXPECT_EQ(env.retained_deployment("device-2"), "<none>");  // phase 1 still open
+  auto out = env.handle(msg("tern/devices/device-1/status", status("d1", "success", 2)));
+  auto second = last_on(out, protocol::topics::deployment("device-2"));
+  ASSERT_TRUE(second) << "the second phase waited for a tick";
+  EXPECT_TRUE(protocol::parse_deployment(second->payload));
+  EXPECT_EQ(env.deployment("d1").phase, 1);
+  out = env.handle(msg("tern/devices/device-2/status", status("d1", "success", 1)));
+  EXPECT_EQ(env.deployment("d1").state, "finished");
+  auto summary = last_on(out, "tern/fleet/deployments/d1");
+  ASSERT_TRUE(summary) << "the summary waited for a tick";
+  EXPECT_NE(summary->payload.find("\"state\":\"finished\""), std::string::npos) << summary->payload;
+  EXPECT_NE(summary->payload.find("\"success\":2"), std::string::npos) << summary->payload;
+  // Published already: the next tick has nothing new to say about it.
+  EXPECT_FALSE(last_on(env.tick(), "tern/fleet/deployments/d1"));
+}
+
 TEST(BridgeFleet, FailedDeviceIsRetriedWithANewId) {
   FleetEnv env;
   env.accept("device-1");
