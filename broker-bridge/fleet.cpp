@@ -10,6 +10,7 @@
 
 #include <boost/json/array.hpp>
 
+#include <tuple>
 
 namespace tern::bridge {
 
@@ -256,6 +257,23 @@ Result<void> Fleet::abort_rows(DeploymentRecord& d, const std::string& reason, s
   return store_.update_deployment(d);
 }
 
+Result<bool> Fleet::evaluate_locked(const std::string& id, std::int64_t now, bool always, Outgoing& out) {
+  bool published = false;
+  auto r = store_.transaction([&]() -> Result<void> {
+    // Several bridges: a rollout advances in one of them at a time, on the state committed last.
+    if (auto l = store_.lock("deployment:" + id); !l) return l;
+    auto d = store_.deployment(id);
+    if (!d) return d.error();
+    if (!*d) return {};
+    const auto before = std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
+    if (auto w = evaluate(**d, now, out); !w) return w;
+    published = always || before != std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
+    return published ? publish_summary(**d, out) : Result<void>{};
+  });
+  if (!r) return r.error();
+  return published;
+}
+
 Outgoing Fleet::tick(std::int64_t now) {
   Outgoing out;
   // Deployments waiting for a pause to end are not dirty: look at them too.
@@ -269,15 +287,7 @@ Outgoing Fleet::tick(std::int64_t now) {
   std::set<std::string> failed;
   for (auto& id : ids) {
     Outgoing step;
-    auto r = store_.transaction([&]() -> Result<void> {
-      // Several bridges: a rollout advances in one of them at a time, on the state committed last.
-      if (auto l = store_.lock("deployment:" + id); !l) return l;
-      auto d = store_.deployment(id);
-      if (!d) return d.error();
-      if (!*d) return {};
-      if (auto w = evaluate(**d, now, step); !w) return w;
-      return publish_summary(**d, step);
-    });
+    auto r = evaluate_locked(id, now, true, step);
     if (!r) {
       log::error("deployment ", id, ": ", r.error().message());
       failed.insert(id);  // e.g. a deadlock between bridges: evaluated again at the next tick

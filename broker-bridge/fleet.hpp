@@ -156,6 +156,9 @@ class Fleet {
   Result<void> start_phase(DeploymentRecord& d, int phase, std::int64_t now, Outgoing& out);
   /// Phase completion, threshold and finish for a running deployment.
   Result<void> evaluate(DeploymentRecord& d, std::int64_t now, Outgoing& out);
+  /// In a transaction under the deployment's lock: evaluate() it, then publish its summary,
+  /// `always` or only if its state, phase or pause moved. Returns whether it was published.
+  Result<bool> evaluate_locked(const std::string& id, std::int64_t now, bool always, Outgoing& out);
   /// Marks every unfinished device aborted and clears their retained deployments.
   Result<void> abort_rows(DeploymentRecord& d, const std::string& reason, std::int64_t now, Outgoing& out);
 

@@ -18,7 +18,6 @@
 
 #include <charconv>
 #include <map>
-#include <tuple>
 #include <utility>
 
 namespace tern::bridge {
@@ -241,23 +240,13 @@ Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_
 
 void Fleet::advance_now(const std::string& id, std::int64_t now, Outgoing& out) {
   Outgoing step;
-  bool moved = false;
-  auto r = store_.transaction([&]() -> Result<void> {
-    if (auto l = store_.lock("deployment:" + id); !l) return l;
-    auto d = store_.deployment(id);
-    if (!d) return d.error();
-    if (!*d || (*d)->state != "running") return {};
-    const auto before = std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
-    if (auto w = evaluate(**d, now, step); !w) return w;
-    moved = before != std::tuple((*d)->state, (*d)->phase, (*d)->next_phase_at);
-    return moved ? publish_summary(**d, step) : Result<void>{};
-  });
-  if (!r) {
+  auto published = evaluate_locked(id, now, false, step);
+  if (!published) {
     // The statuses are committed; the tick evaluates the deployment again (it is dirty).
-    log::warn("deployment ", id, ": ", r.error().message(), " (evaluated again at the next tick)");
+    log::warn("deployment ", id, ": ", published.error().message(), " (evaluated again at the next tick)");
     return;
   }
-  if (!moved) return;
+  if (!*published) return;
   out.insert(out.end(), std::make_move_iterator(step.begin()), std::make_move_iterator(step.end()));
   dirty_.erase(id);  // its summary went out just now
 }
