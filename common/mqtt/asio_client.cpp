@@ -9,7 +9,8 @@
 //
 // Outgoing QoS 1 publishes wait in `pending` until the broker's Receive Maximum leaves room, then
 // move to `inflight` (send order) until their PUBACK. PUBACKs come back in order, so finding one
-// looks at the front first.
+// looks at the front first. Publishes that a PUBACK lets out wait like PUBACKs (up to kAckDelay):
+// with the window full, writing each at once made one TLS record per publish (see kAckDelay).
 #include "common/mqtt/asio_client.hpp"
 
 #include "common/backoff.hpp"
@@ -56,6 +57,10 @@ constexpr std::size_t kMaxIncoming = 64u << 20;
 // queued). Waiting for the input to run dry instead did not help: a broker that is not saturated
 // sends a record at a time, and the reader is dry after each. The broker's window for us
 // (max_inflight_messages, 1,000 in mosquitto.conf) covers far more than kAckDelay of messages.
+// The same holds the other way: once the bridge had 1,000 publishes unacknowledged (the cleared
+// deployments and device records of an ingest burst), each PUBACK from Mosquitto let one publish
+// out in a record of its own, and Mosquitto read 19,400 records from the bridge in bench-fleet's
+// ingest phase, a turn of its loop and two reads each. Those publishes now wait as PUBACKs do.
 constexpr auto kAckDelay = std::chrono::milliseconds(2);
 constexpr std::size_t kWriteBurst = 256u << 10;
 
@@ -220,7 +225,8 @@ struct Impl : std::enable_shared_from_this<Impl> {
     write_wake.cancel();
   }
 
-  /// PUBACKs are queued in wbuf; they leave with the next write, at the latest kAckDelay from now.
+  /// PUBACKs (and publishes a PUBACK let out) are queued in wbuf; they leave with the next write,
+  /// at the latest kAckDelay from now.
   void ack_soon() {
     if (wbuf.size() >= kWriteBurst) return wake_writer();
     if (ack_armed) return;
@@ -257,8 +263,10 @@ struct Impl : std::enable_shared_from_this<Impl> {
     return {};
   }
 
-  /// Moves pending publishes to the writer while the broker's Receive Maximum leaves room.
-  void pump() {
+  /// Moves pending publishes to the writer while the broker's Receive Maximum leaves room. `now`:
+  /// write them at once (a new publish); otherwise (let out by a PUBACK) with the next write, at
+  /// the latest kAckDelay from now, so that the publishes a burst of PUBACKs lets out leave together.
+  void pump(bool now = true) {
     if (!is_connected) return;
     bool wrote = false;
     while (!pending.empty()) {
@@ -286,7 +294,10 @@ struct Impl : std::enable_shared_from_this<Impl> {
       pending.pop_front();
       wrote = true;
     }
-    if (wrote) wake_writer();
+    if (wrote) {
+      if (now) wake_writer();
+      else ack_soon();
+    }
     check_drained();
   }
 
@@ -313,7 +324,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
       it->done->complete({});
     }
     while (!inflight.empty() && inflight.front().acked) inflight.pop_front();
-    pump();
+    pump(false);
   }
 
   // --- subscriptions ------------------------------------------------------------------------------

@@ -14,6 +14,8 @@
 #include <boost/asio/write.hpp>
 #include "tests/support/testenv.hpp"
 #include <array>
+#include <atomic>
+#include <functional>
 #include <random>
 #include <set>
 #include <thread>
@@ -547,73 +549,92 @@ TEST(MqttAsioClient, AConnectionEndedRightAfterItsConnackIsReplacedAtOnce) {
       60s);
 }
 
+// A scripted TLS peer for the asio engine's tests, on a thread of its own (a broker is another
+// process, and a real broker's pacing cannot be held still): script(stream) runs once a client has
+// connected and finished its TLS handshake.
+struct ScriptedTlsPeer {
+  using Stream = asio::ssl::stream<asio::ip::tcp::socket>;
+  asio::io_context io;
+  asio::ip::tcp::acceptor server{io, {asio::ip::make_address("127.0.0.1"), 0}};
+  asio::ssl::context tls{asio::ssl::context::tls_server};
+  std::thread thread;
+
+  explicit ScriptedTlsPeer(std::function<asio::awaitable<void>(Stream&)> script) {
+    tls.use_certificate_chain_file((certs() / "broker.crt").string());
+    tls.use_private_key_file((certs() / "broker.key").string(), asio::ssl::context::pem);
+    asio::co_spawn(
+        io,
+        [this, script = std::move(script)]() -> asio::awaitable<void> {
+          auto sock = co_await server.async_accept(asio::use_awaitable);
+          Stream s(std::move(sock), tls);
+          co_await s.async_handshake(asio::ssl::stream_base::server, asio::use_awaitable);
+          co_await script(s);
+        },
+        [](std::exception_ptr e) {
+          if (e) ADD_FAILURE() << "the scripted peer failed";
+        });
+    thread = std::thread([this] { io.run_for(60s); });
+  }
+  ~ScriptedTlsPeer() {
+    if (thread.joinable()) thread.join();
+  }
+  void join() { thread.join(); }
+  mqtt::Options client_options() const {
+    mqtt::Options o;
+    o.engine = mqtt::Engine::asio;
+    o.server_uri = "ssl://127.0.0.1:" + std::to_string(server.local_endpoint().port());
+    o.client_id = "device-1";
+    o.ca_file = (certs() / "ca.crt").string();
+    o.cert_file = (certs() / "device-1.crt").string();
+    o.key_file = (certs() / "device-1.key").string();
+    return o;
+  }
+};
+
 // Engine::asio: a broker sends each message in a TLS record of its own (Mosquitto does), and the
 // client decodes one per turn of its event loop. Its PUBACKs for a burst must still leave in a few
 // writes, not one per message: Mosquitto wakes up for every write it reads, and at 10,000 devices
 // the bridge's one-PUBACK writes made it turn its event loop 69,000 times in bench-fleet's ingest
-// phase (4,800 in the baseline). A scripted TLS peer on a thread of its own (a broker is another
-// process), because a real broker's pacing cannot be held still: it sends 1,000 QoS 1 PUBLISHes,
-// one record each, as fast as it can, and counts the records the PUBACKs come in.
+// phase (4,800 in the baseline). The scripted peer sends 1,000 QoS 1 PUBLISHes, one record each,
+// as fast as it can, and counts the records the PUBACKs come in.
 TEST(MqttAsioClient, AcknowledgementsOfABurstLeaveInAFewWrites) {
   constexpr int n = 1000;
-  asio::io_context io, peer_io;
-  asio::ip::tcp::acceptor server(peer_io, {asio::ip::make_address("127.0.0.1"), 0});
-  asio::ssl::context tls(asio::ssl::context::tls_server);
-  tls.use_certificate_chain_file((certs() / "broker.crt").string());
-  tls.use_private_key_file((certs() / "broker.key").string(), asio::ssl::context::pem);
   int records = 0, acked = 0, received = 0;
   std::set<std::uint16_t> ids;
-  asio::co_spawn(
-      peer_io,
-      [&]() -> asio::awaitable<void> {
-        auto sock = co_await server.async_accept(asio::use_awaitable);
-        asio::ssl::stream<asio::ip::tcp::socket> s(std::move(sock), tls);
-        co_await s.async_handshake(asio::ssl::stream_base::server, asio::use_awaitable);
-        std::string in(64 * 1024, '\0');
-        co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);  // CONNECT
-        const std::string connack("\x20\x03\x00\x00\x00", 5);
-        co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
-        for (int i = 1; i <= n; ++i) {
-          std::string p;
-          const auto at = mqtt::codec::publish(p, "tern/burst", "message " + std::to_string(i), 1, false);
-          mqtt::codec::set_packet_id(p, at, static_cast<std::uint16_t>(i));
-          co_await asio::async_write(s, asio::buffer(p), asio::use_awaitable);
+  ScriptedTlsPeer peer([&](ScriptedTlsPeer::Stream& s) -> asio::awaitable<void> {
+    std::string in(64 * 1024, '\0');
+    co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);  // CONNECT
+    const std::string connack("\x20\x03\x00\x00\x00", 5);
+    co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
+    for (int i = 1; i <= n; ++i) {
+      std::string p;
+      const auto at = mqtt::codec::publish(p, "tern/burst", "message " + std::to_string(i), 1, false);
+      mqtt::codec::set_packet_id(p, at, static_cast<std::uint16_t>(i));
+      co_await asio::async_write(s, asio::buffer(p), asio::use_awaitable);
+    }
+    std::string acks;
+    while (acked < n) {
+      auto got = co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
+      ++records;
+      acks.append(in.data(), got);
+      std::size_t at = 0;
+      mqtt::codec::Frame f;
+      while (true) {
+        auto size = mqtt::codec::split(std::string_view(acks).substr(at), f, 1024);
+        if (!size || !*size) break;
+        at += *size;
+        auto a = mqtt::codec::parse_ack(f);
+        if (f.type == mqtt::codec::Type::puback && a) {
+          ids.insert(a->id);
+          ++acked;
         }
-        std::string acks;
-        while (acked < n) {
-          auto got = co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
-          ++records;
-          acks.append(in.data(), got);
-          std::size_t at = 0;
-          mqtt::codec::Frame f;
-          while (true) {
-            auto size = mqtt::codec::split(std::string_view(acks).substr(at), f, 1024);
-            if (!size || !*size) break;
-            at += *size;
-            auto a = mqtt::codec::parse_ack(f);
-            if (f.type == mqtt::codec::Type::puback && a) {
-              ids.insert(a->id);
-              ++acked;
-            }
-          }
-          acks.erase(0, at);
-        }
-      },
-      [](std::exception_ptr e) {
-        if (e) ADD_FAILURE() << "the scripted peer failed";
-      });
-  std::thread peer([&] { peer_io.run_for(60s); });
-  mqtt::Options o;
-  o.engine = mqtt::Engine::asio;
-  o.server_uri = "ssl://127.0.0.1:" + std::to_string(server.local_endpoint().port());
-  o.client_id = "device-1";
-  o.ca_file = (certs() / "ca.crt").string();
-  o.cert_file = (certs() / "device-1.crt").string();
-  o.key_file = (certs() / "device-1.key").string();
+      }
+      acks.erase(0, at);
+    }
+  });
   run_coro(
-      io,
       [&]() -> asio::awaitable<void> {
-        auto c = co_await connected(o);
+        auto c = co_await connected(peer.client_options());
         while (received < n) {
           auto m = co_await next_message(*c, 10s);
           if (!m) break;
@@ -626,6 +647,70 @@ TEST(MqttAsioClient, AcknowledgementsOfABurstLeaveInAFewWrites) {
   EXPECT_EQ(acked, n);
   EXPECT_EQ(ids.size(), static_cast<std::size_t>(n)) << "every message is acknowledged once";
   EXPECT_LT(records, n / 10) << "the PUBACKs of " << n << " messages came in " << records << " writes";
+}
+
+// Engine::asio: with the broker's Receive Maximum used up, each PUBACK lets one more publish out.
+// Written at once, each of those was a TLS record of its own, and Mosquitto turned its loop and
+// read twice per record: 19,400 records from the bridge in bench-fleet's ingest phase at 10,000
+// devices. The scripted peer announces a Receive Maximum of 10 and acknowledges each publish in a
+// record of its own, 300 µs apart (a busy broker); the 500 publishes must come in far fewer
+// records than one each, every one once and in order.
+TEST(MqttAsioClient, PublishesLetOutByAcknowledgementsLeaveTogether) {
+  constexpr int n = 500;
+  std::atomic<int> acked{0};
+  int records = 0;
+  std::vector<std::string> payloads;
+  ScriptedTlsPeer peer([&](ScriptedTlsPeer::Stream& s) -> asio::awaitable<void> {
+    std::string in(64 * 1024, '\0');
+    co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);  // CONNECT
+    // CONNACK: no session, success, properties: Receive Maximum (0x21) 10.
+    const std::string connack("\x20\x06\x00\x00\x03\x21\x00\x0a", 8);
+    co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
+    asio::steady_timer pause(s.get_executor());
+    std::string data;
+    while (acked < n) {
+      auto got = co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
+      ++records;
+      data.append(in.data(), got);
+      std::size_t at = 0;
+      mqtt::codec::Frame f;
+      std::vector<std::uint16_t> ids;
+      while (true) {
+        auto size = mqtt::codec::split(std::string_view(data).substr(at), f, 1024);
+        if (!size || !*size) break;
+        at += *size;
+        if (f.type != mqtt::codec::Type::publish) continue;
+        auto p = mqtt::codec::parse_publish(f);
+        if (!p) continue;
+        payloads.emplace_back(p->payload);
+        ids.push_back(p->id);
+      }
+      data.erase(0, at);
+      for (auto id : ids) {
+        std::string ack;
+        mqtt::codec::puback(ack, id);
+        co_await asio::async_write(s, asio::buffer(ack), asio::use_awaitable);
+        ++acked;
+        pause.expires_after(300us);
+        co_await pause.async_wait(asio::use_awaitable);
+      }
+    }
+  });
+  run_coro(
+      [&]() -> asio::awaitable<void> {
+        auto c = co_await connected(peer.client_options());
+        for (int i = 1; i <= n; ++i) {
+          auto r = c->enqueue(mqtt::Message{"tern/devices/device-1/status", "status " + std::to_string(i)});
+          CO_ASSERT_TRUE(r, r.error().message());
+        }
+        for (int i = 0; i < 300 && acked < n; ++i) co_await sleep_for(50ms);
+      },
+      60s);
+  peer.join();
+  ASSERT_EQ(acked.load(), n);
+  ASSERT_EQ(payloads.size(), static_cast<std::size_t>(n)) << "a publish was sent twice or lost";
+  for (int i = 0; i < n; ++i) EXPECT_EQ(payloads[static_cast<std::size_t>(i)], "status " + std::to_string(i + 1));
+  EXPECT_LT(records, n / 4) << n << " publishes came in " << records << " records";
 }
 
 }  // namespace
