@@ -549,6 +549,20 @@ TEST(MqttAsioClient, AConnectionEndedRightAfterItsConnackIsReplacedAtOnce) {
       60s);
 }
 
+// Calls f(frame) for each whole MQTT packet at the front of `data`, then drops them from it.
+template <class F>
+void each_frame(std::string& data, F f) {
+  std::size_t at = 0;
+  mqtt::codec::Frame frame;
+  while (true) {
+    auto size = mqtt::codec::split(std::string_view(data).substr(at), frame, 1024);
+    if (!size || !*size) break;
+    at += *size;
+    f(frame);
+  }
+  data.erase(0, at);
+}
+
 // A scripted TLS peer for the asio engine's tests, on a thread of its own (a broker is another
 // process, and a real broker's pacing cannot be held still): script(stream) runs once a client has
 // connected and finished its TLS handshake.
@@ -617,19 +631,13 @@ TEST(MqttAsioClient, AcknowledgementsOfABurstLeaveInAFewWrites) {
       auto got = co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
       ++records;
       acks.append(in.data(), got);
-      std::size_t at = 0;
-      mqtt::codec::Frame f;
-      while (true) {
-        auto size = mqtt::codec::split(std::string_view(acks).substr(at), f, 1024);
-        if (!size || !*size) break;
-        at += *size;
+      each_frame(acks, [&](const mqtt::codec::Frame& f) {
         auto a = mqtt::codec::parse_ack(f);
         if (f.type == mqtt::codec::Type::puback && a) {
           ids.insert(a->id);
           ++acked;
         }
-      }
-      acks.erase(0, at);
+      });
     }
   });
   run_coro(
@@ -672,20 +680,14 @@ TEST(MqttAsioClient, PublishesLetOutByAcknowledgementsLeaveTogether) {
       auto got = co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
       ++records;
       data.append(in.data(), got);
-      std::size_t at = 0;
-      mqtt::codec::Frame f;
       std::vector<std::uint16_t> ids;
-      while (true) {
-        auto size = mqtt::codec::split(std::string_view(data).substr(at), f, 1024);
-        if (!size || !*size) break;
-        at += *size;
-        if (f.type != mqtt::codec::Type::publish) continue;
+      each_frame(data, [&](const mqtt::codec::Frame& f) {
+        if (f.type != mqtt::codec::Type::publish) return;
         auto p = mqtt::codec::parse_publish(f);
-        if (!p) continue;
+        if (!p) return;
         payloads.emplace_back(p->payload);
         ids.push_back(p->id);
-      }
-      data.erase(0, at);
+      });
       for (auto id : ids) {
         std::string ack;
         mqtt::codec::puback(ack, id);
