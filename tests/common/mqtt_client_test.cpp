@@ -593,6 +593,12 @@ struct ScriptedTlsPeer {
     if (thread.joinable()) thread.join();
   }
   void join() { thread.join(); }
+  /// Reads the client's CONNECT (one record) and answers with `connack`.
+  static asio::awaitable<void> answer_connect(Stream& s, std::string connack) {
+    std::string in(4096, '\0');
+    co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);
+    co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
+  }
   mqtt::Options client_options() const {
     mqtt::Options o;
     o.engine = mqtt::Engine::asio;
@@ -617,9 +623,8 @@ TEST(MqttAsioClient, AcknowledgementsOfABurstLeaveInAFewWrites) {
   std::set<std::uint16_t> ids;
   ScriptedTlsPeer peer([&](ScriptedTlsPeer::Stream& s) -> asio::awaitable<void> {
     std::string in(64 * 1024, '\0');
-    co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);  // CONNECT
-    const std::string connack("\x20\x03\x00\x00\x00", 5);
-    co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
+    // CONNACK: no session, success, no properties.
+    co_await ScriptedTlsPeer::answer_connect(s, std::string("\x20\x03\x00\x00\x00", 5));
     for (int i = 1; i <= n; ++i) {
       std::string p;
       const auto at = mqtt::codec::publish(p, "tern/burst", "message " + std::to_string(i), 1, false);
@@ -670,10 +675,8 @@ TEST(MqttAsioClient, PublishesLetOutByAcknowledgementsLeaveTogether) {
   std::vector<std::string> payloads;
   ScriptedTlsPeer peer([&](ScriptedTlsPeer::Stream& s) -> asio::awaitable<void> {
     std::string in(64 * 1024, '\0');
-    co_await s.async_read_some(asio::buffer(in), asio::use_awaitable);  // CONNECT
     // CONNACK: no session, success, properties: Receive Maximum (0x21) 10.
-    const std::string connack("\x20\x06\x00\x00\x03\x21\x00\x0a", 8);
-    co_await asio::async_write(s, asio::buffer(connack), asio::use_awaitable);
+    co_await ScriptedTlsPeer::answer_connect(s, std::string("\x20\x06\x00\x00\x03\x21\x00\x0a", 8));
     asio::steady_timer pause(s.get_executor());
     std::string data;
     while (acked < n) {
