@@ -13,6 +13,28 @@
 
 namespace tern::bridge {
 
+// Migration 5's PostgreSQL counter trigger (see count_triggers_sqlite below for both dialects).
+const char* const migration5_count_trigger_postgres = R"sql(
+CREATE FUNCTION tern_count_device_deployments() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' AND OLD.deployment = NEW.deployment AND OLD.phase = NEW.phase AND OLD.status = NEW.status THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    UPDATE deployment_counts SET n = n - 1
+      WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
+  END IF;
+  IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
+      ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
+  END IF;
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER device_deployments_count AFTER INSERT OR UPDATE OR DELETE ON device_deployments
+  FOR EACH ROW EXECUTE FUNCTION tern_count_device_deployments();
+)sql";
+
 namespace {
 
 // Numbered migrations: entry i brings the schema from version i to i + 1. Append, never edit.
@@ -154,26 +176,7 @@ CREATE TRIGGER device_deployments_count_delete AFTER DELETE ON device_deployment
   UPDATE deployment_counts SET n = n - 1 WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
 END;
 )sql";
-constexpr const char* count_triggers_postgres = R"sql(
-CREATE FUNCTION tern_count_device_deployments() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'UPDATE' AND OLD.deployment = NEW.deployment AND OLD.phase = NEW.phase AND OLD.status = NEW.status THEN
-    RETURN NULL;
-  END IF;
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    UPDATE deployment_counts SET n = n - 1
-      WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
-      ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
-  END IF;
-  RETURN NULL;
-END
-$$;
-CREATE TRIGGER device_deployments_count AFTER INSERT OR UPDATE OR DELETE ON device_deployments
-  FOR EACH ROW EXECUTE FUNCTION tern_count_device_deployments();
-)sql";
+// PostgreSQL's: migration5_count_trigger_postgres, at the top (tests use it too).
 
 // Migration 6 on PostgreSQL: a row trigger updates the same few counter rows once per device row,
 // and in one transaction each update is a new version of the row that later updates must step
@@ -622,7 +625,7 @@ void migrate(Store::Impl& impl) {
       if (auto at = text.find("@HISTORY_ID@"); at != std::string::npos)
         text.replace(at, 12, impl.postgres() ? "hid BIGSERIAL PRIMARY KEY," : "");
       if (auto at = text.find("@COUNT_TRIGGERS@"); at != std::string::npos)
-        text.replace(at, 16, impl.postgres() ? count_triggers_postgres : count_triggers_sqlite);
+        text.replace(at, 16, impl.postgres() ? migration5_count_trigger_postgres : count_triggers_sqlite);
       if (auto at = text.find("@COUNT_STATEMENTS@"); at != std::string::npos)
         text.replace(at, 18, impl.postgres() ? count_statements_postgres : "");
       impl.exec(text.c_str(), "migrating to schema " + std::to_string(current + 1));

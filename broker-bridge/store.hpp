@@ -147,6 +147,10 @@ struct PhaseBytes {
 /// Deployment statuses that end a device's part of a deployment.
 bool is_final_status(std::string_view status);
 
+/// Migration 5's PostgreSQL counter trigger, as that migration installs it (one counter update per
+/// row written; migration 6 replaced it). Tests use it to put a store back to schema 5.
+extern const char* const migration5_count_trigger_postgres;
+
 class Store {
  public:
   /// Opens (creating if needed) the database and migrates it. Errors: the file cannot be opened,

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "broker-bridge/store.hpp"
 #include "tests/bridge/test_store.hpp"
 
 namespace tern::test {
@@ -50,28 +51,6 @@ inline std::string recount(const std::string& where) {
                      "GROUP BY deployment, phase, status ORDER BY deployment, phase, status");
 }
 
-/// Migration 5's PostgreSQL trigger, verbatim: one counter update per row written.
-constexpr const char* row_count_trigger_postgres = R"sql(
-CREATE FUNCTION tern_count_device_deployments() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF TG_OP = 'UPDATE' AND OLD.deployment = NEW.deployment AND OLD.phase = NEW.phase AND OLD.status = NEW.status THEN
-    RETURN NULL;
-  END IF;
-  IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    UPDATE deployment_counts SET n = n - 1
-      WHERE deployment = OLD.deployment AND phase = OLD.phase AND status = OLD.status;
-  END IF;
-  IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO deployment_counts (deployment, phase, status, n) VALUES (NEW.deployment, NEW.phase, NEW.status, 1)
-      ON CONFLICT (deployment, phase, status) DO UPDATE SET n = deployment_counts.n + 1;
-  END IF;
-  RETURN NULL;
-END
-$$;
-CREATE TRIGGER device_deployments_count AFTER INSERT OR UPDATE OR DELETE ON device_deployments
-  FOR EACH ROW EXECUTE FUNCTION tern_count_device_deployments();
-)sql";
-
 /// Takes a store at schema 6 back to schema 5, counters kept: on PostgreSQL migration 6's
 /// statement triggers are replaced by migration 5's row trigger; SQLite's triggers are the same in both.
 inline void back_to_schema_five(const std::string& where) {
@@ -81,7 +60,7 @@ inline void back_to_schema_five(const std::string& where) {
                                   "DROP TRIGGER device_deployments_count_update ON device_deployments; "
                                   "DROP TRIGGER device_deployments_count_delete ON device_deployments; "
                                   "DROP FUNCTION tern_count_device_deployment_rows(); ") +
-                          row_count_trigger_postgres + "UPDATE schema_version SET version = 5; COMMIT;");
+                          bridge::migration5_count_trigger_postgres + "UPDATE schema_version SET version = 5; COMMIT;");
     return;
   }
   store_exec(where, "UPDATE schema_version SET version = 5");
