@@ -3,8 +3,8 @@
 // by mosquitto_pub with their own certificates.
 #include <gtest/gtest.h>
 
-#include "artifacts/writer.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_artifact.hpp"
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/broker.hpp"
 
@@ -58,13 +58,7 @@ class BridgeProcess {
   }
 
   void make_artifact(const std::string& name) {
-    write_file(dir / (name + ".img"), std::string(100000, 'y') + name);
-    artifacts::WriterOptions w;
-    w.payload = dir / (name + ".img");
-    w.device_types = {"qemu"};
-    w.artifact_name = name;
-    auto r = artifacts::write_rootfs_artifact(w, dir / "artifacts" / (name + ".mender"));
-    if (!r) throw std::runtime_error(r.error().message());
+    write_test_artifact(dir / "artifacts", name, std::string(100000, 'y') + name);
   }
 
   std::string log() const {
@@ -506,14 +500,7 @@ TEST(BridgeIntegration, TwoBridgesShareTheWorkAndOneSurvivesTheOthersKill) {
   Broker broker;
   TempDir dir{"tern-bridges"};
   fs::create_directories(dir / "artifacts");
-  {
-    write_file(dir / "r.img", std::string(100000, 'y'));
-    artifacts::WriterOptions w;
-    w.payload = dir / "r.img";
-    w.device_types = {"qemu"};
-    w.artifact_name = "release-1";
-    ASSERT_TRUE(artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"));
-  }
+  write_test_artifact(dir / "artifacts", "release-1", std::string(100000, 'y'));
   const std::string db = test_store(dir.path());
   std::vector<std::unique_ptr<Process>> bridges;
   auto start_bridge = [&](int n) {
@@ -651,14 +638,7 @@ TEST(BridgeIntegration, TwoBridgesConvergeOnStatusesLostInABrokerRestart) {
   Broker broker;
   TempDir dir{"tern-reconcile"};
   fs::create_directories(dir / "artifacts");
-  {
-    write_file(dir / "r.img", std::string(100000, 'y'));
-    artifacts::WriterOptions w;
-    w.payload = dir / "r.img";
-    w.device_types = {"qemu"};
-    w.artifact_name = "release-1";
-    ASSERT_TRUE(artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"));
-  }
+  write_test_artifact(dir / "artifacts", "release-1", std::string(100000, 'y'));
   const std::string db = test_store(dir.path());
   std::vector<std::unique_ptr<Process>> bridges;
   auto logs = [&] {

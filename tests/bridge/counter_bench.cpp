@@ -12,11 +12,11 @@
 //           What a trigger adds to a status ingested alone, without the bridge's round trips.
 // Prints milliseconds per step and the row/statement ratio; exits 1 if the counters of either
 // differ from a recount of the rows. Times are printed, never checked.
-#include "artifacts/writer.hpp"
 #include "broker-bridge/fleet.hpp"
 #include "broker-bridge/store.hpp"
 #include "common/protocol.hpp"
 #include "tests/bridge/count_triggers.hpp"
+#include "tests/bridge/test_artifact.hpp"
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
@@ -57,13 +57,7 @@ bool replied_ok(const bridge::Outgoing& out) {
 Times run(int devices, bool row_trigger) {
   TempDir dir{"tern-counter-bench"};
   fs::create_directories(dir / "artifacts");
-  write_file(dir / "release-1.img", std::string(4096, 'x'));
-  artifacts::WriterOptions w;
-  w.payload = dir / "release-1.img";
-  w.device_types = {"qemu"};
-  w.artifact_name = "release-1";
-  if (auto r = artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender"); !r)
-    throw std::runtime_error(r.error().message());
+  write_test_artifact(dir / "artifacts", "release-1", std::string(4096, 'x'));
 
   const std::string where = Postgres::shared().new_database();
   auto store = bridge::Store::open(where).value();

@@ -3,11 +3,11 @@
 // bytes, failure reasons, equal to a recount of the rows), and the signing key named by artifacts/list.
 #include <gtest/gtest.h>
 
-#include "artifacts/writer.hpp"
 #include "broker-bridge/fleet.hpp"
 #include "broker-bridge/fleet_queries.hpp"
 #include "broker-bridge/store.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_artifact.hpp"
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
@@ -32,14 +32,7 @@ struct Env {
                        shell_quote((dir / "key.pem").string()) + " -pubout");
     EXPECT_EQ(r.exit_code, 0) << r.output;
     public_key = r.output;
-    write_file(dir / "p.img", std::string(4096, 'x'));
-    artifacts::WriterOptions w;
-    w.payload = dir / "p.img";
-    w.device_types = {"qemu"};
-    w.artifact_name = "release-1";
-    w.signing_key_pem = read_file(dir / "key.pem");
-    auto a = artifacts::write_rootfs_artifact(w, dir / "artifacts" / "release-1.mender");
-    EXPECT_TRUE(a) << a.error().message();
+    write_test_artifact(dir / "artifacts", "release-1", std::string(4096, 'x'), read_file(dir / "key.pem"));
     store = bridge::Store::open(test_store(dir.path())).value();
     bridge::FleetOptions o;
     o.artifact_base_url = "https://127.0.0.1:1/artifacts";

@@ -2,12 +2,12 @@
 // idempotence, commands, phases, retries, abort), without sockets: messages in, messages out.
 #include <gtest/gtest.h>
 
-#include "artifacts/writer.hpp"
 #include "broker-bridge/catalog.hpp"
 #include "broker-bridge/fleet.hpp"
 #include "broker-bridge/store.hpp"
 #include "common/json.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/test_artifact.hpp"
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
 
@@ -32,15 +32,7 @@ using bridge::Store;
 
 // Makes a small artifact "name" for device type "qemu" in `dir`, signed if a key is given.
 void make_artifact(const fs::path& dir, const std::string& name, std::optional<std::string> key = std::nullopt) {
-  write_file(dir / (name + ".img"), std::string(4096, 'x') + name);
-  artifacts::WriterOptions w;
-  w.payload = dir / (name + ".img");
-  w.device_types = {"qemu"};
-  w.artifact_name = name;
-  w.signing_key_pem = std::move(key);
-  auto r = artifacts::write_rootfs_artifact(w, dir / (name + ".mender"));
-  if (!r) throw std::runtime_error(r.error().message());
-  fs::remove(dir / (name + ".img"));
+  write_test_artifact(dir, name, std::string(4096, 'x') + name, std::move(key));
 }
 
 mqtt::Message msg(std::string topic, std::string payload, std::string response = "") {
