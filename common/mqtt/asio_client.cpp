@@ -3,9 +3,10 @@
 // A connection is three loops joined with `||`: the reader (splits packets, feeds the inbox,
 // queues PUBACKs), the writer (sends everything queued since its last write in one write, so a
 // burst of publishes and acknowledgements is a few TLS records instead of one per packet; PUBACKs
-// alone wait up to kAckDelay for company) and the keepalive. Whichever ends first closes the socket, which ends the others; the session loop then
-// reconnects with backoff, renews the subscriptions and sends again every QoS 1 publish the broker
-// has not acknowledged (DUP, in their first order, so the last retained value stays the last).
+// alone wait up to kAckDelay for company) and the keepalive. Whichever ends first closes the
+// socket, which ends the others; the session loop then reconnects with backoff, renews the
+// subscriptions and sends again every QoS 1 publish the broker has not acknowledged (DUP, in their
+// first order, so the last retained value stays the last).
 //
 // Outgoing QoS 1 publishes wait in `pending` until the broker's Receive Maximum leaves room, then
 // move to `inflight` (send order) until their PUBACK. PUBACKs come back in order, so finding one
@@ -219,7 +220,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     return 0;
   }
 
-  /// Something in wbuf is to leave now (everything but a PUBACK: see ack_soon).
+  /// Something in wbuf is to leave now (everything but a PUBACK: see write_soon).
   void wake_writer() {
     write_due = true;
     write_wake.cancel();
@@ -227,7 +228,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
 
   /// PUBACKs (and publishes a PUBACK let out) are queued in wbuf; they leave with the next write,
   /// at the latest kAckDelay from now.
-  void ack_soon() {
+  void write_soon() {
     if (wbuf.size() >= kWriteBurst) return wake_writer();
     if (ack_armed) return;
     ack_armed = true;
@@ -296,7 +297,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     }
     if (wrote) {
       if (now) wake_writer();
-      else ack_soon();
+      else write_soon();
     }
     check_drained();
   }
@@ -518,14 +519,14 @@ struct Impl : std::enable_shared_from_this<Impl> {
           const int qos = p->qos;
           if (!inbox.try_send(boost::system::error_code{}, std::move(m))) {
             // Full: stop reading until receive() makes room (back-pressure to the broker).
-            // `m` is untouched by a failed try_send. The PUBACKs queued so far leave on ack_soon's
+            // `m` is untouched by a failed try_send. The PUBACKs queued so far leave on write_soon's
             // timer meanwhile.
             auto [ec] = co_await inbox.async_send(boost::system::error_code{}, std::move(m), use_tuple);
             if (ec || !c.open()) co_return fail(Errc::cancelled, "the client is closed");
           }
           if (qos == 1) {
             codec::puback(wbuf, id);
-            ack_soon();
+            write_soon();
           }
         } else if (f.type == codec::Type::puback) {
           auto a = codec::parse_ack(f);
@@ -566,7 +567,7 @@ struct Impl : std::enable_shared_from_this<Impl> {
     for (;;) {
       if (!c->open()) co_return fail(Errc::io, "the connection is closed");
       if (wbuf.empty() || !write_due) {
-        // PUBACKs queued during the last write wait for ack_soon's timer, or for the next packet
+        // PUBACKs queued during the last write wait for write_soon's timer, or for the next packet
         // that is due: writing them at once would be a write per message again.
         if (wbuf.empty() && flushed) flushed->complete({});
         write_wake.expires_at(Clock::time_point::max());
