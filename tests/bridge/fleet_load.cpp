@@ -106,13 +106,20 @@ std::int64_t cpu_ms(int pid) {
   return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
 }
 
-std::int64_t rss_kib(int pid) {
-  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/status");
+/// The number after `key` in a "key value" file of /proc/{pid} (0 if it is missing).
+std::int64_t proc_field(int pid, const char* file, std::string_view key) {
+  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/" + file);
   std::string line;
   while (std::getline(in, line))
-    if (line.starts_with("VmRSS:")) return std::stoll(line.substr(6));
+    if (line.starts_with(key)) return std::stoll(line.substr(key.size()));
   return 0;
 }
+
+std::int64_t rss_kib(int pid) { return proc_field(pid, "status", "VmRSS:"); }
+
+/// write(2) calls the process has made (/proc/{pid}/io; the broker writes each MQTT packet it
+/// sends with its own write, so this counts its packets out, and each one is its costliest work).
+std::int64_t write_calls(int pid) { return proc_field(pid, "io", "syscw:"); }
 
 std::int64_t ms_since(Clock::time_point t0) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
@@ -123,20 +130,24 @@ struct Meter {
   std::vector<int> bridges;
   int broker = 0;
   Clock::time_point t0;
-  std::int64_t self0 = 0, broker0 = 0;
+  std::int64_t self0 = 0, broker0 = 0, broker_writes0 = 0;
   std::vector<std::int64_t> bridge0;
 
   void start() {
     t0 = Clock::now();
     self0 = cpu_ms(0);
     broker0 = broker ? cpu_ms(broker) : 0;
+    broker_writes0 = broker ? write_calls(broker) : 0;
     bridge0.clear();
     for (int b : bridges) bridge0.push_back(cpu_ms(b));
   }
-  /// "ms=T load_cpu_ms=C broker_cpu_ms=B bridge_cpu_ms=X,Y"
+  /// "ms=T load_cpu_ms=C broker_cpu_ms=B broker_writes=W bridge_cpu_ms=X,Y"
   std::string line() const {
     std::string s = "ms=" + std::to_string(ms_since(t0)) + " load_cpu_ms=" + std::to_string(cpu_ms(0) - self0);
-    if (broker) s += " broker_cpu_ms=" + std::to_string(cpu_ms(broker) - broker0);
+    if (broker) {
+      s += " broker_cpu_ms=" + std::to_string(cpu_ms(broker) - broker0);
+      s += " broker_writes=" + std::to_string(write_calls(broker) - broker_writes0);
+    }
     if (!bridges.empty()) {
       s += " bridge_cpu_ms=";
       for (std::size_t i = 0; i < bridges.size(); ++i)
