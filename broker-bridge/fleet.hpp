@@ -166,7 +166,6 @@ class Fleet {
   FleetOptions options_;
   std::set<std::string> dirty_;  // deployments whose summary (and rollout) must be re-evaluated
   std::uint64_t id_counter_ = 0;
-  bool admission_relock_ = false;  // admit() held the wrong deployment's lock: run the command again
 };
 
 }  // namespace tern::bridge

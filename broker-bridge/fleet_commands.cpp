@@ -144,11 +144,10 @@ Outgoing Fleet::handle_command(const mqtt::Message& msg, std::int64_t now) {
     result = tx([&] { return preauthorize(msg.payload, now, effects); });
   } else if (n == 5 && parts[2] == "devices" &&
              (parts[4] == "accept" || parts[4] == "reject" || parts[4] == "decommission" || parts[4] == "group")) {
-    // Run again (a few times) if admit() found the device's deployment changed while it locked.
+    // Run again (a few times) if the device's deployment changed while admission() locked it.
     for (int attempt = 1;; ++attempt) {
-      admission_relock_ = false;
       result = tx([&] { return admission(parts[3], parts[4], msg.payload, now, effects); });
-      if (result || !admission_relock_ || attempt == max_admission_attempts) break;
+      if (result || result.error().code() != Errc::conflict || attempt == max_admission_attempts) break;
       log::info("command ", command, ": ", result.error().message(), ": running it again");
     }
   } else if (n == 5 && parts[2] == "devices" && parts[4] == "log") {
@@ -560,8 +559,7 @@ Result<Fleet::Reply> Fleet::admit(const std::string& id, const std::string& verb
     auto busy = store_.active_deployment_of(id);
     if (!busy) return busy.error();
     if (*busy && *busy != locked_deployment) {
-      admission_relock_ = true;
-      return fail(Errc::internal, what + ": the device's deployment changed while locking (" +
+      return fail(Errc::conflict, what + ": the device's deployment changed while locking (" +
                                       locked_deployment.value_or("none") + ", now " + **busy + ")");
     }
     if (*busy) {

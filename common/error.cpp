@@ -19,6 +19,7 @@ class TernCategory final : public std::error_category {
       case Errc::timeout: return "timed out";
       case Errc::unsupported: return "unsupported";
       case Errc::internal: return "internal error";
+      case Errc::conflict: return "conflict";
     }
     return "unknown tern error";
   }

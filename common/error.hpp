@@ -30,6 +30,7 @@ enum class Errc {
   timeout,            ///< a deadline passed
   unsupported,        ///< valid but not supported by this build
   internal,           ///< a bug: an invariant did not hold
+  conflict,           ///< what was read changed before it could be acted on: the same call may succeed again
 };
 
 }  // namespace tern
