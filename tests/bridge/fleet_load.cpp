@@ -9,7 +9,7 @@
 // signed with CERTS/ca.key), so 50,000 devices need no 50,000 files. The operator is a
 // tern::mqtt::Client (Paho; one client) with CERTS/operator.crt, for MQTT 5 request/response.
 //
-//   tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--sources K] [--handshakes H]
+//   tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--db-pid P] [--sources K] [--handshakes H]
 //
 // Phases, one line of key=value figures on stdout after each:
 //   connected  every session has its TLS handshake, CONNACK and SUBACK (tern/devices/ID/deployment)
@@ -22,8 +22,9 @@
 //              device has received its retained deployment
 //   ingested   each device publishes 5 statuses at once (as in the baseline): until the bridges'
 //              retained summary says finished with N successes
-// Every line has the phase's wall time and the CPU time of this process, the broker and the
-// bridges in it, so the caller can show that the load side is not the bottleneck.
+// Every line has the phase's wall time and the CPU time of this process, the broker, PostgreSQL
+// (--db-pid: its postmaster and backends) and the bridges in it, and the broker's write calls, so
+// the caller can show that the load side is not the bottleneck and what is.
 // Any failure (a refused handshake, a dropped session, a refused publish) ends the program with an
 // error naming the device; nothing is retried silently.
 #include "common/log.hpp"
@@ -56,9 +57,11 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -90,20 +93,51 @@ std::string ssl_errors() {
 
 // --- measurements -------------------------------------------------------------------------------
 
-/// CPU time (user + system) of a process in milliseconds, from /proc (0 if it is gone).
-std::int64_t cpu_ms(int pid) {
-  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/stat");
+/// Fields 3 to 17 of /proc/{pid}/stat (state, ppid, ..., utime, stime, cutime, cstime), as numbers
+/// (state as 0): field k is [k - 3]. Empty if the process is gone.
+std::vector<long long> stat_fields(const std::string& pid) {
+  std::ifstream in("/proc/" + pid + "/stat");
   std::string text((std::istreambuf_iterator<char>(in)), {});
   auto p = text.rfind(')');
-  if (p == std::string::npos) return 0;
+  if (p == std::string::npos) return {};
   std::istringstream rest(text.substr(p + 2));
+  std::vector<long long> f;
   std::string field;
-  long long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && rest >> field; ++i) {
-    if (i == 14) utime = std::stoll(field);
-    if (i == 15) stime = std::stoll(field);
+  for (int i = 3; i <= 17 && rest >> field; ++i) f.push_back(i == 3 ? 0 : std::stoll(field));
+  return f.size() == 15 ? f : std::vector<long long>{};
+}
+
+std::int64_t ticks_to_ms(long long ticks) { return ticks * 1000 / ::sysconf(_SC_CLK_TCK); }
+
+/// CPU time (user + system) of a process in milliseconds, from /proc (0 if it is gone).
+std::int64_t cpu_ms(int pid) {
+  auto f = stat_fields(pid ? std::to_string(pid) : "self");
+  return f.empty() ? 0 : ticks_to_ms(f[14 - 3] + f[15 - 3]);
+}
+
+/// CPU time of a process and all its descendants, with the children they have reaped: PostgreSQL's
+/// postmaster and its backends.
+std::int64_t tree_cpu_ms(int root) {
+  std::map<long long, std::vector<long long>> children;
+  std::map<long long, long long> ticks;
+  for (const auto& e : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    auto f = stat_fields(name);
+    if (f.empty()) continue;
+    const long long pid = std::stoll(name);
+    children[f[4 - 3]].push_back(pid);
+    ticks[pid] = f[14 - 3] + f[15 - 3] + f[16 - 3] + f[17 - 3];
   }
-  return (utime + stime) * 1000 / ::sysconf(_SC_CLK_TCK);
+  long long sum = 0;
+  std::vector<long long> todo{root};
+  while (!todo.empty()) {
+    const long long pid = todo.back();
+    todo.pop_back();
+    sum += ticks[pid];
+    for (long long c : children[pid]) todo.push_back(c);
+  }
+  return ticks_to_ms(sum);
 }
 
 /// The number after `key` in a "key value" file of /proc/{pid} (0 if it is missing).
@@ -129,8 +163,9 @@ std::int64_t ms_since(Clock::time_point t0) {
 struct Meter {
   std::vector<int> bridges;
   int broker = 0;
+  int db = 0;  // PostgreSQL's postmaster, if the bridges use it
   Clock::time_point t0;
-  std::int64_t self0 = 0, broker0 = 0, broker_writes0 = 0;
+  std::int64_t self0 = 0, broker0 = 0, broker_writes0 = 0, db0 = 0;
   std::vector<std::int64_t> bridge0;
 
   void start() {
@@ -138,16 +173,18 @@ struct Meter {
     self0 = cpu_ms(0);
     broker0 = broker ? cpu_ms(broker) : 0;
     broker_writes0 = broker ? write_calls(broker) : 0;
+    db0 = db ? tree_cpu_ms(db) : 0;
     bridge0.clear();
     for (int b : bridges) bridge0.push_back(cpu_ms(b));
   }
-  /// "ms=T load_cpu_ms=C broker_cpu_ms=B broker_writes=W bridge_cpu_ms=X,Y"
+  /// "ms=T load_cpu_ms=C broker_cpu_ms=B broker_writes=W db_cpu_ms=D bridge_cpu_ms=X,Y"
   std::string line() const {
     std::string s = "ms=" + std::to_string(ms_since(t0)) + " load_cpu_ms=" + std::to_string(cpu_ms(0) - self0);
     if (broker) {
       s += " broker_cpu_ms=" + std::to_string(cpu_ms(broker) - broker0);
       s += " broker_writes=" + std::to_string(write_calls(broker) - broker_writes0);
     }
+    if (db) s += " db_cpu_ms=" + std::to_string(tree_cpu_ms(db) - db0);
     if (!bridges.empty()) {
       s += " bridge_cpu_ms=";
       for (std::size_t i = 0; i < bridges.size(); ++i)
@@ -713,7 +750,7 @@ int main(int argc, char** argv) {
   log::set_program("tern-fleet-load");
   std::signal(SIGPIPE, SIG_IGN);
   auto usage = [] {
-    std::cerr << "usage: tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--sources K] [--handshakes H]\n";
+    std::cerr << "usage: tern-fleet-load URI SERVICES_URI CERTS N [--broker-pid P] [--db-pid P] [--sources K] [--handshakes H]\n";
     return 2;
   };
   if (argc < 5) return usage();
@@ -725,6 +762,7 @@ int main(int argc, char** argv) {
     std::string k = argv[i];
     int v = std::atoi(argv[i + 1]);
     if (k == "--broker-pid") L.meter.broker = v;
+    else if (k == "--db-pid") L.meter.db = v;
     else if (k == "--sources") L.sources = std::max(1, v);
     else if (k == "--handshakes") L.handshakes = std::max(1, v);
     else return usage();
