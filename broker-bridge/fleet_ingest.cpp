@@ -133,6 +133,9 @@ Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_
   auto found_devices = store_.devices_in(devs);
   if (!found_devices) return found_devices.error();
   for (auto& d : *found_devices) devices.emplace(d.id, std::move(d));
+  // Only what the statuses change is written back. last_seen is in seconds, so a device's statuses
+  // in the same second as its last write leave its row as it is.
+  const std::map<std::string, DeviceRecord> devices_as_read = devices;
   std::map<RowKey, DeviceDeploymentRecord> rows;
   auto found_rows = store_.device_deployments_in(deps, devs);
   if (!found_rows) return found_rows.error();
@@ -227,7 +230,8 @@ Result<void> Fleet::ingest_batch(const std::vector<StatusIn>& batch, std::int64_
 
   // Written back once each, in key order (the order of the locks, too).
   std::vector<DeviceRecord> device_rows;
-  for (auto& [id, d] : devices) device_rows.push_back(d);
+  for (auto& [id, d] : devices)
+    if (auto r = devices_as_read.find(id); r == devices_as_read.end() || r->second != d) device_rows.push_back(d);
   if (auto w = store_.put_devices(device_rows); !w) return w;
   std::vector<DeviceDeploymentRecord> dd_rows;
   for (auto& k : changed_rows) dd_rows.push_back(rows.at(k));

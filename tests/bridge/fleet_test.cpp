@@ -7,6 +7,7 @@
 #include "broker-bridge/store.hpp"
 #include "common/json.hpp"
 #include "common/protocol.hpp"
+#include "tests/bridge/count_triggers.hpp"
 #include "tests/bridge/test_artifact.hpp"
 #include "tests/bridge/test_store.hpp"
 #include "tests/support/testenv.hpp"
@@ -849,6 +850,39 @@ TEST(BridgeFleet, ABatchWithABadStatusLosesOnlyThatStatus) {
   for (auto& m : out) clears += m.topic == protocol::topics::deployment("device-03") ? 1 : 0;
   EXPECT_EQ(clears, 1u);
   EXPECT_EQ(counted(*env.store, "d1"), env.store->status_counts("d1").value());
+}
+
+TEST(BridgeFleet, AStatusRewritesItsDeviceOnlyWhenTheDeviceChanges) {
+  BurstEnv env;
+  // Every UPDATE of a devices row (an upsert's update too) counted behind the bridge's back.
+  store_exec(env.where, env.where.starts_with("postgresql")
+                            ? "CREATE TABLE device_writes (n INTEGER NOT NULL); INSERT INTO device_writes VALUES (0); "
+                              "CREATE FUNCTION count_device_write() RETURNS trigger LANGUAGE plpgsql AS "
+                              "$$ BEGIN UPDATE device_writes SET n = n + 1; RETURN NULL; END $$; "
+                              "CREATE TRIGGER count_device_write AFTER UPDATE ON devices "
+                              "FOR EACH ROW EXECUTE FUNCTION count_device_write();"
+                            : "CREATE TABLE device_writes (n INTEGER NOT NULL); INSERT INTO device_writes VALUES (0); "
+                              "CREATE TRIGGER count_device_write AFTER UPDATE ON devices "
+                              "BEGIN UPDATE device_writes SET n = n + 1; END;");
+  auto writes = [&] { return std::stoi(store_query(env.where, "SELECT n FROM device_writes")); };
+  auto one = [&](const std::string& word, std::uint64_t seq, std::int64_t now) {
+    env.fleet->handle_batch({msg("tern/devices/device-01/status", status("d1", word, seq))}, now);
+  };
+  const std::int64_t t = env.now + 10;
+  one("downloading", 1, t);  // last_seen moves to t
+  EXPECT_EQ(writes(), 1);
+  one("installing", 2, t);  // the same second: the device is as it was
+  EXPECT_EQ(writes(), 1);
+  EXPECT_EQ(env.row("d1", "device-01").status, "installing");
+  one("success", 3, t);  // its artifact changes
+  EXPECT_EQ(writes(), 2);
+  one("success", 4, t + 1);  // ignored (the deployment ended on it), but the device was seen
+  EXPECT_EQ(writes(), 3);
+  const auto d = env.store->device("device-01").value();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->last_seen, t + 1);
+  EXPECT_EQ(d->artifact_name, "release-1");
+  EXPECT_EQ(env.store->history("d1", "device-01").value().size(), 3u);
 }
 
 TEST(BridgeFleet, TheCountersFollowEveryWriteOfTheRows) {
