@@ -93,10 +93,15 @@ std::string ssl_errors() {
 
 // --- measurements -------------------------------------------------------------------------------
 
-/// Fields 3 to 17 of /proc/{pid}/stat (state, ppid, ..., utime, stime, cutime, cstime), as numbers
+/// /proc/{pid}/{file}; pid 0 is this process.
+std::string proc_path(int pid, const char* file) {
+  return "/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/" + file;
+}
+
+/// Fields 3 to 17 of a /proc/{pid}/stat file (state, ppid, ..., utime, stime, cutime, cstime), as numbers
 /// (state as 0): field k is [k - 3]. Empty if the process is gone.
-std::vector<long long> stat_fields(const std::string& pid) {
-  std::ifstream in("/proc/" + pid + "/stat");
+std::vector<long long> stat_fields(const std::string& path) {
+  std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), {});
   auto p = text.rfind(')');
   if (p == std::string::npos) return {};
@@ -111,7 +116,7 @@ std::int64_t ticks_to_ms(long long ticks) { return ticks * 1000 / ::sysconf(_SC_
 
 /// CPU time (user + system) of a process in milliseconds, from /proc (0 if it is gone).
 std::int64_t cpu_ms(int pid) {
-  auto f = stat_fields(pid ? std::to_string(pid) : "self");
+  auto f = stat_fields(proc_path(pid, "stat"));
   return f.empty() ? 0 : ticks_to_ms(f[14 - 3] + f[15 - 3]);
 }
 
@@ -123,7 +128,7 @@ std::int64_t tree_cpu_ms(int root) {
   for (const auto& e : std::filesystem::directory_iterator("/proc")) {
     const std::string name = e.path().filename();
     if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    auto f = stat_fields(name);
+    auto f = stat_fields(e.path() / "stat");
     if (f.empty()) continue;
     const long long pid = std::stoll(name);
     children[f[4 - 3]].push_back(pid);
@@ -142,7 +147,7 @@ std::int64_t tree_cpu_ms(int root) {
 
 /// The number after `key` in a "key value" file of /proc/{pid} (0 if it is missing).
 std::int64_t proc_field(int pid, const char* file, std::string_view key) {
-  std::ifstream in("/proc/" + (pid ? std::to_string(pid) : std::string("self")) + "/" + file);
+  std::ifstream in(proc_path(pid, file));
   std::string line;
   while (std::getline(in, line))
     if (line.starts_with(key)) return std::stoll(line.substr(key.size()));
